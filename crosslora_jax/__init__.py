@@ -1,0 +1,67 @@
+"""crosslora_jax: move a LoRA adapter to a different base model, without data or training.
+
+Public API:
+- `transfer(source_model, target_model, adapters, output, options)`: the whole job, files in
+  and PEFT adapter folders out (what `python -m crosslora_jax.transfer` runs).
+- `TransferOptions`, `SvdSettings`: how to transfer.
+- `read_model_config`, `Checkpoint`, `read_adapter`: lazy readers of HF models and adapters.
+- `truncated_svd`, `transfer_stack`, `align`, `similarity`, `layer_map`: the pure ops, jittable
+  inside a caller's own computation.
+- `CrossLoraError` and its subclasses: one per class of bad input.
+"""
+
+from crosslora_jax._errors import (
+    AdapterError,
+    CheckpointError,
+    ConfigError,
+    CrossLoraError,
+    OptionsError,
+    OutputError,
+    TransferError,
+)
+from crosslora_jax.io.hf_config import ModelConfig, read_model_config
+from crosslora_jax.io.peft_adapter import LoraAdapter, read_adapter, write_adapter
+from crosslora_jax.io.safetensors_checkpoint import Checkpoint
+from crosslora_jax.ops import (
+    METHODS,
+    Diagnostics,
+    Subspace,
+    SvdSettings,
+    align,
+    layer_map,
+    similarity,
+    transfer_stack,
+    truncated_svd,
+)
+from crosslora_jax.pipeline import TransferOptions, run_transfer, subspaces, transfer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "AdapterError",
+    "Checkpoint",
+    "CheckpointError",
+    "ConfigError",
+    "CrossLoraError",
+    "Diagnostics",
+    "LoraAdapter",
+    "ModelConfig",
+    "OptionsError",
+    "OutputError",
+    "Subspace",
+    "SvdSettings",
+    "TransferError",
+    "TransferOptions",
+    "align",
+    "layer_map",
+    "read_adapter",
+    "read_model_config",
+    "run_transfer",
+    "similarity",
+    "subspaces",
+    "transfer",
+    "transfer_stack",
+    "truncated_svd",
+    "write_adapter",
+]

@@ -1,0 +1,72 @@
+"""`python -m crosslora_jax.transfer`: flags → TransferOptions → `crosslora_jax.transfer`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+
+from crosslora_jax._errors import OptionsError
+from crosslora_jax.cli._common import run_guarded
+from crosslora_jax.io.report import format_table
+from crosslora_jax.ops import METHODS, SvdSettings
+from crosslora_jax.pipeline import TransferOptions, transfer
+
+_SOURCE = flags.DEFINE_string("source_model", None, "HF model folder the adapter was trained on.")
+_TARGET = flags.DEFINE_string("target_model", None, "HF model folder to move the adapter to.")
+_ADAPTER = flags.DEFINE_multi_string("adapter", None, "PEFT LoRA adapter folder for the source; repeat for several.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output adapter folder (a parent folder when --adapter repeats).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output.")
+_METHOD = flags.DEFINE_enum("method", "cross_lora", METHODS, "Transfer method (DESIGN.md §3).")
+_SVD_RANK = flags.DEFINE_integer("svd_rank", 320, "Rank r of the truncated SVD of each base weight.")
+_SVD = flags.DEFINE_enum("svd", "exact", ["exact", "randomized"], "SVD engine.")
+_OVERSAMPLE = flags.DEFINE_integer("svd_oversample", 16, "Randomized SVD: extra sketch columns.")
+_POWER_ITERS = flags.DEFINE_integer("svd_power_iters", 2, "Randomized SVD: power iterations.")
+_SEED = flags.DEFINE_integer("svd_seed", 0, "Randomized SVD: seed (results are deterministic per seed).")
+_LAYER_MAP = flags.DEFINE_enum("layer_map", "auto", ["auto", "index", "linear"], "Target→source layer map.")
+_MIN_SIM = flags.DEFINE_float("min_similarity", 0.0, "Transfer a module only if min(φ_U, φ_V) reaches this.")
+_DTYPE = flags.DEFINE_enum(
+    "output_dtype", "auto", ["auto", "float32", "bfloat16", "float16"], "dtype of the written factors."
+)
+_CHUNK = flags.DEFINE_integer("layers_per_chunk", 8, "Layers of one role processed (and held) at once.")
+_ENERGY_WARN = flags.DEFINE_float("energy_warning", 0.25, "Warn when rank r captures less weight energy than this.")
+
+
+def _options() -> TransferOptions:
+    try:
+        svd = SvdSettings(_SVD_RANK.value, _SVD.value, _OVERSAMPLE.value, _POWER_ITERS.value, _SEED.value)
+    except ValueError as e:
+        raise OptionsError("--svd_rank/--svd_*", str(e)) from None
+    return TransferOptions(
+        method=_METHOD.value,
+        svd=svd,
+        layer_map=_LAYER_MAP.value,
+        min_similarity=_MIN_SIM.value,
+        output_dtype=_DTYPE.value,
+        layers_per_chunk=_CHUNK.value,
+        energy_warning=_ENERGY_WARN.value,
+    )
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+    def body() -> None:
+        for name, flag in (("--source_model", _SOURCE), ("--target_model", _TARGET), ("--output", _OUTPUT)):
+            if not flag.value:
+                raise OptionsError(name, "is required")
+        if not _ADAPTER.value:
+            raise OptionsError("--adapter", "is required")
+        reports = transfer(
+            _SOURCE.value, _TARGET.value, _ADAPTER.value, _OUTPUT.value, _options(), overwrite=_OVERWRITE.value
+        )
+        for report in reports:
+            logging.info("adapter %s:\n%s", report["adapter"], format_table(report["modules"]))
+            logging.info("summary %s; written under %s", report["summary"], _OUTPUT.value)
+
+    run_guarded(body)
+
+
+def run() -> None:
+    app.run(main)

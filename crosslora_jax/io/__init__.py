@@ -1,0 +1,1 @@
+"""File formats: safetensors checkpoints, HF configs, PEFT adapters, reports. No math."""

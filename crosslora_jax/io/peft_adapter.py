@@ -1,0 +1,312 @@
+"""PEFT LoRA adapter folders: read one written for a source model, write one for a target.
+
+Only safetensors adapters are read (`adapter_model.bin` is pickle and is refused). Every
+`adapter_config.json` field that changes what the weights mean is either honoured (r,
+lora_alpha, use_rslora, rank_pattern, alpha_pattern, target_modules, layers_to_transform) or
+refused by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from safetensors.numpy import save_file
+
+from crosslora_jax._errors import AdapterError, CheckpointError
+from crosslora_jax.io._json import read_json_object, require_dir
+from crosslora_jax.io.hf_config import ModelConfig
+from crosslora_jax.io.safetensors_checkpoint import SafetensorsFile
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_FILE = "adapter_model.bin"
+KEY_PREFIX = "base_model.model."
+
+NUMPY_DTYPES: Mapping[str, Any] = {
+    "bfloat16": ml_dtypes.bfloat16,
+    "float16": np.float16,
+    "float32": np.float32,
+    "float64": np.float64,
+}
+_TAG_TO_NAME = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+
+# Fields whose non-default value changes the meaning of the stored weights: refused by name.
+_REFUSED_FIELDS: Mapping[str, str] = {
+    "use_dora": "DoRA magnitude vectors are not transferred",
+    "fan_in_fan_out": "fan_in_fan_out (Conv1D-style transposed weights) is not supported",
+    "modules_to_save": "fully trained modules_to_save are not transferred",
+    "lora_bias": "LoRA bias terms are not transferred",
+    "target_parameters": "LoRA on raw parameters (target_parameters) is not supported",
+    "trainable_token_indices": "trainable token embeddings are not transferred",
+    "layer_replication": "layer_replication changes the layer layout and is not supported",
+    "alora_invocation_tokens": "activated LoRA (aLoRA) is not supported",
+    "use_qalora": "QA-LoRA is not supported",
+    "use_bdlora": "block-diagonal LoRA is not supported",
+    "velora_config": "VeLoRA is not supported",
+    "monteclora_config": "MonteCLoRA is not supported",
+    "arrow_config": "Arrow routing is not supported",
+    "kasa_config": "KaSA is not supported",
+    "megatron_config": "Megatron-parallel LoRA layers are not supported",
+}
+# Fields that only describe training or initialisation; safe to carry over unchanged.
+_KNOWN_FIELDS = frozenset(
+    {
+        "peft_type", "task_type", "auto_mapping", "peft_version", "base_model_name_or_path",
+        "revision", "inference_mode", "r", "target_modules", "exclude_modules", "lora_alpha",
+        "lora_dropout", "bias", "use_rslora", "init_lora_weights", "layers_to_transform",
+        "layers_pattern", "rank_pattern", "alpha_pattern", "megatron_core", "loftq_config",
+        "eva_config", "corda_config", "lora_ga_config", "qalora_group_size", "runtime_config",
+        "ensure_weight_tying",
+    }
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraModule:
+    """One adapted projection: where its factors are stored and its rank and alpha."""
+
+    path: str  # module path in the base model, e.g. "model.layers.3.self_attn.q_proj"
+    role: str
+    layer: int
+    rank: int  # k
+    alpha: float
+    a_name: str
+    b_name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraAdapter:
+    """A source PEFT adapter: its config and modules; factors are read lazily by layer."""
+
+    folder: Path
+    config: Mapping[str, Any]
+    use_rslora: bool
+    dtype: str  # NUMPY_DTYPES key of the stored factors
+    modules: Mapping[tuple[str, int], LoraModule]  # (role, layer) -> module
+    weights: SafetensorsFile
+
+    def roles(self) -> list[str]:
+        return sorted({role for role, _ in self.modules})
+
+    def scale(self, module: LoraModule) -> float:
+        """γ = α/k, or α/√k with rslora."""
+        return module.alpha / (math.sqrt(module.rank) if self.use_rslora else module.rank)
+
+    def read_factors(self, modules: Sequence[LoraModule]) -> tuple[np.ndarray, np.ndarray]:
+        """Float32 (A [L, k, n], B [L, m, k]) of modules that share one rank."""
+        a = np.stack([self._read(m.a_name) for m in modules])
+        b = np.stack([self._read(m.b_name) for m in modules])
+        return a, b
+
+    def _read(self, name: str) -> np.ndarray:
+        try:
+            return self.weights.read_f32(name)
+        except CheckpointError as e:
+            raise AdapterError(e.where, e.problem) from None
+
+
+def read_adapter(folder: Path | str, model: ModelConfig) -> LoraAdapter:
+    """Read and validate a PEFT LoRA adapter written for `model` (the source base model)."""
+    folder = require_dir(Path(folder), AdapterError, "adapter")
+    config_path = folder / CONFIG_FILE
+    config = read_json_object(config_path, AdapterError)
+    _check_config(config_path, config)
+    weights_path = folder / WEIGHTS_FILE
+    if not weights_path.exists():
+        if (folder / PICKLE_FILE).exists():
+            raise AdapterError(
+                folder / PICKLE_FILE,
+                "adapter weights are a pickle file, which crosslora_jax never loads; "
+                "re-save the adapter with safe_serialization=True",
+            )
+        raise AdapterError(weights_path, "file not found")
+    try:
+        weights = SafetensorsFile(weights_path)
+    except CheckpointError as e:
+        raise AdapterError(e.where, e.problem) from None
+    modules = _modules(config, weights, model)
+    dtypes = {weights.dtype(m.a_name) for m in modules.values()} | {weights.dtype(m.b_name) for m in modules.values()}
+    unknown = dtypes - set(_TAG_TO_NAME)
+    if unknown:
+        raise AdapterError(weights_path, f"LoRA factors have non-float dtype {sorted(unknown)[0]}")
+    dtype = _TAG_TO_NAME[sorted(dtypes)[0]] if len(dtypes) == 1 else "float32"
+    return LoraAdapter(folder, config, bool(config.get("use_rslora")), dtype, modules, weights)
+
+
+def _check_config(path: Path, config: Mapping[str, Any]) -> None:
+    peft_type = config.get("peft_type")
+    if peft_type != "LORA":
+        raise AdapterError(path, f"peft_type is {peft_type!r}; only LORA adapters are transferred")
+    for field, why in _REFUSED_FIELDS.items():
+        if config.get(field):
+            raise AdapterError(path, f"field {field!r} is set: {why}")
+    if config.get("bias", "none") != "none":
+        raise AdapterError(
+            path, f"field 'bias' is {config['bias']!r}: only 'none' is supported (bias terms are not transferred)"
+        )
+    for field, value in config.items():
+        if field not in _KNOWN_FIELDS and field not in _REFUSED_FIELDS and value not in (None, False, {}, [], ""):
+            raise AdapterError(path, f"field {field!r} is not understood by crosslora_jax and is set to {value!r}")
+    _check_positive(path, config, "r")
+    _check_positive(path, config, "lora_alpha")
+    for field in ("rank_pattern", "alpha_pattern"):
+        pattern = config.get(field) or {}
+        if not isinstance(pattern, dict):
+            raise AdapterError(path, f"field {field!r} must be an object")
+        for key, value in pattern.items():
+            _check_pattern(path, field, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise AdapterError(path, f"{field}[{key!r}] must be positive, found {value!r}")
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        _check_pattern(path, "target_modules", targets)
+    elif targets is not None and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets)):
+        raise AdapterError(path, "field 'target_modules' must be a string or a list of strings")
+    layers = config.get("layers_to_transform")
+    if layers is not None and not (
+        (isinstance(layers, int) and not isinstance(layers, bool))
+        or (isinstance(layers, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in layers))
+    ):
+        raise AdapterError(path, "field 'layers_to_transform' must be an integer or a list of integers")
+
+
+def _check_positive(path: Path, config: Mapping[str, Any], field: str) -> None:
+    value = config.get(field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise AdapterError(path, f"field {field!r} must be a positive number, found {value!r}")
+    if field == "r" and not isinstance(value, int):
+        raise AdapterError(path, f"field 'r' must be an integer, found {value!r}")
+
+
+def _check_pattern(path: Path, field: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise AdapterError(path, f"{field} pattern {pattern!r} is not a valid regex: {e}") from None
+
+
+def pattern_value(patterns: Mapping[str, Any], module_path: str, default: Any) -> Any:
+    """PEFT's rank_pattern/alpha_pattern lookup: the first key matching the path's tail."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module_path):
+            return value
+    return default
+
+
+def selected_by_config(config: Mapping[str, Any], module_path: str, layer: int) -> bool:
+    """Whether target_modules and layers_to_transform select this module (PEFT semantics)."""
+    targets = config.get("target_modules")
+    if isinstance(targets, str) and targets != "all-linear":
+        if not re.fullmatch(targets, module_path):
+            return False
+    elif isinstance(targets, list) and not any(module_path == t or module_path.endswith("." + t) for t in targets):
+        return False
+    layers = config.get("layers_to_transform")
+    if layers is not None:
+        wanted = {layers} if isinstance(layers, int) else set(layers)
+        if layer not in wanted:
+            return False
+    return True
+
+
+def _modules(
+    config: Mapping[str, Any], weights: SafetensorsFile, model: ModelConfig
+) -> dict[tuple[str, int], LoraModule]:
+    where = weights.path
+    found: dict[str, dict[str, str]] = {}
+    for name in sorted(weights.names()):
+        m = re.fullmatch(rf"{re.escape(KEY_PREFIX)}(.+)\.(lora_A|lora_B)\.weight", name)
+        if not m:
+            raise AdapterError(where, f"tensor {name!r} is not a LoRA factor crosslora_jax can transfer")
+        found.setdefault(m.group(1), {})[m.group(2)] = name
+    if not found:
+        raise AdapterError(where, "no LoRA factors found")
+    modules: dict[tuple[str, int], LoraModule] = {}
+    for path, factors in found.items():
+        if set(factors) != {"lora_A", "lora_B"}:
+            missing = ({"lora_A", "lora_B"} - set(factors)).pop()
+            raise AdapterError(where, f"module {path!r} has no {missing} factor")
+        parsed = model.arch.parse_module_path(path)
+        if parsed is None:
+            raise AdapterError(
+                where,
+                f"module {path!r} is not a q/k/v/o/gate/up/down projection of a "
+                f"{model.model_type} model (is this the adapter for the source model?)",
+            )
+        role, layer = parsed
+        if layer >= model.num_layers:
+            raise AdapterError(where, f"module {path!r} is beyond the source model's {model.num_layers} layers")
+        if not selected_by_config(config, path, layer):
+            raise AdapterError(
+                where, f"module {path!r} is not selected by {CONFIG_FILE}'s target_modules/layers_to_transform"
+            )
+        a_shape, b_shape = weights.shape(factors["lora_A"]), weights.shape(factors["lora_B"])
+        m_s, n_s = model.shapes[role]
+        if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[1] != n_s or b_shape[0] != m_s or a_shape[0] != b_shape[1]:
+            raise AdapterError(
+                where,
+                f"module {path!r} has lora_A {list(a_shape)} and lora_B {list(b_shape)}, which do not fit "
+                f"the source model's [{m_s}, {n_s}] weight (wrong source model?)",
+            )
+        rank = a_shape[0]
+        want_rank = pattern_value(config.get("rank_pattern") or {}, path, config["r"])
+        if rank != want_rank:
+            raise AdapterError(where, f"module {path!r} has rank {rank} but {CONFIG_FILE} says {want_rank}")
+        alpha = float(pattern_value(config.get("alpha_pattern") or {}, path, config["lora_alpha"]))
+        modules[(role, layer)] = LoraModule(path, role, layer, rank, alpha, factors["lora_A"], factors["lora_B"])
+    return modules
+
+
+def adapter_config_for_target(
+    source_config: Mapping[str, Any],
+    target: ModelConfig,
+    written: Iterable[LoraModule],
+) -> dict[str, Any]:
+    """The adapter_config.json that describes exactly the modules written for `target`."""
+    written = sorted(written, key=lambda m: (m.layer, m.role))
+    config = {
+        k: v
+        for k, v in source_config.items()
+        if k not in {"rank_pattern", "alpha_pattern", "target_modules", "layers_to_transform",
+                     "layers_pattern", "exclude_modules", "base_model_name_or_path", "revision"}
+    }  # fmt: skip
+    r, alpha = source_config["r"], source_config["lora_alpha"]
+    roles = sorted({m.role for m in written})
+    layers = sorted({m.layer for m in written})
+    leaf = {role: target.arch.role_modules[role].rsplit(".", 1)[-1] for role in roles}
+    if len(written) == len(roles) * len(layers):  # a full grid of roles x layers
+        config["target_modules"] = sorted(leaf.values())
+        if len(layers) != target.num_layers:
+            config["layers_to_transform"] = layers
+            config["layers_pattern"] = target.arch.layer_prefix.split(".")[-2]
+    else:
+        config["target_modules"] = [m.path for m in written]
+    config["base_model_name_or_path"] = target.name_or_path
+    config["r"], config["lora_alpha"] = r, alpha
+    config["rank_pattern"] = {m.path: m.rank for m in written if m.rank != r}
+    config["alpha_pattern"] = {m.path: m.alpha for m in written if m.alpha != alpha}
+    return config
+
+
+def write_adapter(
+    folder: Path,
+    factors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    config: Mapping[str, Any],
+    dtype: str,
+) -> None:
+    """Write `adapter_model.safetensors` (module path -> (A, B)) and `adapter_config.json`."""
+    np_dtype = NUMPY_DTYPES[dtype]
+    tensors = {}
+    for path, (a, b) in factors.items():
+        tensors[f"{KEY_PREFIX}{path}.lora_A.weight"] = np.ascontiguousarray(a, dtype=np_dtype)
+        tensors[f"{KEY_PREFIX}{path}.lora_B.weight"] = np.ascontiguousarray(b, dtype=np_dtype)
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,93 @@
+"""Rank-r truncated SVD of a stack of weights, exact or randomized, vmapped over layers.
+
+Shapes: L layers, m out features, n in features, r requested rank, r_e = min(r, m, n).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Annotated, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from crosslora_jax.ops._linalg import mm
+
+SvdEngine = Literal["exact", "randomized"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SvdSettings:
+    """Everything that changes the computed subspaces (and so keys the subspace cache)."""
+
+    rank: int = 320
+    engine: SvdEngine = "exact"
+    oversample: int = 16
+    power_iters: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise ValueError(f"svd rank must be positive, got {self.rank}")
+        if self.engine not in ("exact", "randomized"):
+            raise ValueError(f"unknown svd engine {self.engine!r}")
+        if self.oversample < 0 or self.power_iters < 0:
+            raise ValueError("oversample and power_iters must be >= 0")
+
+
+class Subspace(NamedTuple):
+    """Truncated factors W ≈ U diag(s) Vᵀ, plus the share of ‖W‖_F² they capture."""
+
+    u: Annotated[Array, "L m r_e"]
+    s: Annotated[Array, "L r_e"]
+    v: Annotated[Array, "L n r_e"]
+    energy: Annotated[Array, " L"]
+
+
+def effective_rank(rank: int, m: int, n: int) -> int:
+    return min(rank, m, n)
+
+
+def _exact(w: Annotated[Array, "m n"], rank: int) -> tuple[Array, Array, Array]:
+    u, s, vt = jnp.linalg.svd(w, full_matrices=False)
+    r = effective_rank(rank, *w.shape)
+    return u[:, :r], s[:r], vt[:r].T
+
+
+def _orthonormal(x: Annotated[Array, "a b"]) -> Annotated[Array, "a b"]:
+    return jnp.linalg.qr(x, mode="reduced")[0]
+
+
+def _randomized(
+    w: Annotated[Array, "m n"], rank: int, key: Array, oversample: int, power_iters: int
+) -> tuple[Array, Array, Array]:
+    m, n = w.shape
+    r = effective_rank(rank, m, n)
+    sketch = min(r + oversample, m, n)
+    if sketch == min(m, n):  # the sketch would span everything: exact is cheaper and exact
+        return _exact(w, rank)
+    q = _orthonormal(mm(w, jax.random.normal(key, (n, sketch), jnp.float32)))
+    for _ in range(power_iters):  # re-orthonormalise each half-step so small σ survive in f32
+        q = _orthonormal(mm(w, _orthonormal(mm(w.T, q))))
+    ub, s, vt = jnp.linalg.svd(mm(q.T, w), full_matrices=False)
+    return mm(q, ub[:, :r]), s[:r], vt[:r].T
+
+
+@functools.partial(jax.jit, static_argnames=("settings",))
+def truncated_svd(w: Annotated[Array, "L m n"], layer_ids: Annotated[Array, " L"], settings: SvdSettings) -> Subspace:
+    """Truncated SVD of each layer. `layer_ids` (absolute layer numbers) seed the randomized
+    engine per layer, so results do not depend on how layers are chunked or sharded."""
+    w = w.astype(jnp.float32)
+
+    def one(w1: Array, layer: Array) -> tuple[Array, Array, Array]:
+        if settings.engine == "exact":
+            return _exact(w1, settings.rank)
+        key = jax.random.fold_in(jax.random.key(settings.seed), layer)
+        return _randomized(w1, settings.rank, key, settings.oversample, settings.power_iters)
+
+    u, s, v = jax.vmap(one)(w, layer_ids)
+    total = jnp.sum(jnp.square(w), axis=(1, 2))
+    energy = jnp.where(total > 0, jnp.sum(jnp.square(s), axis=1) / jnp.where(total > 0, total, 1.0), 1.0)
+    return Subspace(u, s, v, energy)

@@ -1,0 +1,120 @@
+"""The three transfer methods of DESIGN.md §3 in factored form, vmapped over stacked layers.
+
+Legend: L layers, m out, n in, k LoRA rank, r_s / r_t effective SVD ranks of source / target,
+p = min(m_s, m_t), q = min(n_s, n_t). ΔW = γ·B·A is never formed; γ is unchanged by every
+method, so only B and A are mapped.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from crosslora_jax.ops._linalg import crop_or_pad, mm
+
+Method = Literal["cross_lora", "lora_x", "truncate"]
+METHODS: tuple[str, ...] = ("cross_lora", "lora_x", "truncate")
+
+
+class Diagnostics(NamedTuple):
+    """Per-layer report values; norms are ‖B·A‖_F without γ (it cancels in the ratio)."""
+
+    phi_u: Annotated[Array, " L"]
+    phi_v: Annotated[Array, " L"]
+    chance_u: Annotated[Array, " L"]
+    chance_v: Annotated[Array, " L"]
+    source_norm: Annotated[Array, " L"]
+    target_norm: Annotated[Array, " L"]
+
+
+def _range_basis(x: Annotated[Array, "p r"]) -> tuple[Array, Array, Array]:
+    """SVD x = Q diag(s) Wᵀ with a mask of the singular values above round-off."""
+    q, s, wt = jnp.linalg.svd(x, full_matrices=False)
+    tol = jnp.finfo(jnp.float32).eps * max(x.shape) * jnp.max(s, initial=0.0)
+    return q, jnp.where(s > tol, s, 0.0), wt
+
+
+def align(us_bar: Annotated[Array, "p r_s"], ut_bar: Annotated[Array, "p r_t"]) -> Annotated[Array, "r_s r_t"]:
+    """LoRA-Align: P = argmin ‖Ū_s P − Ū_t‖_F = Ū_s⁺ Ū_t, minimum-norm when Ū_s is rank-deficient."""
+    q, s, wt = _range_basis(us_bar)
+    s_inv = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
+    return mm(wt.T * s_inv, mm(q.T, ut_bar))
+
+
+def similarity(xs: Annotated[Array, "p r_s"], xt: Annotated[Array, "p r_t"]) -> tuple[Array, Array]:
+    """φ = ‖orth(X_s)ᵀ orth(X_t)‖_F² / min(r_s, r_t) ∈ [0, 1], and its chance level max(r)/p."""
+    qs, ss, _ = _range_basis(xs)
+    qt, st, _ = _range_basis(xt)
+    overlap = mm((qs * (ss > 0)).T, qt * (st > 0))
+    r_s, r_t, p = xs.shape[1], xt.shape[1], xs.shape[0]
+    phi = jnp.sum(jnp.square(overlap)) / min(r_s, r_t)
+    return phi, jnp.asarray(min(1.0, max(r_s, r_t) / p), jnp.float32)
+
+
+def _factored_norm(a: Annotated[Array, "k n"], b: Annotated[Array, "m k"]) -> Array:
+    # ‖BA‖_F² = Σ (BᵀB) ∘ (AAᵀ): k×k work instead of m×n.
+    return jnp.sqrt(jnp.maximum(jnp.sum(mm(b.T, b) * mm(a, a.T)), 0.0))
+
+
+def _cross_lora(a_s, b_s, us, vs, ut, vt):  # noqa: ANN001, ANN202 — shapes in `transfer_layer`
+    p, q = min(us.shape[0], ut.shape[0]), min(vs.shape[0], vt.shape[0])
+    u_al = mm(us[:p], align(us[:p], ut[:p]))  # Ũ = Ū_s P_U  [p, r_t]
+    v_al = mm(vs[:q], align(vs[:q], vt[:q]))  # Ṽ = V̄_s P_V  [q, r_t]
+    k = a_s.shape[0]
+    b_t = crop_or_pad(mm(u_al, mm(u_al.T, b_s[:p])), ut.shape[0], k)
+    a_t = crop_or_pad(mm(mm(a_s[:, :q], v_al), v_al.T), k, vt.shape[0])
+    return a_t, b_t
+
+
+def _lora_x(a_s, b_s, us, vs, ut, vt):  # noqa: ANN001, ANN202, ARG001
+    k = a_s.shape[0]
+    b_t = mm(ut, mm(ut.T, crop_or_pad(b_s, ut.shape[0], k)))
+    a_t = mm(mm(crop_or_pad(a_s, k, vt.shape[0]), vt), vt.T)
+    return a_t, b_t
+
+
+def _truncate(a_s, b_s, us, vs, ut, vt):  # noqa: ANN001, ANN202, ARG001
+    k = a_s.shape[0]
+    return crop_or_pad(a_s, k, vt.shape[0]), crop_or_pad(b_s, ut.shape[0], k)
+
+
+_METHOD_FNS = {"cross_lora": _cross_lora, "lora_x": _lora_x, "truncate": _truncate}
+
+
+def transfer_layer(
+    method: Method,
+    a_s: Annotated[Array, "k n_s"],
+    b_s: Annotated[Array, "m_s k"],
+    us: Annotated[Array, "m_s r_s"],
+    vs: Annotated[Array, "n_s r_s"],
+    ut: Annotated[Array, "m_t r_t"],
+    vt: Annotated[Array, "n_t r_t"],
+) -> tuple[Annotated[Array, "k n_t"], Annotated[Array, "m_t k"], Diagnostics]:
+    """One layer: the target factors (A_t, B_t) and the diagnostics of the report."""
+    a_s, b_s = a_s.astype(jnp.float32), b_s.astype(jnp.float32)
+    a_t, b_t = _METHOD_FNS[method](a_s, b_s, us, vs, ut, vt)
+    p, q = min(us.shape[0], ut.shape[0]), min(vs.shape[0], vt.shape[0])
+    phi_u, chance_u = similarity(us[:p], ut[:p])
+    phi_v, chance_v = similarity(vs[:q], vt[:q])
+    diag = Diagnostics(phi_u, phi_v, chance_u, chance_v, _factored_norm(a_s, b_s), _factored_norm(a_t, b_t))
+    return a_t, b_t, diag
+
+
+@functools.partial(jax.jit, static_argnames=("method",))
+def transfer_stack(
+    method: Method,
+    a_s: Annotated[Array, "L k n_s"],
+    b_s: Annotated[Array, "L m_s k"],
+    us: Annotated[Array, "L m_s r_s"],
+    vs: Annotated[Array, "L n_s r_s"],
+    ut: Annotated[Array, "L m_t r_t"],
+    vt: Annotated[Array, "L n_t r_t"],
+) -> tuple[Annotated[Array, "L k n_t"], Annotated[Array, "L m_t k"], Diagnostics]:
+    """`transfer_layer` over a stack of layers in one compiled call."""
+    if method not in _METHOD_FNS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    return jax.vmap(functools.partial(transfer_layer, method))(a_s, b_s, us, vs, ut, vt)

@@ -1,0 +1,296 @@
+"""Plan and run a transfer: roles × layer chunks, subspaces once per chunk for all adapters.
+
+files ─io─▶ host stacks [L, m, n] per role and chunk ─shard─▶ ops (jit+vmap) ─▶ host ─io─▶
+PEFT adapter folders + report.json. Peak host memory is one chunk of one role of each model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from crosslora_jax import _mesh
+from crosslora_jax._errors import CheckpointError, OptionsError, TransferError
+from crosslora_jax.arch import ROLES
+from crosslora_jax.io.hf_config import ModelConfig, read_model_config
+from crosslora_jax.io.output_folder import check_output_location, staged_output
+from crosslora_jax.io.peft_adapter import (
+    NUMPY_DTYPES,
+    LoraAdapter,
+    LoraModule,
+    adapter_config_for_target,
+    read_adapter,
+    write_adapter,
+)
+from crosslora_jax.io.report import write_report
+from crosslora_jax.io.safetensors_checkpoint import Checkpoint
+from crosslora_jax.ops import METHODS, Subspace, SvdSettings, layer_map, resolve_layer_map, transfer_stack
+from crosslora_jax.ops.svd import truncated_svd
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferOptions:
+    """How to transfer; the CLI's flags map onto these fields one to one."""
+
+    method: str = "cross_lora"
+    svd: SvdSettings = dataclasses.field(default_factory=SvdSettings)
+    layer_map: str = "auto"
+    min_similarity: float = 0.0
+    output_dtype: str = "auto"
+    layers_per_chunk: int = 8
+    energy_warning: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise OptionsError("--method", f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.layer_map not in ("auto", "index", "linear"):
+            raise OptionsError("--layer_map", f"unknown layer map {self.layer_map!r}")
+        if not 0.0 <= self.min_similarity <= 1.0:
+            raise OptionsError("--min_similarity", f"must be in [0, 1], got {self.min_similarity}")
+        if self.output_dtype != "auto" and self.output_dtype not in NUMPY_DTYPES:
+            raise OptionsError("--output_dtype", f"unknown dtype {self.output_dtype!r}")
+        if self.layers_per_chunk <= 0:
+            raise OptionsError("--layers_per_chunk", f"must be positive, got {self.layers_per_chunk}")
+
+
+@dataclasses.dataclass
+class TransferResult:
+    """One transferred adapter: target factors by module path, and the per-module report."""
+
+    adapter: LoraAdapter
+    factors: dict[str, tuple[np.ndarray, np.ndarray]]
+    written: list[LoraModule]
+    modules: list[dict[str, Any]]
+
+
+def transfer(
+    source_model: Path | str,
+    target_model: Path | str,
+    adapters: Sequence[Path | str],
+    output: Path | str,
+    options: TransferOptions = TransferOptions(),
+    *,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Transfer each adapter and write it under `output`; returns one report per adapter.
+
+    With one adapter `output` is the adapter folder; with several it is a parent folder with
+    one adapter folder each, named after the input folders.
+    """
+    source_model, target_model, output = Path(source_model), Path(target_model), Path(output)
+    adapter_dirs = [Path(a) for a in adapters]
+    if not adapter_dirs:
+        raise OptionsError("--adapter", "at least one adapter folder is required")
+    check_output_location(output, [source_model, target_model, *adapter_dirs], overwrite=overwrite)
+    source_cfg, target_cfg = read_model_config(source_model), read_model_config(target_model)
+    loaded = [read_adapter(a, source_cfg) for a in adapter_dirs]
+    names = _output_names(adapter_dirs)
+    results = run_transfer(source_cfg, target_cfg, loaded, options)
+    reports = []
+    with staged_output(output) as staging:
+        for name, result in zip(names, results, strict=True):
+            folder = staging if len(results) == 1 else staging / name
+            folder.mkdir(exist_ok=True)
+            dtype = result.adapter.dtype if options.output_dtype == "auto" else options.output_dtype
+            config = adapter_config_for_target(result.adapter.config, target_cfg, result.written)
+            write_adapter(folder, result.factors, config, dtype)
+            report = _report(source_cfg, target_cfg, result, options, dtype)
+            write_report(folder, report)
+            reports.append(report)
+    return reports
+
+
+def _output_names(adapter_dirs: Sequence[Path]) -> list[str]:
+    names, seen = [], defaultdict(int)
+    for a in adapter_dirs:
+        base = a.resolve().name or "adapter"
+        seen[base] += 1
+        names.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return names
+
+
+def run_transfer(
+    source: ModelConfig,
+    target: ModelConfig,
+    adapters: Sequence[LoraAdapter],
+    options: TransferOptions,
+) -> list[TransferResult]:
+    """The computation without the writing: every adapter mapped onto `target`."""
+    source_ckpt, target_ckpt = Checkpoint(source.folder), Checkpoint(target.folder)
+    lmap = layer_map(options.layer_map, source.num_layers, target.num_layers)
+    results = [TransferResult(a, {}, [], []) for a in adapters]
+    roles = sorted({role for a in adapters for role in a.roles()}, key=_role_order)
+    for role in roles:
+        _check_role_weights(source, source_ckpt, role)
+        _check_role_weights(target, target_ckpt, role)
+        jobs = []  # (target layer, source layer) pairs some adapter needs
+        for j, i in enumerate(lmap):
+            needed = i is not None and any((role, i) in a.modules for a in adapters)
+            if needed:
+                jobs.append((j, i))
+            for result in results:
+                if i is None or (role, i) not in result.adapter.modules:
+                    result.modules.append(_skipped(target, role, j, i, source.num_layers))
+        chunks = [jobs[c : c + options.layers_per_chunk] for c in range(0, len(jobs), options.layers_per_chunk)]
+        for number, chunk in enumerate(chunks, 1):
+            started = time.perf_counter()
+            _transfer_chunk(role, chunk, source, target, source_ckpt, target_ckpt, results, options)
+            logging.info(
+                "role %-4s chunk %d/%d: target layers %d-%d done in %.2fs",
+                role, number, len(chunks), chunk[0][0], chunk[-1][0], time.perf_counter() - started,
+            )  # fmt: skip
+    for result in results:
+        if not result.factors:
+            raise TransferError(
+                result.adapter.folder,
+                "no module was transferred (all were gated out or had no source layer); "
+                "lower --min_similarity or change --layer_map",
+            )
+        result.modules.sort(key=lambda r: (r["target_layer"], _role_order(r["role"])))
+    return results
+
+
+def _role_order(role: str) -> int:
+    return ROLES.index(role)
+
+
+def _check_role_weights(model: ModelConfig, ckpt: Checkpoint, role: str) -> None:
+    want = model.shapes[role]
+    for layer in range(model.num_layers):
+        name = model.arch.weight_name(role, layer)
+        shape = ckpt.shape(name)
+        if shape != want:
+            raise CheckpointError(
+                ckpt.file_of(name),
+                f"tensor {name!r} has shape {list(shape)} but config.json implies {list(want)}",
+            )
+
+
+def subspaces(
+    model: ModelConfig, ckpt: Checkpoint, role: str, layers: Sequence[int], settings: SvdSettings
+) -> Subspace:
+    """Truncated SVD factors of one role's weights at `layers`, as host arrays [len(layers), ...]."""
+    w = ckpt.read_stack([model.arch.weight_name(role, layer) for layer in layers])
+    ids = np.asarray(layers, np.int32)
+    sub = truncated_svd(_mesh.shard_layers(w), _mesh.shard_layers(ids), settings)
+    return Subspace(*(np.asarray(x)[: len(layers)] for x in sub))
+
+
+def _transfer_chunk(
+    role: str,
+    chunk: Sequence[tuple[int, int]],
+    source: ModelConfig,
+    target: ModelConfig,
+    source_ckpt: Checkpoint,
+    target_ckpt: Checkpoint,
+    results: Sequence[TransferResult],
+    options: TransferOptions,
+) -> None:
+    src_layers = sorted({i for _, i in chunk})
+    src = subspaces(source, source_ckpt, role, src_layers, options.svd)
+    tgt = subspaces(target, target_ckpt, role, [j for j, _ in chunk], options.svd)
+    src_pos = {layer: n for n, layer in enumerate(src_layers)}
+    for result in results:
+        by_rank: dict[int, list[tuple[int, int, int, LoraModule]]] = defaultdict(list)
+        for t_pos, (j, i) in enumerate(chunk):
+            module = result.adapter.modules.get((role, i))
+            if module is not None:
+                by_rank[module.rank].append((t_pos, j, i, module))
+        for group in by_rank.values():
+            a, b = result.adapter.read_factors([g[3] for g in group])
+            s_idx = np.asarray([src_pos[i] for _, _, i, _ in group])
+            t_idx = np.asarray([t for t, _, _, _ in group])
+            a_t, b_t, diag = transfer_stack(
+                options.method,
+                _mesh.shard_layers(a),
+                _mesh.shard_layers(b),
+                *(_mesh.shard_layers(x[s_idx]) for x in (src.u, src.v)),
+                *(_mesh.shard_layers(x[t_idx]) for x in (tgt.u, tgt.v)),
+            )
+            n = len(group)
+            a_t, b_t = np.asarray(a_t)[:n], np.asarray(b_t)[:n]
+            diag = {k: np.asarray(v)[:n] for k, v in diag._asdict().items()}
+            for row, (t, j, i, module) in enumerate(group):
+                _record(result, role, j, i, module, row, a_t, b_t, diag, src.energy[src_pos[i]],
+                        tgt.energy[t], src.u.shape[2], tgt.u.shape[2], source, target, options)  # fmt: skip
+
+
+def _record(result, role, j, i, module, row, a_t, b_t, diag, e_src, e_tgt, r_s, r_t, source, target, options):  # noqa: ANN001, ANN202
+    phi_u, phi_v = float(diag["phi_u"][row]), float(diag["phi_v"][row])
+    src_norm, tgt_norm = float(diag["source_norm"][row]), float(diag["target_norm"][row])
+    path = target.arch.module_path(role, j)
+    entry = {
+        "module": path,
+        "role": role,
+        "target_layer": j,
+        "source_layer": i,
+        "source_module": module.path,
+        "method": options.method,
+        "rank": module.rank,
+        "alpha": module.alpha,
+        "source_shape": list(source.shapes[role]),
+        "target_shape": list(target.shapes[role]),
+        "svd_rank": [int(r_s), int(r_t)],
+        "energy_source": float(e_src),
+        "energy_target": float(e_tgt),
+        "phi_u": phi_u,
+        "phi_v": phi_v,
+        "chance_u": float(diag["chance_u"][row]),
+        "chance_v": float(diag["chance_v"][row]),
+        "norm_ratio": tgt_norm / src_norm if src_norm > 0 else None,
+    }
+    if min(phi_u, phi_v) < options.min_similarity:
+        entry.update(
+            status="skipped", reason=f"similarity {min(phi_u, phi_v):.3f} < --min_similarity {options.min_similarity}"
+        )
+    else:
+        entry.update(status="transferred", reason=None)
+        written = dataclasses.replace(module, path=path, layer=j)
+        result.factors[path] = (a_t[row], b_t[row])
+        result.written.append(written)
+    if min(e_src, e_tgt) < options.energy_warning:
+        logging.warning("%s: rank-%d SVD captures only %.0f%% (source) / %.0f%% (target) of the weight energy",
+                        path, min(r_s, r_t), 100 * e_src, 100 * e_tgt)  # fmt: skip
+    result.modules.append(entry)
+
+
+def _skipped(target: ModelConfig, role: str, j: int, i: int | None, source_layers: int) -> dict[str, Any]:
+    why = (
+        f"no source layer (index layer map; the source has {source_layers} layers)"
+        if i is None
+        else f"the adapter has no {role} module in source layer {i}"
+    )
+    return {"module": target.arch.module_path(role, j), "role": role, "target_layer": j, "source_layer": i,
+            "status": "skipped", "reason": why}  # fmt: skip
+
+
+def _report(
+    source: ModelConfig, target: ModelConfig, result: TransferResult, options: TransferOptions, dtype: str
+) -> dict[str, Any]:
+    counts = defaultdict(int)
+    for m in result.modules:
+        counts[m["status"]] += 1
+    return {
+        "adapter": str(result.adapter.folder),
+        "source_model": str(source.folder),
+        "target_model": str(target.folder),
+        "method": options.method,
+        "svd": dataclasses.asdict(options.svd),
+        "layer_map": {
+            "kind": resolve_layer_map(options.layer_map, source.num_layers, target.num_layers),
+            "target_to_source": layer_map(options.layer_map, source.num_layers, target.num_layers),
+        },
+        "min_similarity": options.min_similarity,
+        "output_dtype": dtype,
+        "devices": [str(d) for d in jax.devices()],
+        "summary": dict(counts),
+        "modules": result.modules,
+    }

@@ -1,0 +1,206 @@
+"""Deterministic synthetic HF checkpoints and PEFT adapters, written with NumPy alone.
+
+Projection weights are W = U diag(σ) Vᵀ with Haar-random U, V and a power-law spectrum
+σ_i = (1 + i/knee)^(-decay), the shape measured on real LLM projections (a few large
+directions, then a slow decay; see WORKSPACE.md). Used by the demo, the tests and `tools/`.
+The files are complete HF checkpoints (embeddings, norms, head) that transformers can load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from crosslora_jax.arch import ARCHITECTURES, ROLES, role_shapes
+from crosslora_jax.io.peft_adapter import CONFIG_FILE as ADAPTER_CONFIG
+from crosslora_jax.io.peft_adapter import KEY_PREFIX, NUMPY_DTYPES, WEIGHTS_FILE
+
+# Per-layer tensors other than the projections, by architecture: name -> dim field.
+_LAYER_NORMS: Mapping[str, tuple[str, ...]] = {
+    "llama": ("input_layernorm", "post_attention_layernorm"),
+    "mistral": ("input_layernorm", "post_attention_layernorm"),
+    "qwen2": ("input_layernorm", "post_attention_layernorm"),
+    "qwen3": ("input_layernorm", "post_attention_layernorm"),
+    "gemma": ("input_layernorm", "post_attention_layernorm"),
+    "gemma2": (
+        "input_layernorm",
+        "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
+    ),
+}
+_TIED = frozenset({"gemma", "gemma2"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Spectrum:
+    """σ_i = scale · (1 + i/knee)^(-decay), with `knee` a fraction of min(m, n)."""
+
+    decay: float = 0.6
+    knee: float = 0.02
+    scale: float = 1.0
+
+    def values(self, count: int) -> np.ndarray:
+        knee = max(1.0, self.knee * count)
+        return self.scale * (1.0 + np.arange(count) / knee) ** (-self.decay)
+
+
+def model_config(
+    model_type: str,
+    *,
+    hidden: int,
+    intermediate: int,
+    heads: int,
+    kv_heads: int,
+    layers: int,
+    head_dim: int | None = None,
+    vocab: int = 256,
+) -> dict[str, Any]:
+    """A config.json dict transformers accepts for `model_type` at these sizes."""
+    config: dict[str, Any] = {
+        "model_type": model_type,
+        "architectures": [_CAUSAL_LM[model_type]],
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "num_hidden_layers": layers,
+        "head_dim": head_dim or hidden // heads,
+        "vocab_size": vocab,
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": model_type in _TIED,
+        "torch_dtype": "float32",
+        "attention_bias": False,
+    }
+    if model_type == "gemma2":
+        config.update(query_pre_attn_scalar=config["head_dim"], sliding_window=256,
+                      attn_logit_softcapping=50.0, final_logit_softcapping=30.0)  # fmt: skip
+    if model_type in ("gemma", "gemma2"):
+        config["hidden_activation"] = "gelu_pytorch_tanh"
+    return config
+
+
+_CAUSAL_LM = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma": "GemmaForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+}
+
+
+def _haar(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((rows, cols)))
+    return q * np.sign(np.diag(r))
+
+
+def spectral_weight(rng: np.random.Generator, m: int, n: int, spectrum: Spectrum) -> np.ndarray:
+    """A float32 [m, n] matrix with singular values `spectrum.values(min(m, n))`."""
+    r = min(m, n)
+    u, v = _haar(rng, m, r), _haar(rng, n, r)
+    return ((u * spectrum.values(r)) @ v.T).astype(np.float32)
+
+
+def model_tensors(
+    config: Mapping[str, Any], *, seed: int, spectrum: Spectrum = Spectrum(), roles: Sequence[str] = ROLES
+) -> dict[str, np.ndarray]:
+    """Every tensor of a synthetic checkpoint for `config`, float32."""
+    rng = np.random.default_rng(seed)
+    arch = ARCHITECTURES[config["model_type"]]
+    shapes = role_shapes(config)
+    hidden, vocab = config["hidden_size"], config["vocab_size"]
+    tensors = {"model.embed_tokens.weight": (rng.standard_normal((vocab, hidden)) * 0.02).astype(np.float32),
+               "model.norm.weight": np.ones(hidden, np.float32)}  # fmt: skip
+    if not config.get("tie_word_embeddings"):
+        tensors["lm_head.weight"] = (rng.standard_normal((vocab, hidden)) * 0.02).astype(np.float32)
+    for layer in range(config["num_hidden_layers"]):
+        prefix = arch.layer_prefix.format(layer=layer)
+        for role in roles:
+            tensors[arch.weight_name(role, layer)] = spectral_weight(rng, *shapes[role], spectrum)
+        for norm in _LAYER_NORMS[config["model_type"]]:
+            tensors[f"{prefix}.{norm}.weight"] = np.ones(hidden, np.float32)
+        if config["model_type"] == "qwen3":
+            for norm in ("q_norm", "k_norm"):
+                tensors[f"{prefix}.self_attn.{norm}.weight"] = np.ones(config["head_dim"], np.float32)
+        if config["model_type"] == "qwen2":
+            for role in ("q", "k", "v"):
+                tensors[f"{arch.module_path(role, layer)}.bias"] = np.zeros(shapes[role][0], np.float32)
+    return tensors
+
+
+def write_model(
+    folder: Path,
+    config: Mapping[str, Any],
+    tensors: Mapping[str, np.ndarray],
+    *,
+    dtype: str = "float32",
+    shards: int = 1,
+) -> Path:
+    """Write `config.json` and `model.safetensors`, or `shards` files plus an index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({**config, "torch_dtype": dtype}, indent=2))
+    cast = {k: np.ascontiguousarray(v.astype(NUMPY_DTYPES[dtype])) for k, v in tensors.items()}
+    if shards == 1:
+        save_file(cast, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return folder
+    names = sorted(cast)
+    weight_map = {}
+    for s in range(shards):
+        file_name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: cast[n] for n in names[s::shards]}
+        save_file(part, str(folder / file_name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file_name))
+    total = sum(v.nbytes for v in cast.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def write_adapter(
+    folder: Path,
+    config: Mapping[str, Any],
+    *,
+    seed: int,
+    roles: Sequence[str] = ("q", "v"),
+    rank: int = 8,
+    alpha: float = 16,
+    dtype: str = "float32",
+    layers: Sequence[int] | None = None,
+    extra_config: Mapping[str, Any] | None = None,
+) -> Path:
+    """A PEFT LoRA adapter for a model with `config`, with nonzero A and B (as after training)."""
+    rng = np.random.default_rng(seed)
+    arch = ARCHITECTURES[config["model_type"]]
+    shapes = role_shapes(config)
+    layers = range(config["num_hidden_layers"]) if layers is None else layers
+    tensors = {}
+    for layer in layers:
+        for role in roles:
+            m, n = shapes[role]
+            path = arch.module_path(role, layer)
+            a = rng.standard_normal((rank, n)) / np.sqrt(n)
+            b = rng.standard_normal((m, rank)) * 0.05
+            tensors[f"{KEY_PREFIX}{path}.lora_A.weight"] = a.astype(NUMPY_DTYPES[dtype])
+            tensors[f"{KEY_PREFIX}{path}.lora_B.weight"] = b.astype(NUMPY_DTYPES[dtype])
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    leaf = sorted({arch.role_modules[r].rsplit(".", 1)[-1] for r in roles})
+    adapter_config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha,
+        "target_modules": leaf, "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
+        "base_model_name_or_path": str(folder), "rank_pattern": {}, "alpha_pattern": {},
+    }  # fmt: skip
+    if layers is not None and list(layers) != list(range(config["num_hidden_layers"])):
+        adapter_config["layers_to_transform"] = list(layers)
+    adapter_config.update(extra_config or {})
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
+    return folder
