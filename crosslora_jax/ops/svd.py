@@ -88,6 +88,10 @@ def truncated_svd(w: Annotated[Array, "L m n"], layer_ids: Annotated[Array, " L"
         return _randomized(w1, settings.rank, key, settings.oversample, settings.power_iters)
 
     u, s, v = jax.vmap(one)(w, layer_ids)
-    total = jnp.sum(jnp.square(w), axis=(1, 2))
-    energy = jnp.where(total > 0, jnp.sum(jnp.square(s), axis=1) / jnp.where(total > 0, total, 1.0), 1.0)
+    # Divide by max|W| first: Σσ² of weights near 1e20 would overflow float32.
+    peak = jnp.max(jnp.abs(w), axis=(1, 2))
+    safe = jnp.where(peak > 0, peak, 1.0)
+    kept = jnp.sum(jnp.square(s / safe[:, None]), axis=1)
+    total = jnp.sum(jnp.square(w / safe[:, None, None]), axis=(1, 2))
+    energy = jnp.where(peak > 0, kept / jnp.where(total > 0, total, 1.0), 1.0)
     return Subspace(u, s, v, energy)
