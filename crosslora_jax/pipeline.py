@@ -7,6 +7,7 @@ PEFT adapter folders + report.json. Peak host memory is one chunk of one role of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from absl import logging
 
 from crosslora_jax import _mesh
 from crosslora_jax._errors import CheckpointError, OptionsError, TransferError
+from crosslora_jax._subspace_store import SubspaceStore
 from crosslora_jax.arch import ROLES
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.output_folder import check_output_location, staged_output
@@ -33,7 +35,6 @@ from crosslora_jax.io.peft_adapter import (
 from crosslora_jax.io.report import write_report
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
 from crosslora_jax.ops import METHODS, Subspace, SvdSettings, layer_map, resolve_layer_map, transfer_stack
-from crosslora_jax.ops.svd import truncated_svd
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,7 @@ class TransferResult:
     factors: dict[str, tuple[np.ndarray, np.ndarray]]
     written: list[LoraModule]
     modules: list[dict[str, Any]]
+    project_seconds: float = 0.0
 
 
 def transfer(
@@ -79,22 +81,31 @@ def transfer(
     options: TransferOptions = TransferOptions(),
     *,
     overwrite: bool = False,
+    cache_dir: Path | str | None = None,
 ) -> list[dict[str, Any]]:
     """Transfer each adapter and write it under `output`; returns one report per adapter.
 
     With one adapter `output` is the adapter folder; with several it is a parent folder with
-    one adapter folder each, named after the input folders.
+    one adapter folder each, named after the input folders. An adapter path that is a folder of
+    adapter folders stands for all of them. With `cache_dir`, base-model subspaces are kept
+    there (orbax) and reused by later runs.
     """
     source_model, target_model, output = Path(source_model), Path(target_model), Path(output)
-    adapter_dirs = [Path(a) for a in adapters]
+    adapter_dirs = expand_adapter_dirs([Path(a) for a in adapters])
     if not adapter_dirs:
         raise OptionsError("--adapter", "at least one adapter folder is required")
     check_output_location(output, [source_model, target_model, *adapter_dirs], overwrite=overwrite)
     source_cfg, target_cfg = read_model_config(source_model), read_model_config(target_model)
     loaded = [read_adapter(a, source_cfg) for a in adapter_dirs]
     names = _output_names(adapter_dirs)
-    results = run_transfer(source_cfg, target_cfg, loaded, options)
+    store = SubspaceStore(options.svd, Path(cache_dir) if cache_dir is not None else None)
+    started = time.perf_counter()
+    results = run_transfer(source_cfg, target_cfg, loaded, options, store)
+    compute_seconds = time.perf_counter() - started
     reports = []
+    if jax.process_index() != 0:  # one process writes; the others computed their shards
+        return [_report(source_cfg, target_cfg, r, options, "-", store, compute_seconds) for r in results]
+    started = time.perf_counter()
     with staged_output(output) as staging:
         for name, result in zip(names, results, strict=True):
             folder = staging if len(results) == 1 else staging / name
@@ -102,10 +113,21 @@ def transfer(
             dtype = result.adapter.dtype if options.output_dtype == "auto" else options.output_dtype
             config = adapter_config_for_target(result.adapter.config, target_cfg, result.written)
             write_adapter(folder, result.factors, config, dtype)
-            report = _report(source_cfg, target_cfg, result, options, dtype)
+            report = _report(source_cfg, target_cfg, result, options, dtype, store, compute_seconds)
             write_report(folder, report)
             reports.append(report)
+    for report in reports:
+        report["timings"]["write_seconds"] = time.perf_counter() - started
     return reports
+
+
+def expand_adapter_dirs(paths: Sequence[Path]) -> list[Path]:
+    """Each path as given, or, for a folder holding adapter folders, those folders (sorted)."""
+    out = []
+    for path in paths:
+        children = sorted(c for c in path.iterdir() if (c / "adapter_config.json").is_file()) if path.is_dir() else []
+        out.extend(children if children and not (path / "adapter_config.json").exists() else [path])
+    return out
 
 
 def _output_names(adapter_dirs: Sequence[Path]) -> list[str]:
@@ -122,8 +144,10 @@ def run_transfer(
     target: ModelConfig,
     adapters: Sequence[LoraAdapter],
     options: TransferOptions,
+    store: SubspaceStore | None = None,
 ) -> list[TransferResult]:
     """The computation without the writing: every adapter mapped onto `target`."""
+    store = store or SubspaceStore(options.svd)
     source_ckpt, target_ckpt = Checkpoint(source.folder), Checkpoint(target.folder)
     lmap = layer_map(options.layer_map, source.num_layers, target.num_layers)
     results = [TransferResult(a, {}, [], []) for a in adapters]
@@ -142,7 +166,7 @@ def run_transfer(
         chunks = [jobs[c : c + options.layers_per_chunk] for c in range(0, len(jobs), options.layers_per_chunk)]
         for number, chunk in enumerate(chunks, 1):
             started = time.perf_counter()
-            _transfer_chunk(role, chunk, source, target, source_ckpt, target_ckpt, results, options)
+            _transfer_chunk(role, chunk, source, target, source_ckpt, target_ckpt, results, options, store)
             logging.info(
                 "role %-4s chunk %d/%d: target layers %d-%d done in %.2fs",
                 role, number, len(chunks), chunk[0][0], chunk[-1][0], time.perf_counter() - started,
@@ -178,10 +202,12 @@ def subspaces(
     model: ModelConfig, ckpt: Checkpoint, role: str, layers: Sequence[int], settings: SvdSettings
 ) -> Subspace:
     """Truncated SVD factors of one role's weights at `layers`, as host arrays [len(layers), ...]."""
-    w = ckpt.read_stack([model.arch.weight_name(role, layer) for layer in layers])
-    ids = np.asarray(layers, np.int32)
-    sub = truncated_svd(_mesh.shard_layers(w), _mesh.shard_layers(ids), settings)
-    return Subspace(*(np.asarray(x)[: len(layers)] for x in sub))
+    return SubspaceStore(settings).get(model, ckpt, role, layers)
+
+
+@functools.cache
+def _sharded_transfer(method: str):  # noqa: ANN202
+    return _mesh.sharded_jit(functools.partial(transfer_stack, method))
 
 
 def _transfer_chunk(
@@ -193,10 +219,11 @@ def _transfer_chunk(
     target_ckpt: Checkpoint,
     results: Sequence[TransferResult],
     options: TransferOptions,
+    store: SubspaceStore,
 ) -> None:
     src_layers = sorted({i for _, i in chunk})
-    src = subspaces(source, source_ckpt, role, src_layers, options.svd)
-    tgt = subspaces(target, target_ckpt, role, [j for j, _ in chunk], options.svd)
+    src = store.get(source, source_ckpt, role, src_layers)
+    tgt = store.get(target, target_ckpt, role, [j for j, _ in chunk])
     src_pos = {layer: n for n, layer in enumerate(src_layers)}
     for result in results:
         by_rank: dict[int, list[tuple[int, int, int, LoraModule]]] = defaultdict(list)
@@ -208,16 +235,17 @@ def _transfer_chunk(
             a, b = result.adapter.read_factors([g[3] for g in group])
             s_idx = np.asarray([src_pos[i] for _, _, i, _ in group])
             t_idx = np.asarray([t for t, _, _, _ in group])
-            a_t, b_t, diag = transfer_stack(
-                options.method,
+            started = time.perf_counter()
+            a_t, b_t, diag = _sharded_transfer(options.method)(
                 _mesh.shard_layers(a),
                 _mesh.shard_layers(b),
                 *(_mesh.shard_layers(x[s_idx]) for x in (src.u, src.v)),
                 *(_mesh.shard_layers(x[t_idx]) for x in (tgt.u, tgt.v)),
             )
             n = len(group)
-            a_t, b_t = np.asarray(a_t)[:n], np.asarray(b_t)[:n]
-            diag = {k: np.asarray(v)[:n] for k, v in diag._asdict().items()}
+            a_t, b_t = _mesh.to_host(a_t, n), _mesh.to_host(b_t, n)
+            diag = {k: _mesh.to_host(v, n) for k, v in diag._asdict().items()}
+            result.project_seconds += time.perf_counter() - started
             for row, (t, j, i, module) in enumerate(group):
                 _record(result, role, j, i, module, row, a_t, b_t, diag, src.energy[src_pos[i]],
                         tgt.energy[t], src.u.shape[2], tgt.u.shape[2], source, target, options)  # fmt: skip
@@ -273,7 +301,13 @@ def _skipped(target: ModelConfig, role: str, j: int, i: int | None, source_layer
 
 
 def _report(
-    source: ModelConfig, target: ModelConfig, result: TransferResult, options: TransferOptions, dtype: str
+    source: ModelConfig,
+    target: ModelConfig,
+    result: TransferResult,
+    options: TransferOptions,
+    dtype: str,
+    store: SubspaceStore,
+    compute_seconds: float,
 ) -> dict[str, Any]:
     counts = defaultdict(int)
     for m in result.modules:
@@ -292,5 +326,13 @@ def _report(
         "output_dtype": dtype,
         "devices": [str(d) for d in jax.devices()],
         "summary": dict(counts),
+        "subspaces": {"computed_layers": store.stats.computed, "cached_layers": store.stats.cached},
+        "timings": {
+            "compute_seconds": compute_seconds,
+            "svd_seconds": store.stats.svd_seconds,
+            "read_seconds": store.stats.read_seconds,
+            "cache_seconds": store.stats.cache_seconds,
+            "project_seconds": result.project_seconds,
+        },
         "modules": result.modules,
     }

@@ -1,0 +1,169 @@
+"""Base-model subspaces, computed once per (checkpoint, role, layer, SVD settings).
+
+In memory for one run (every adapter of the run shares them) and, with a cache folder, on disk
+as one orbax checkpoint per layer, so later runs and interrupted runs skip finished SVDs.
+Entry path: <cache>/<checkpoint fingerprint>/<settings key>/<role>/<layer>. orbax renames an
+entry into place only when complete; an entry that fails to restore or has the wrong shapes is
+deleted and recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from crosslora_jax import _mesh
+from crosslora_jax._errors import OutputError
+from crosslora_jax.io.hf_config import ModelConfig
+from crosslora_jax.io.safetensors_checkpoint import Checkpoint
+from crosslora_jax.ops.svd import Subspace, SvdSettings, effective_rank, truncated_svd
+
+_FINGERPRINTS = "fingerprints.json"
+_HASH_BLOCK = 16 << 20
+
+
+@dataclasses.dataclass
+class StoreStats:
+    computed: int = 0  # layers whose SVD ran
+    cached: int = 0  # layers restored from the cache folder
+    svd_seconds: float = 0.0
+    read_seconds: float = 0.0
+    cache_seconds: float = 0.0
+
+
+class SubspaceStore:
+    """Truncated SVD factors of base-model weights, by (checkpoint, role, layer)."""
+
+    def __init__(self, settings: SvdSettings, cache_dir: Path | None = None) -> None:
+        self.settings = settings
+        self.cache_dir = cache_dir
+        self.stats = StoreStats()
+        self._fingerprints: dict[Path, str] = {}
+        self._svd = _mesh.sharded_jit(lambda w, ids: truncated_svd(w, ids, settings))
+        self._checkpointer = ocp.PyTreeCheckpointer() if cache_dir else None
+        if cache_dir is not None:
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OutputError(cache_dir, f"cannot create cache folder: {e.strerror or e}") from None
+
+    def get(self, model: ModelConfig, ckpt: Checkpoint, role: str, layers: Sequence[int]) -> Subspace:
+        """Host arrays [len(layers), ...] for `role` at `layers` (repeats allowed)."""
+        unique = sorted(set(layers))
+        found: dict[int, Subspace] = {}
+        if self.cache_dir is not None:
+            started = time.perf_counter()
+            for layer in unique:
+                entry = self._restore(model, ckpt, role, layer)
+                if entry is not None:
+                    found[layer] = entry
+            self.stats.cached += len(found)
+            self.stats.cache_seconds += time.perf_counter() - started
+        missing = [layer for layer in unique if layer not in found]
+        if missing:
+            computed = self._compute(model, ckpt, role, missing)
+            for n, layer in enumerate(missing):
+                found[layer] = Subspace(*(x[n] for x in computed))
+                self._save(ckpt, role, layer, found[layer])
+        return Subspace(*(np.stack(xs) for xs in zip(*(found[layer] for layer in layers), strict=True)))
+
+    def _compute(self, model: ModelConfig, ckpt: Checkpoint, role: str, layers: Sequence[int]) -> Subspace:
+        names = [model.arch.weight_name(role, layer) for layer in layers]
+        read_time = 0.0
+
+        def read(rows: Sequence[int]) -> np.ndarray:
+            nonlocal read_time
+            started = time.perf_counter()
+            out = ckpt.read_stack([names[r] for r in rows])
+            read_time += time.perf_counter() - started
+            return out
+
+        started = time.perf_counter()
+        w = _mesh.place_stack(len(layers), model.shapes[role], read)
+        ids = _mesh.shard_layers(np.asarray(layers, np.int32))
+        sub = self._svd(w, ids)
+        host = Subspace(*(_mesh.to_host(x, len(layers)) for x in sub))
+        self.stats.computed += len(layers)
+        self.stats.read_seconds += read_time
+        self.stats.svd_seconds += time.perf_counter() - started - read_time
+        return host
+
+    # ------------------------------------------------------------------ disk cache
+
+    def _entry(self, ckpt: Checkpoint, role: str, layer: int) -> Path:
+        assert self.cache_dir is not None
+        settings = json.dumps({**dataclasses.asdict(self.settings), "compute": "float32"}, sort_keys=True)
+        settings_key = hashlib.sha256(settings.encode()).hexdigest()[:16]
+        return self.cache_dir / self._fingerprint(ckpt) / settings_key / role / f"layer_{layer:05d}"
+
+    def _restore(self, model: ModelConfig, ckpt: Checkpoint, role: str, layer: int) -> Subspace | None:
+        path = self._entry(ckpt, role, layer)
+        if not path.exists():
+            return None
+        m, n = model.shapes[role]
+        r = effective_rank(self.settings.rank, m, n)
+        want = {"u": (m, r), "s": (r,), "v": (n, r), "energy": ()}
+        try:
+            tree = self._checkpointer.restore(path)  # type: ignore[union-attr]
+            entry = Subspace(**{k: np.asarray(tree[k], np.float32) for k in want})
+            ok = all(getattr(entry, k).shape == shape for k, shape in want.items())
+            ok = ok and all(np.isfinite(x).all() for x in entry)
+        except Exception as e:
+            logging.warning("cache entry %s is damaged (%s); recomputing", path, type(e).__name__)
+            ok = False
+        if not ok:
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        return entry
+
+    def _save(self, ckpt: Checkpoint, role: str, layer: int, entry: Subspace) -> None:
+        if self.cache_dir is None or jax.process_index() != 0:
+            return
+        started = time.perf_counter()
+        path = self._entry(ckpt, role, layer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._checkpointer.save(path, entry._asdict(), force=True)  # type: ignore[union-attr]
+        self.stats.cache_seconds += time.perf_counter() - started
+
+    def _fingerprint(self, ckpt: Checkpoint) -> str:
+        """sha256 over the checkpoint's file contents, memoised by (path, size, mtime)."""
+        if ckpt.folder in self._fingerprints:
+            return self._fingerprints[ckpt.folder]
+        assert self.cache_dir is not None
+        memo_path = self.cache_dir / _FINGERPRINTS
+        try:
+            memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+        except (OSError, json.JSONDecodeError):
+            memo = {}
+        digest = hashlib.sha256()
+        for path in ckpt.fingerprint_files():
+            st = path.stat()
+            key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+            if key not in memo:
+                logging.info("fingerprinting %s (%.1f GB; once per file version)", path, st.st_size / 1e9)
+                memo[key] = _file_sha256(path)
+            digest.update(f"{path.name}:{memo[key]};".encode())
+        tmp = memo_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(memo, indent=1))
+        tmp.replace(memo_path)
+        self._fingerprints[ckpt.folder] = digest.hexdigest()[:24]
+        return self._fingerprints[ckpt.folder]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,143 @@
+"""Sharding over devices, the subspace cache, and many adapters in one run (issue 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from crosslora_jax import SvdSettings, TransferOptions, synthetic, transfer
+from crosslora_jax import _subspace_store as store_module
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> dict[str, Path]:
+    """A qwen2 source (5 layers) and a llama target (7 layers, GQA), two adapters on the source."""
+    root = tmp_path_factory.mktemp("pair")
+    src = synthetic.model_config("qwen2", hidden=48, intermediate=96, heads=4, kv_heads=2, layers=5)
+    tgt = synthetic.model_config("llama", hidden=64, intermediate=128, heads=4, kv_heads=1, layers=7)
+    return {
+        "source": synthetic.write_model(root / "src", src, synthetic.model_tensors(src, seed=0)),
+        "target": synthetic.write_model(root / "tgt", tgt, synthetic.model_tensors(tgt, seed=1), shards=3),
+        "a1": synthetic.write_adapter(root / "adapters" / "a1", src, seed=2, roles=("q", "v", "down")),
+        "a2": synthetic.write_adapter(root / "adapters" / "a2", src, seed=3, roles=("q", "k", "o", "up"), rank=4),
+    }
+
+
+OPTIONS = TransferOptions(method="cross_lora", svd=SvdSettings(rank=12), layers_per_chunk=3)
+
+
+def _factors(folder: Path) -> dict[str, np.ndarray]:
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_eight_devices_give_the_same_adapter_as_one(pair, tmp_path) -> None:
+    """7 target layers in chunks of 3 on 8 devices: no chunk divides the device count."""
+    one = tmp_path / "one"
+    transfer(pair["source"], pair["target"], [pair["a1"]], one, OPTIONS)
+    eight = tmp_path / "eight"
+    code = (
+        "import jax; assert jax.device_count() == 8, jax.devices();"
+        "from crosslora_jax import transfer, TransferOptions, SvdSettings;"
+        f"transfer({str(pair['source'])!r}, {str(pair['target'])!r}, [{str(pair['a1'])!r}], {str(eight)!r},"
+        " TransferOptions(method='cross_lora', svd=SvdSettings(rank=12), layers_per_chunk=3))"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT, timeout=300)
+    a, b = _factors(one), _factors(eight)
+    assert a.keys() == b.keys() and len(a) == 2 * 3 * 7
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    report = json.loads((eight / "crosslora_report.json").read_text())
+    assert len(report["devices"]) == 8
+
+
+def test_second_adapter_with_a_warm_cache_computes_no_svd(pair, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    (first,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o1", OPTIONS, cache_dir=cache)
+    assert first["subspaces"] == {"computed_layers": 3 * (5 + 7), "cached_layers": 0}
+    # Same roles, other adapter (rank differs): every subspace comes from the cache.
+    other = synthetic.write_adapter(tmp_path / "a3", synthetic.model_config(
+        "qwen2", hidden=48, intermediate=96, heads=4, kv_heads=2, layers=5), seed=9, roles=("q", "v", "down"), rank=2)  # fmt: skip
+    (second,) = transfer(pair["source"], pair["target"], [other], tmp_path / "o2", OPTIONS, cache_dir=cache)
+    assert second["subspaces"] == {"computed_layers": 0, "cached_layers": 3 * (5 + 7)}
+    # Cached factors give the same adapter as fresh ones.
+    transfer(pair["source"], pair["target"], [other], tmp_path / "o3", OPTIONS)
+    a, b = _factors(tmp_path / "o2"), _factors(tmp_path / "o3")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    # Other SVD settings are other entries.
+    (third,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o4",
+                        TransferOptions(svd=SvdSettings(rank=8), layers_per_chunk=3), cache_dir=cache)  # fmt: skip
+    assert third["subspaces"]["cached_layers"] == 0
+
+
+def test_damaged_and_partial_cache_entries_are_recomputed(pair, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o1", OPTIONS, cache_dir=cache)
+    entries = sorted(p for p in cache.rglob("layer_*") if p.is_dir())
+    assert len(entries) == 36
+    # Damage one entry's data files, and leave another as if a save had been cut short.
+    damaged, partial = entries[0], entries[5]
+    for f in damaged.rglob("*"):
+        if f.is_file() and f.name != "commit_success.txt":
+            f.write_bytes(b"\0garbage")
+    for f in list(partial.iterdir()):
+        if f.is_dir():
+            for g in f.rglob("*"):
+                if g.is_file():
+                    g.unlink()
+    (report,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o2", OPTIONS, cache_dir=cache)
+    assert report["subspaces"]["computed_layers"] >= 1
+    assert report["subspaces"]["computed_layers"] + report["subspaces"]["cached_layers"] == 36
+    a, b = _factors(tmp_path / "o1"), _factors(tmp_path / "o2")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_an_interrupted_run_resumes_from_the_cache(pair, tmp_path, monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    real = store_module.SubspaceStore._compute
+    calls = {"n": 0}
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.SubspaceStore, "_compute", failing)
+    with pytest.raises(KeyboardInterrupt):
+        transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "out", OPTIONS, cache_dir=cache)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(store_module.SubspaceStore, "_compute", real)
+    (report,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "out", OPTIONS, cache_dir=cache)
+    done_before = report["subspaces"]["cached_layers"]
+    assert 0 < done_before < 36 and report["subspaces"]["computed_layers"] == 36 - done_before
+    transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "clean", OPTIONS)
+    a, b = _factors(tmp_path / "out"), _factors(tmp_path / "clean")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_many_adapters_share_one_set_of_subspaces(pair, tmp_path) -> None:
+    out = tmp_path / "many"
+    reports = transfer(pair["source"], pair["target"], [pair["a1"].parent], out, OPTIONS)  # a folder of adapters
+    assert sorted(p.name for p in out.iterdir()) == ["a1", "a2"]
+    roles = {"q", "v", "down"} | {"q", "k", "o", "up"}
+    for report in reports:
+        assert report["subspaces"]["computed_layers"] == len(roles) * (5 + 7)
+    # Each equals its own single-adapter run.
+    transfer(pair["source"], pair["target"], [pair["a2"]], tmp_path / "solo", OPTIONS)
+    a, b = _factors(out / "a2"), _factors(tmp_path / "solo")
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7)
