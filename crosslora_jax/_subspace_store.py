@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from crosslora_jax import _mesh
 from crosslora_jax._errors import OutputError
@@ -50,6 +51,9 @@ class SubspaceStore:
         self.cache_dir = cache_dir
         self.stats = StoreStats()
         self._fingerprints: dict[Path, str] = {}
+        # Subspaces of the role in progress: the linear layer map reuses source layers across
+        # chunks. Cleared per role so host memory stays bounded by one role.
+        self._memo: dict[tuple[Path, str, int], Subspace] = {}
         self._svd = _mesh.sharded_jit(lambda w, ids: truncated_svd(w, ids, settings))
         self._checkpointer = ocp.PyTreeCheckpointer() if cache_dir else None
         if cache_dir is not None:
@@ -60,15 +64,28 @@ class SubspaceStore:
 
     def get(self, model: ModelConfig, ckpt: Checkpoint, role: str, layers: Sequence[int]) -> Subspace:
         """Host arrays [len(layers), ...] for `role` at `layers` (repeats allowed)."""
+        if any(key[1] != role for key in self._memo):
+            self._memo.clear()
         unique = sorted(set(layers))
-        found: dict[int, Subspace] = {}
+        found = {
+            layer: self._memo[(model.folder, role, layer)]
+            for layer in unique
+            if (model.folder, role, layer) in self._memo
+        }
         if self.cache_dir is not None:
             started = time.perf_counter()
-            for layer in unique:
-                entry = self._restore(model, ckpt, role, layer)
-                if entry is not None:
-                    found[layer] = entry
-            self.stats.cached += len(found)
+            todo = [layer for layer in unique if layer not in found]
+            restored = {layer: self._restore(model, ckpt, role, layer) for layer in todo}
+            hits = np.asarray([restored[layer] is not None for layer in todo], bool)
+            if jax.process_count() > 1:  # every process must take the same branch into the collectives
+                agreed = np.asarray(multihost_utils.broadcast_one_to_all(hits), bool)
+                if (agreed & ~hits).any():
+                    raise OutputError(self.cache_dir, "cache entries differ between processes; use a shared folder")
+                hits = agreed
+            for layer, hit in zip(todo, hits, strict=True):
+                if hit:
+                    found[layer] = restored[layer]  # type: ignore[assignment]
+                    self.stats.cached += 1
             self.stats.cache_seconds += time.perf_counter() - started
         missing = [layer for layer in unique if layer not in found]
         if missing:
@@ -76,6 +93,8 @@ class SubspaceStore:
             for n, layer in enumerate(missing):
                 found[layer] = Subspace(*(x[n] for x in computed))
                 self._save(ckpt, role, layer, found[layer])
+        for layer in unique:
+            self._memo[(model.folder, role, layer)] = found[layer]
         return Subspace(*(np.stack(xs) for xs in zip(*(found[layer] for layer in layers), strict=True)))
 
     def _compute(self, model: ModelConfig, ckpt: Checkpoint, role: str, layers: Sequence[int]) -> Subspace:
@@ -128,8 +147,9 @@ class SubspaceStore:
         return entry
 
     def _save(self, ckpt: Checkpoint, role: str, layer: int, entry: Subspace) -> None:
-        if self.cache_dir is None or jax.process_index() != 0:
+        if self.cache_dir is None:
             return
+        # Every process calls save (orbax synchronises them); the primary process writes.
         started = time.perf_counter()
         path = self._entry(ckpt, role, layer)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -141,3 +141,44 @@ def test_many_adapters_share_one_set_of_subspaces(pair, tmp_path) -> None:
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_same_adapter_as_one(pair, tmp_path) -> None:
+    """`--distributed` with 2 local CPU processes: one writes, the result equals a single process."""
+    single = tmp_path / "single"
+    transfer(pair["source"], pair["target"], [pair["a1"]], single, OPTIONS)
+    out, port = tmp_path / "multi", _free_port()
+    common = [sys.executable, "-m", "crosslora_jax.transfer", f"--source_model={pair['source']}",
+              f"--target_model={pair['target']}", f"--adapter={pair['a1']}", f"--output={out}",
+              "--svd_rank=12", "--layers_per_chunk=3", f"--cache_dir={tmp_path / 'cache'}",
+              "--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]  # fmt: skip
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    # Logs go to files: a full stderr pipe would block one process inside a collective.
+    logs = [(tmp_path / f"p{i}.log").open("w") for i in range(2)]
+    procs = [
+        subprocess.Popen([*common, f"--process_id={i}"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        for i, log in enumerate(logs)
+    ]
+    try:
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0, 0], [(tmp_path / f"p{i}.log").read_text()[-2000:] for i in range(2)]
+    report = json.loads((out / "crosslora_report.json").read_text())
+    assert len(report["devices"]) == 2
+    a, b = _factors(single), _factors(out)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert not list(tmp_path.glob(".multi.partial-*"))

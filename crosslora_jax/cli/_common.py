@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging as std_logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -19,12 +21,20 @@ def _raise_interrupt(signum: int, frame: object) -> NoReturn:  # noqa: ARG001
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+class _QuietOrbax(std_logging.Filter):
+    """orbax logs several INFO lines per checkpoint through absl; keep only its warnings."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def run_guarded(body: Callable[[], None]) -> None:
     """Run `body`; bad input becomes `error: ...` on stderr and exit 2, a signal exit 130.
 
     SIGTERM is turned into KeyboardInterrupt so the staging folder's clean-up runs.
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    logging.get_absl_handler().addFilter(_QuietOrbax())
     try:
         body()
     except CrossLoraError as e:

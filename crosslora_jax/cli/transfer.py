@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 from absl import app, flags, logging
 
 from crosslora_jax._errors import OptionsError
@@ -29,6 +30,13 @@ _DTYPE = flags.DEFINE_enum(
     "output_dtype", "auto", ["auto", "float32", "bfloat16", "float16"], "dtype of the written factors."
 )
 _CHUNK = flags.DEFINE_integer("layers_per_chunk", 8, "Layers of one role processed (and held) at once.")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Keep base-model subspaces here (orbax) and reuse them.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Run as one process of several: jax.distributed (auto-detected on TPU pods/SLURM)."
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: total process count.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
 _ENERGY_WARN = flags.DEFINE_float("energy_warning", 0.25, "Warn when rank r captures less weight energy than this.")
 
 
@@ -58,10 +66,21 @@ def main(argv: Sequence[str]) -> None:
                 raise OptionsError(name, "is required")
         if not _ADAPTER.value:
             raise OptionsError("--adapter", "is required")
+        explicit = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
+        if any(v is not None for v in explicit) and not _DISTRIBUTED.value:
+            raise OptionsError("--coordinator_address/--num_processes/--process_id", "need --distributed")
+        if _DISTRIBUTED.value:
+            jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         reports = transfer(
-            _SOURCE.value, _TARGET.value, _ADAPTER.value, _OUTPUT.value, _options(), overwrite=_OVERWRITE.value
+            _SOURCE.value,
+            _TARGET.value,
+            _ADAPTER.value,
+            _OUTPUT.value,
+            _options(),
+            overwrite=_OVERWRITE.value,
+            cache_dir=_CACHE_DIR.value,
         )
-        for report in reports:
+        for report in reports if jax.process_index() == 0 else []:
             logging.info("adapter %s:\n%s", report["adapter"], format_table(report["modules"]))
             logging.info("summary %s; written under %s", report["summary"], _OUTPUT.value)
 
