@@ -5,6 +5,8 @@ Public API:
   and PEFT adapter folders out (what `python -m crosslora_jax.transfer` runs).
 - `TransferOptions`, `SvdSettings`: how to transfer.
 - `read_model_config`, `Checkpoint`, `read_adapter`: lazy readers of HF models and adapters.
+- `load_weight_stacks`, `load_lora_stacks`, `save_lora_stacks`: stacked [L, ...] pytrees of
+  base weights and LoRA factors, for the caller's own JAX code (see `crosslora_jax.stacks`).
 - `truncated_svd`, `transfer_stack`, `align`, `similarity`, `layer_map`: the pure ops, jittable
   inside a caller's own computation.
 - `CrossLoraError` and its subclasses: one per class of bad input.
@@ -34,6 +36,7 @@ from crosslora_jax.ops import (
     truncated_svd,
 )
 from crosslora_jax.pipeline import TransferOptions, run_transfer, subspaces, transfer
+from crosslora_jax.stacks import LoraStack, load_lora_stacks, load_weight_stacks, save_lora_stacks
 
 __version__ = "0.1.0"
 
@@ -46,6 +49,7 @@ __all__ = [
     "CrossLoraError",
     "Diagnostics",
     "LoraAdapter",
+    "LoraStack",
     "ModelConfig",
     "OptionsError",
     "OutputError",
@@ -55,9 +59,12 @@ __all__ = [
     "TransferOptions",
     "align",
     "layer_map",
+    "load_lora_stacks",
+    "load_weight_stacks",
     "read_adapter",
     "read_model_config",
     "run_transfer",
+    "save_lora_stacks",
     "similarity",
     "subspaces",
     "transfer",

@@ -1,0 +1,87 @@
+"""Stacked pytrees for JAX code: base weights and LoRA factors with layers on a leading axis.
+
+    stacks = load_weight_stacks("Qwen2.5-1.5B/", roles=["q"])          # {"q": [L, m, n]}
+    lora = load_lora_stacks("my_lora/", "Qwen2.5-1.5B/")                # {"q": LoraStack(...)}
+    save_lora_stacks("out/", "Llama-3.2-3B/", {"q": transferred}, like="my_lora/")
+
+With `truncated_svd` and `transfer_stack` (both jittable, usable under the caller's own
+jit and mesh) these are the pieces `crosslora_jax.transfer` is built from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple
+
+import numpy as np
+
+from crosslora_jax._errors import AdapterError
+from crosslora_jax.io._json import read_json_object
+from crosslora_jax.io.hf_config import read_model_config
+from crosslora_jax.io.output_folder import staged_output
+from crosslora_jax.io.peft_adapter import LoraModule, adapter_config_for_target, read_adapter, write_adapter
+from crosslora_jax.io.safetensors_checkpoint import Checkpoint
+
+
+class LoraStack(NamedTuple):
+    """One role's LoRA over several layers; ΔW[l] = scale[l] · b[l] @ a[l]."""
+
+    a: Annotated[np.ndarray, "L k n"]
+    b: Annotated[np.ndarray, "L m k"]
+    layers: tuple[int, ...]
+    alpha: Annotated[np.ndarray, " L"]
+
+
+def load_weight_stacks(
+    model_dir: Path | str, roles: Sequence[str] | None = None, layers: Sequence[int] | None = None
+) -> dict[str, np.ndarray]:
+    """{role: float32 [L, m, n]} for the given roles (default all) and layers (default all)."""
+    config = read_model_config(model_dir)
+    ckpt = Checkpoint(config.folder)
+    layers = range(config.num_layers) if layers is None else layers
+    return {
+        role: ckpt.read_stack([config.arch.weight_name(role, layer) for layer in layers])
+        for role in (roles or list(config.arch.role_modules))
+    }
+
+
+def load_lora_stacks(adapter_dir: Path | str, source_model_dir: Path | str) -> dict[str, LoraStack]:
+    """{role: LoraStack} of a PEFT adapter; every module of a role must share one rank."""
+    adapter = read_adapter(adapter_dir, read_model_config(source_model_dir))
+    out = {}
+    for role in adapter.roles():
+        modules = sorted((m for m in adapter.modules.values() if m.role == role), key=lambda m: m.layer)
+        if len({m.rank for m in modules}) > 1:
+            raise AdapterError(adapter.folder, f"role {role} mixes LoRA ranks; use read_adapter(...).read_factors")
+        a, b = adapter.read_factors(modules)
+        alpha = np.asarray([m.alpha for m in modules], np.float32)
+        out[role] = LoraStack(a, b, tuple(m.layer for m in modules), alpha)
+    return out
+
+
+def save_lora_stacks(
+    folder: Path | str,
+    target_model_dir: Path | str,
+    stacks: Mapping[str, LoraStack],
+    *,
+    like: Path | str | Mapping[str, Any],
+    dtype: str = "float32",
+) -> None:
+    """Write `stacks` as a PEFT adapter for the target; `like` gives the other config fields
+    (an adapter folder, or an adapter_config dict) and the lora_alpha/use_rslora semantics."""
+    target = read_model_config(target_model_dir)
+    if isinstance(like, Mapping):
+        base_config = dict(like)
+    else:
+        base_config = read_json_object(Path(like) / "adapter_config.json", AdapterError)
+    factors, written = {}, []
+    for role, stack in stacks.items():
+        for n, layer in enumerate(stack.layers):
+            path = target.arch.module_path(role, layer)
+            factors[path] = (np.asarray(stack.a[n]), np.asarray(stack.b[n]))
+            rank = int(stack.a.shape[1])
+            written.append(LoraModule(path, role, layer, rank, float(stack.alpha[n]), "", ""))
+    config = adapter_config_for_target(base_config, target, written)
+    with staged_output(Path(folder)) as staging:
+        write_adapter(staging, factors, config, dtype)
