@@ -276,7 +276,8 @@ def adapter_config_for_target(
         k: v
         for k, v in source_config.items()
         if k not in {"rank_pattern", "alpha_pattern", "target_modules", "layers_to_transform",
-                     "layers_pattern", "exclude_modules", "base_model_name_or_path", "revision"}
+                     "layers_pattern", "exclude_modules", "base_model_name_or_path", "revision",
+                     "auto_mapping"}  # auto_mapping names the source model's class
     }  # fmt: skip
     r, alpha = source_config["r"], source_config["lora_alpha"]
     roles = sorted({m.role for m in written})
