@@ -152,9 +152,15 @@ def run_transfer(
     lmap = layer_map(options.layer_map, source.num_layers, target.num_layers)
     results = [TransferResult(a, {}, [], []) for a in adapters]
     roles = sorted({role for a in adapters for role in a.roles()}, key=_role_order)
-    for role in roles:
+    unmapped = [j for j, i in enumerate(lmap) if i is None]
+    if unmapped:
+        logging.warning("target layers %s have no source layer under the index layer map; they get no adapter "
+                        "(--layer_map=linear maps every target layer)", unmapped)  # fmt: skip
+    for role in ROLES:  # headers only: fail before any compute if a file disagrees with its config
         _check_role_weights(source, source_ckpt, role)
         _check_role_weights(target, target_ckpt, role)
+    for role in roles:
+        _warn_about_ranks(role, source, target, adapters, options.svd.rank)
         jobs = []  # (target layer, source layer) pairs some adapter needs
         for j, i in enumerate(lmap):
             needed = i is not None and any((role, i) in a.modules for a in adapters)
@@ -169,9 +175,20 @@ def run_transfer(
             _transfer_chunk(role, chunk, source, target, source_ckpt, target_ckpt, results, options, store)
             logging.info(
                 "role %-4s chunk %d/%d: target layers %d-%d done in %.2fs",
-                role, number, len(chunks), chunk[0][0], chunk[-1][0], time.perf_counter() - started,
-            )  # fmt: skip
+                role,
+                number,
+                len(chunks),
+                chunk[0][0],
+                chunk[-1][0],
+                time.perf_counter() - started,
+            )
     for result in results:
+        gated = [
+            m["module"] for m in result.modules if m["status"] == "skipped" and "similarity" in (m["reason"] or "")
+        ]
+        if gated:
+            logging.warning("%s: %d modules skipped by --min_similarity=%g (see the report): %s", result.adapter.folder,
+                            len(gated), options.min_similarity, ", ".join(gated[:5]) + (" …" if len(gated) > 5 else ""))  # fmt: skip
         if not result.factors:
             raise TransferError(
                 result.adapter.folder,
@@ -184,6 +201,20 @@ def run_transfer(
 
 def _role_order(role: str) -> int:
     return ROLES.index(role)
+
+
+def _warn_about_ranks(
+    role: str, source: ModelConfig, target: ModelConfig, adapters: Sequence[LoraAdapter], svd_rank: int
+) -> None:
+    (m_s, n_s), (m_t, n_t) = source.shapes[role], target.shapes[role]
+    smallest = min(m_s, n_s, m_t, n_t)
+    if svd_rank > smallest:
+        logging.warning("role %s: --svd_rank=%d exceeds a weight dimension (source %dx%d, target %dx%d); "
+                        "using min(r, m, n) per model", role, svd_rank, m_s, n_s, m_t, n_t)  # fmt: skip
+    ranks = {m.rank for a in adapters for m in a.modules.values() if m.role == role}
+    if ranks and max(ranks) > min(m_t, n_t):
+        logging.warning("role %s: LoRA rank %d exceeds the target's %dx%d weight; the update is rank-limited",
+                        role, max(ranks), m_t, n_t)  # fmt: skip
 
 
 def _check_role_weights(model: ModelConfig, ckpt: Checkpoint, role: str) -> None:

@@ -195,10 +195,18 @@ def write_adapter(
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     leaf = sorted({arch.role_modules[r].rsplit(".", 1)[-1] for r in roles})
     adapter_config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha,
-        "target_modules": leaf, "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
-        "base_model_name_or_path": str(folder), "rank_pattern": {}, "alpha_pattern": {},
-    }  # fmt: skip
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": alpha,
+        "target_modules": leaf,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": False,
+        "base_model_name_or_path": str(folder),
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    }
     if layers is not None and list(layers) != list(range(config["num_hidden_layers"])):
         adapter_config["layers_to_transform"] = list(layers)
     adapter_config.update(extra_config or {})

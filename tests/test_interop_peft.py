@@ -41,9 +41,15 @@ CONFIGS = {
 
 def make_model(folder: Path, model_type: str, *, hidden: int, heads: int, kv: int, layers: int, seed: int) -> Path:
     config = CONFIGS[model_type](
-        hidden_size=hidden, intermediate_size=2 * hidden + 16, num_attention_heads=heads, num_key_value_heads=kv,
-        num_hidden_layers=layers, vocab_size=64, head_dim=hidden // heads, max_position_embeddings=64,
-    )  # fmt: skip
+        hidden_size=hidden,
+        intermediate_size=2 * hidden + 16,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        num_hidden_layers=layers,
+        vocab_size=64,
+        head_dim=hidden // heads,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(seed)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder, safe_serialization=True)
     return folder
@@ -144,11 +150,23 @@ def test_every_method_through_the_command_line(models, tmp_path, method) -> None
     adapter = make_adapter(tmp_path / "lora", models["src_llama"], seed=4, target_modules=["q_proj", "v_proj"])
     out = tmp_path / "out"
     subprocess.run(
-        [sys.executable, "-m", "crosslora_jax.transfer", f"--source_model={models['src_llama']}",
-         f"--target_model={models['gemma2']}", f"--adapter={adapter}", f"--output={out}",
-         f"--method={method}", "--svd_rank=16", "--layer_map=index"],
-        check=True, cwd=ROOT, capture_output=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "crosslora_jax.transfer",
+            f"--source_model={models['src_llama']}",
+            f"--target_model={models['gemma2']}",
+            f"--adapter={adapter}",
+            f"--output={out}",
+            f"--method={method}",
+            "--svd_rank=16",
+            "--layer_map=index",
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
     ours = check_loads_and_matches(models["gemma2"], out)
     assert len(ours) == 3 * 2  # index map: target layer 3 has no source layer
 

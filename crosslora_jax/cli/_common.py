@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from absl import logging
+from absl import flags, logging
 
 from crosslora_jax._errors import CrossLoraError
 
@@ -26,6 +26,15 @@ class _QuietOrbax(std_logging.Filter):
 
     def filter(self, record: std_logging.LogRecord) -> bool:
         return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad flag is a one-line `error:` and exit 2 like any bad input."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def run_guarded(body: Callable[[], None]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from absl import app, flags
 
 from crosslora_jax import synthetic
-from crosslora_jax.cli._common import run_guarded
+from crosslora_jax.cli._common import parse_flags, run_guarded
 from crosslora_jax.io.report import REPORT_FILE, format_table
 from crosslora_jax.ops import METHODS, SvdSettings
 from crosslora_jax.pipeline import TransferOptions, transfer
@@ -56,4 +56,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -8,7 +8,7 @@ import jax
 from absl import app, flags, logging
 
 from crosslora_jax._errors import OptionsError
-from crosslora_jax.cli._common import run_guarded
+from crosslora_jax.cli._common import parse_flags, run_guarded
 from crosslora_jax.io.report import format_table
 from crosslora_jax.ops import METHODS, SvdSettings
 from crosslora_jax.pipeline import TransferOptions, transfer
@@ -88,4 +88,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

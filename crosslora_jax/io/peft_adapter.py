@@ -59,14 +59,35 @@ _REFUSED_FIELDS: Mapping[str, str] = {
 # Fields that only describe training or initialisation; safe to carry over unchanged.
 _KNOWN_FIELDS = frozenset(
     {
-        "peft_type", "task_type", "auto_mapping", "peft_version", "base_model_name_or_path",
-        "revision", "inference_mode", "r", "target_modules", "exclude_modules", "lora_alpha",
-        "lora_dropout", "bias", "use_rslora", "init_lora_weights", "layers_to_transform",
-        "layers_pattern", "rank_pattern", "alpha_pattern", "megatron_core", "loftq_config",
-        "eva_config", "corda_config", "lora_ga_config", "qalora_group_size", "runtime_config",
+        "peft_type",
+        "task_type",
+        "auto_mapping",
+        "peft_version",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "r",
+        "target_modules",
+        "exclude_modules",
+        "lora_alpha",
+        "lora_dropout",
+        "bias",
+        "use_rslora",
+        "init_lora_weights",
+        "layers_to_transform",
+        "layers_pattern",
+        "rank_pattern",
+        "alpha_pattern",
+        "megatron_core",
+        "loftq_config",
+        "eva_config",
+        "corda_config",
+        "lora_ga_config",
+        "qalora_group_size",
+        "runtime_config",
         "ensure_weight_tying",
     }
-)  # fmt: skip
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,10 +296,19 @@ def adapter_config_for_target(
     config = {
         k: v
         for k, v in source_config.items()
-        if k not in {"rank_pattern", "alpha_pattern", "target_modules", "layers_to_transform",
-                     "layers_pattern", "exclude_modules", "base_model_name_or_path", "revision",
-                     "auto_mapping"}  # auto_mapping names the source model's class
-    }  # fmt: skip
+        if k
+        not in {
+            "rank_pattern",
+            "alpha_pattern",
+            "target_modules",
+            "layers_to_transform",
+            "layers_pattern",
+            "exclude_modules",
+            "base_model_name_or_path",
+            "revision",
+            "auto_mapping",
+        }  # auto_mapping names the source model's class
+    }
     r, alpha = source_config["r"], source_config["lora_alpha"]
     roles = sorted({m.role for m in written})
     layers = sorted({m.layer for m in written})

@@ -75,10 +75,16 @@ _dims = st.sampled_from([1, 4, 9])
 
 @settings(max_examples=25, deadline=None)
 @given(
-    m_s=_dims, n_s=_dims, m_t=_dims, n_t=_dims, k=st.sampled_from([1, 3]), r=st.sampled_from([1, 5, 12]),
-    scale=st.sampled_from([0.0, 1e-20, 1.0, 1e20]), seed=st.integers(0, 2**31 - 1),
+    m_s=_dims,
+    n_s=_dims,
+    m_t=_dims,
+    n_t=_dims,
+    k=st.sampled_from([1, 3]),
+    r=st.sampled_from([1, 5, 12]),
+    scale=st.sampled_from([0.0, 1e-20, 1.0, 1e20]),
+    seed=st.integers(0, 2**31 - 1),
     method=st.sampled_from(["cross_lora", "lora_x", "truncate"]),
-)  # fmt: skip
+)
 def test_outputs_are_finite_for_finite_inputs(m_s, n_s, m_t, n_t, k, r, scale, seed, method) -> None:
     """Including all-zero, tiny and huge weights, and rank-deficient ones."""
     rng = np.random.default_rng(seed)

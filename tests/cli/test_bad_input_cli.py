@@ -1,0 +1,99 @@
+"""Through the command line: bad input is exit 2 and one `error:` line; signals clean up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _bad_inputs import CASES, make_inputs
+
+from crosslora_jax import synthetic
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "crosslora_jax.transfer", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+def args_for(p: dict[str, Path], *extra: str) -> list[str]:
+    return [f"--source_model={p['source']}", f"--target_model={p['target']}", f"--adapter={p['adapter']}",
+            f"--output={p['output']}", "--svd_rank=8", *extra]  # fmt: skip
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+# One case per class of problem: paths, JSON, architecture, safetensors, adapter, output.
+@pytest.mark.parametrize(
+    "case", ["missing_source", "malformed_adapter_config", "unknown_model_type", "oversized_header",
+             "inf_in_adapter", "adapter_for_another_model", "output_not_empty"],
+)  # fmt: skip
+def test_bad_input_exits_2_with_one_line(tmp_path, case) -> None:
+    spoil, _, text, names = CASES[case]
+    paths = make_inputs(tmp_path)
+    spoil(paths)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_one_line_error(run_cli(*args_for(paths)), text, names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [(["--method=bogus"], "--method"), (["--process_id=1"], "need --distributed"),
+     (["--min_similarity=2"], "--min_similarity"), (["--svd_rank=0"], "svd rank must be positive"),
+     (["--flagfile=/no/such/file"], "flagfile")],
+)  # fmt: skip
+def test_bad_flags_exit_2_with_one_line(tmp_path, extra, fragment) -> None:
+    paths = make_inputs(tmp_path)
+    assert_one_line_error(run_cli(*args_for(paths, *extra)), fragment)
+    assert not paths["output"].exists()
+
+
+def test_missing_required_flag(tmp_path) -> None:
+    assert_one_line_error(run_cli("--source_model=x"), "--target_model")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_mid_run_stops_promptly_and_leaves_nothing(tmp_path, sig) -> None:
+    src = synthetic.model_config("llama", hidden=384, intermediate=768, heads=6, kv_heads=2, layers=8)
+    tgt = synthetic.model_config("qwen2", hidden=448, intermediate=896, heads=7, kv_heads=1, layers=8)
+    paths = {
+        "source": synthetic.write_model(tmp_path / "src", src, synthetic.model_tensors(src, seed=0)),
+        "target": synthetic.write_model(tmp_path / "tgt", tgt, synthetic.model_tensors(tgt, seed=1)),
+        "adapter": synthetic.write_adapter(tmp_path / "lora", src, seed=2, roles=("q", "o", "gate", "up", "down")),
+        "output": tmp_path / "out",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "crosslora_jax.transfer", *args_for(paths, "--layers_per_chunk=1", "--svd_rank=64")],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:  # wait for the first finished chunk
+        if "chunk 1/" in line:
+            break
+    else:
+        pytest.fail(f"no progress line; exit {proc.wait()}")
+    sent = time.monotonic()
+    os.kill(proc.pid, sig)
+    rest = proc.stderr.read()
+    code = proc.wait(timeout=30)
+    assert time.monotonic() - sent < 10, "did not stop promptly"
+    assert code == 130, rest
+    assert "error: interrupted" in rest
+    assert not paths["output"].exists()
+    assert not list(tmp_path.glob(".out.partial-*")), list(tmp_path.iterdir())
