@@ -31,28 +31,43 @@ class Diagnostics(NamedTuple):
     target_norm: Annotated[Array, " L"]
 
 
-def _range_basis(x: Annotated[Array, "p r"]) -> tuple[Array, Array, Array]:
-    """SVD x = Q diag(s) Wᵀ with a mask of the singular values above round-off."""
+def _range_basis(x: Annotated[Array, "p r"], orthonormal: bool) -> tuple[Array, Array, Array]:
+    """x = Q diag(s) Wᵀ with singular values below round-off zeroed.
+
+    `orthonormal` is a trace-time fact: uncropped singular-vector blocks are exactly that, so
+    Q = x, s = 1, W = I and no SVD is needed (the common equal-size case costs nothing).
+    """
+    if orthonormal:
+        r = x.shape[1]
+        return x, jnp.ones((r,), x.dtype), jnp.eye(r, dtype=x.dtype)
     q, s, wt = jnp.linalg.svd(x, full_matrices=False)
     tol = jnp.finfo(jnp.float32).eps * max(x.shape) * jnp.max(s, initial=0.0)
     return q, jnp.where(s > tol, s, 0.0), wt
 
 
+def _pinv_apply(basis: tuple[Array, Array, Array], y: Annotated[Array, "p c"]) -> Annotated[Array, "r c"]:
+    """x⁺ y from the SVD of x (minimum-norm: zeroed singular values stay zero)."""
+    q, s, wt = basis
+    s_inv = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
+    return mm(wt.T * s_inv, mm(q.T, y))
+
+
+def _phi(basis_s: tuple[Array, Array, Array], basis_t: tuple[Array, Array, Array], p: int) -> tuple[Array, Array]:
+    (qs, ss, _), (qt, st, _) = basis_s, basis_t
+    overlap = mm((qs * (ss > 0)).T, qt * (st > 0))
+    r_s, r_t = qs.shape[1], qt.shape[1]
+    phi = jnp.sum(jnp.square(overlap)) / min(r_s, r_t)
+    return phi, jnp.asarray(min(1.0, max(r_s, r_t) / p), jnp.float32)
+
+
 def align(us_bar: Annotated[Array, "p r_s"], ut_bar: Annotated[Array, "p r_t"]) -> Annotated[Array, "r_s r_t"]:
     """LoRA-Align: P = argmin ‖Ū_s P − Ū_t‖_F = Ū_s⁺ Ū_t, minimum-norm when Ū_s is rank-deficient."""
-    q, s, wt = _range_basis(us_bar)
-    s_inv = jnp.where(s > 0, 1.0 / jnp.where(s > 0, s, 1.0), 0.0)
-    return mm(wt.T * s_inv, mm(q.T, ut_bar))
+    return _pinv_apply(_range_basis(us_bar, orthonormal=False), ut_bar)
 
 
 def similarity(xs: Annotated[Array, "p r_s"], xt: Annotated[Array, "p r_t"]) -> tuple[Array, Array]:
     """φ = ‖orth(X_s)ᵀ orth(X_t)‖_F² / min(r_s, r_t) ∈ [0, 1], and its chance level max(r)/p."""
-    qs, ss, _ = _range_basis(xs)
-    qt, st, _ = _range_basis(xt)
-    overlap = mm((qs * (ss > 0)).T, qt * (st > 0))
-    r_s, r_t, p = xs.shape[1], xt.shape[1], xs.shape[0]
-    phi = jnp.sum(jnp.square(overlap)) / min(r_s, r_t)
-    return phi, jnp.asarray(min(1.0, max(r_s, r_t) / p), jnp.float32)
+    return _phi(_range_basis(xs, orthonormal=False), _range_basis(xt, orthonormal=False), xs.shape[0])
 
 
 def _factored_norm(a: Annotated[Array, "k n"], b: Annotated[Array, "m k"]) -> Array:
@@ -60,24 +75,25 @@ def _factored_norm(a: Annotated[Array, "k n"], b: Annotated[Array, "m k"]) -> Ar
     return jnp.sqrt(jnp.maximum(jnp.sum(mm(b.T, b) * mm(a, a.T)), 0.0))
 
 
-def _cross_lora(a_s, b_s, us, vs, ut, vt):  # noqa: ANN001, ANN202 — shapes in `transfer_layer`
+def _cross_lora(a_s, b_s, us, vs, ut, vt, bases):  # noqa: ANN001, ANN202 — shapes in `transfer_layer`
     p, q = min(us.shape[0], ut.shape[0]), min(vs.shape[0], vt.shape[0])
-    u_al = mm(us[:p], align(us[:p], ut[:p]))  # Ũ = Ū_s P_U  [p, r_t]
-    v_al = mm(vs[:q], align(vs[:q], vt[:q]))  # Ṽ = V̄_s P_V  [q, r_t]
+    (us_basis, _), (vs_basis, _) = bases
+    u_al = mm(us[:p], _pinv_apply(us_basis, ut[:p]))  # Ũ = Ū_s P_U, P_U = Ū_s⁺ Ū_t  [p, r_t]
+    v_al = mm(vs[:q], _pinv_apply(vs_basis, vt[:q]))  # Ṽ = V̄_s P_V  [q, r_t]
     k = a_s.shape[0]
     b_t = crop_or_pad(mm(u_al, mm(u_al.T, b_s[:p])), ut.shape[0], k)
     a_t = crop_or_pad(mm(mm(a_s[:, :q], v_al), v_al.T), k, vt.shape[0])
     return a_t, b_t
 
 
-def _lora_x(a_s, b_s, us, vs, ut, vt):  # noqa: ANN001, ANN202, ARG001
+def _lora_x(a_s, b_s, us, vs, ut, vt, bases):  # noqa: ANN001, ANN202, ARG001
     k = a_s.shape[0]
     b_t = mm(ut, mm(ut.T, crop_or_pad(b_s, ut.shape[0], k)))
     a_t = mm(mm(crop_or_pad(a_s, k, vt.shape[0]), vt), vt.T)
     return a_t, b_t
 
 
-def _truncate(a_s, b_s, us, vs, ut, vt):  # noqa: ANN001, ANN202, ARG001
+def _truncate(a_s, b_s, us, vs, ut, vt, bases):  # noqa: ANN001, ANN202, ARG001
     k = a_s.shape[0]
     return crop_or_pad(a_s, k, vt.shape[0]), crop_or_pad(b_s, ut.shape[0], k)
 
@@ -96,10 +112,15 @@ def transfer_layer(
 ) -> tuple[Annotated[Array, "k n_t"], Annotated[Array, "m_t k"], Diagnostics]:
     """One layer: the target factors (A_t, B_t) and the diagnostics of the report."""
     a_s, b_s = a_s.astype(jnp.float32), b_s.astype(jnp.float32)
-    a_t, b_t = _METHOD_FNS[method](a_s, b_s, us, vs, ut, vt)
     p, q = min(us.shape[0], ut.shape[0]), min(vs.shape[0], vt.shape[0])
-    phi_u, chance_u = similarity(us[:p], ut[:p])
-    phi_v, chance_v = similarity(vs[:q], vt[:q])
+    # One orthonormalisation per side, shared by LoRA-Align and the similarity gate.
+    bases = (
+        (_range_basis(us[:p], us.shape[0] == p), _range_basis(ut[:p], ut.shape[0] == p)),
+        (_range_basis(vs[:q], vs.shape[0] == q), _range_basis(vt[:q], vt.shape[0] == q)),
+    )
+    a_t, b_t = _METHOD_FNS[method](a_s, b_s, us, vs, ut, vt, bases)
+    phi_u, chance_u = _phi(*bases[0], p)
+    phi_v, chance_v = _phi(*bases[1], q)
     diag = Diagnostics(phi_u, phi_v, chance_u, chance_v, _factored_norm(a_s, b_s), _factored_norm(a_t, b_t))
     return a_t, b_t, diag
 
