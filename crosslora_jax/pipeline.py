@@ -183,12 +183,7 @@ def run_transfer(
                 time.perf_counter() - started,
             )
     for result in results:
-        gated = [
-            m["module"] for m in result.modules if m["status"] == "skipped" and "similarity" in (m["reason"] or "")
-        ]
-        if gated:
-            logging.warning("%s: %d modules skipped by --min_similarity=%g (see the report): %s", result.adapter.folder,
-                            len(gated), options.min_similarity, ", ".join(gated[:5]) + (" …" if len(gated) > 5 else ""))  # fmt: skip
+        _warn_about_report(result.adapter.folder, result.modules, options)
         if not result.factors:
             raise TransferError(
                 result.adapter.folder,
@@ -197,6 +192,25 @@ def run_transfer(
             )
         result.modules.sort(key=lambda r: (r["target_layer"], _role_order(r["role"])))
     return results
+
+
+def _warn_about_report(folder: Path, modules: Sequence[dict[str, Any]], options: TransferOptions) -> None:
+    """One line per kind of trouble, not one per module."""
+    gated = [m["module"] for m in modules if m.get("skipped_by") == "gate"]
+    if gated:
+        logging.warning("%s: %d modules skipped by --min_similarity=%g (see the report), e.g. %s",
+                        folder, len(gated), options.min_similarity, gated[0])  # fmt: skip
+    low = [
+        m
+        for m in modules
+        if "energy_source" in m and min(m["energy_source"], m["energy_target"]) < options.energy_warning
+    ]
+    if low:
+        worst = min(low, key=lambda m: min(m["energy_source"], m["energy_target"]))
+        logging.warning("%s: in %d modules the rank-r SVD keeps under %.0f%% of the weight energy (lowest: %s, "
+                        "%.0f%% source / %.0f%% target); consider a larger --svd_rank", folder, len(low),
+                        100 * options.energy_warning, worst["module"], 100 * worst["energy_source"],
+                        100 * worst["energy_target"])  # fmt: skip
 
 
 def _role_order(role: str) -> int:
@@ -278,47 +292,56 @@ def _transfer_chunk(
             diag = {k: _mesh.to_host(v, n) for k, v in diag._asdict().items()}
             result.project_seconds += time.perf_counter() - started
             for row, (t, j, i, module) in enumerate(group):
-                _record(result, role, j, i, module, row, a_t, b_t, diag, src.energy[src_pos[i]],
-                        tgt.energy[t], src.u.shape[2], tgt.u.shape[2], source, target, options)  # fmt: skip
+                entry = _module_entry(
+                    role, j, module, source, target, options,
+                    stats={k: float(v[row]) for k, v in diag.items()},
+                    energy=(float(src.energy[src_pos[i]]), float(tgt.energy[t])),
+                    svd_rank=(int(src.u.shape[2]), int(tgt.u.shape[2])),
+                )  # fmt: skip
+                if entry["status"] == "transferred":
+                    result.factors[entry["module"]] = (a_t[row], b_t[row])
+                    result.written.append(dataclasses.replace(module, path=entry["module"], layer=j))
+                result.modules.append(entry)
 
 
-def _record(result, role, j, i, module, row, a_t, b_t, diag, e_src, e_tgt, r_s, r_t, source, target, options):  # noqa: ANN001, ANN202
-    phi_u, phi_v = float(diag["phi_u"][row]), float(diag["phi_v"][row])
-    src_norm, tgt_norm = float(diag["source_norm"][row]), float(diag["target_norm"][row])
-    path = target.arch.module_path(role, j)
-    entry = {
-        "module": path,
+def _module_entry(
+    role: str,
+    j: int,
+    module: LoraModule,
+    source: ModelConfig,
+    target: ModelConfig,
+    options: TransferOptions,
+    *,
+    stats: dict[str, float],
+    energy: tuple[float, float],
+    svd_rank: tuple[int, int],
+) -> dict[str, Any]:
+    """The report line of one computed target module, with the similarity gate's verdict."""
+    similarity = min(stats["phi_u"], stats["phi_v"])
+    gated = similarity < options.min_similarity
+    return {
+        "module": target.arch.module_path(role, j),
         "role": role,
         "target_layer": j,
-        "source_layer": i,
+        "source_layer": module.layer,
         "source_module": module.path,
         "method": options.method,
         "rank": module.rank,
         "alpha": module.alpha,
         "source_shape": list(source.shapes[role]),
         "target_shape": list(target.shapes[role]),
-        "svd_rank": [int(r_s), int(r_t)],
-        "energy_source": float(e_src),
-        "energy_target": float(e_tgt),
-        "phi_u": phi_u,
-        "phi_v": phi_v,
-        "chance_u": float(diag["chance_u"][row]),
-        "chance_v": float(diag["chance_v"][row]),
-        "norm_ratio": tgt_norm / src_norm if src_norm > 0 else None,
+        "svd_rank": list(svd_rank),
+        "energy_source": energy[0],
+        "energy_target": energy[1],
+        "phi_u": stats["phi_u"],
+        "phi_v": stats["phi_v"],
+        "chance_u": stats["chance_u"],
+        "chance_v": stats["chance_v"],
+        "norm_ratio": stats["target_norm"] / stats["source_norm"] if stats["source_norm"] > 0 else None,
+        "status": "skipped" if gated else "transferred",
+        "skipped_by": "gate" if gated else None,
+        "reason": f"similarity {similarity:.3f} < --min_similarity {options.min_similarity}" if gated else None,
     }
-    if min(phi_u, phi_v) < options.min_similarity:
-        entry.update(
-            status="skipped", reason=f"similarity {min(phi_u, phi_v):.3f} < --min_similarity {options.min_similarity}"
-        )
-    else:
-        entry.update(status="transferred", reason=None)
-        written = dataclasses.replace(module, path=path, layer=j)
-        result.factors[path] = (a_t[row], b_t[row])
-        result.written.append(written)
-    if min(e_src, e_tgt) < options.energy_warning:
-        logging.warning("%s: rank-%d SVD captures only %.0f%% (source) / %.0f%% (target) of the weight energy",
-                        path, min(r_s, r_t), 100 * e_src, 100 * e_tgt)  # fmt: skip
-    result.modules.append(entry)
 
 
 def _skipped(target: ModelConfig, role: str, j: int, i: int | None, source_layers: int) -> dict[str, Any]:
@@ -328,7 +351,7 @@ def _skipped(target: ModelConfig, role: str, j: int, i: int | None, source_layer
         else f"the adapter has no {role} module in source layer {i}"
     )
     return {"module": target.arch.module_path(role, j), "role": role, "target_layer": j, "source_layer": i,
-            "status": "skipped", "reason": why}  # fmt: skip
+            "status": "skipped", "skipped_by": "layer_map" if i is None else "adapter", "reason": why}  # fmt: skip
 
 
 def _report(

@@ -84,3 +84,42 @@ def test_a_pickle_is_never_opened(tmp_path) -> None:
     with pytest.raises(AdapterError, match="pickle file, which crosslora_jax never loads"):
         transfer(paths["source"], paths["target"], [paths["adapter"]], paths["output"])
     assert not marker.exists()
+
+
+def test_recoverable_problems_are_warnings_and_the_adapter_is_written(tmp_path, caplog) -> None:
+    """Gate skips, index-map skips, svd_rank above a dimension and low energy: warn, still write."""
+    import json
+
+    import numpy as np
+
+    from crosslora_jax import TransferError, synthetic
+
+    cfg = synthetic.model_config("llama", hidden=32, intermediate=64, heads=4, kv_heads=2, layers=2)
+    deeper = synthetic.model_config("llama", hidden=32, intermediate=64, heads=4, kv_heads=2, layers=3)
+    src_t = synthetic.model_tensors(cfg, seed=0)
+    tgt_t = synthetic.model_tensors(deeper, seed=1)
+    for name in src_t:  # target layer 0 = source layer 0 (similar); layer 1 independent (chance level)
+        if name.startswith("model.layers.0."):
+            tgt_t[name] = src_t[name]
+    src = synthetic.write_model(tmp_path / "src", cfg, src_t)
+    tgt = synthetic.write_model(tmp_path / "tgt", deeper, tgt_t)
+    adapter = synthetic.write_adapter(tmp_path / "lora", cfg, seed=2, roles=("q", "v"))
+    options = TransferOptions(svd=SvdSettings(rank=20), layer_map="index", min_similarity=0.9, energy_warning=1.01)
+    with caplog.at_level("WARNING"):
+        (report,) = transfer(src, tgt, [adapter], tmp_path / "out", options)
+    text = caplog.text
+    assert "no source layer under the index layer map" in text
+    assert "role v: --svd_rank=20 exceeds a weight dimension" in text
+    assert "skipped by --min_similarity=0.9" in text
+    assert "keeps under 101% of the weight energy" in text
+    by = {m["module"]: m for m in report["modules"]}
+    assert by["model.layers.0.self_attn.q_proj"]["status"] == "transferred"
+    assert by["model.layers.1.self_attn.q_proj"]["skipped_by"] == "gate"
+    assert by["model.layers.2.self_attn.q_proj"]["skipped_by"] == "layer_map"
+    written = json.loads((tmp_path / "out/adapter_config.json").read_text())
+    assert written["layers_to_transform"] == [0]
+    # Gating everything is an error, not an empty adapter.
+    with pytest.raises(TransferError, match="no module was transferred"):
+        transfer(src, tgt, [adapter], tmp_path / "out2", TransferOptions(svd=SvdSettings(rank=4), min_similarity=1.0))
+    assert not (tmp_path / "out2").exists()
+    assert np.isfinite(by["model.layers.1.self_attn.q_proj"]["phi_u"])
