@@ -51,9 +51,9 @@ class SubspaceStore:
         self.cache_dir = cache_dir
         self.stats = StoreStats()
         self._fingerprints: dict[Path, str] = {}
-        # Subspaces of the role in progress: the linear layer map reuses source layers across
-        # chunks. Cleared per role so host memory stays bounded by one role.
-        self._memo: dict[tuple[Path, str, int], Subspace] = {}
+        # The previous call's layers per (model, role): the linear layer map is monotone, so a
+        # source layer is only ever reused by the next chunk. Keeps host memory at one chunk.
+        self._last: dict[tuple[Path, str], dict[int, Subspace]] = {}
         self._svd = _mesh.sharded_jit(lambda w, ids: truncated_svd(w, ids, settings))
         self._checkpointer = ocp.PyTreeCheckpointer() if cache_dir else None
         if cache_dir is not None:
@@ -64,14 +64,10 @@ class SubspaceStore:
 
     def get(self, model: ModelConfig, ckpt: Checkpoint, role: str, layers: Sequence[int]) -> Subspace:
         """Host arrays [len(layers), ...] for `role` at `layers` (repeats allowed)."""
-        if any(key[1] != role for key in self._memo):
-            self._memo.clear()
+        previous = self._last.pop((model.folder, role), {})
+        self._last = {key: value for key, value in self._last.items() if key[1] == role}
         unique = sorted(set(layers))
-        found = {
-            layer: self._memo[(model.folder, role, layer)]
-            for layer in unique
-            if (model.folder, role, layer) in self._memo
-        }
+        found = {layer: previous[layer] for layer in unique if layer in previous}
         if self.cache_dir is not None:
             started = time.perf_counter()
             todo = [layer for layer in unique if layer not in found]
@@ -93,8 +89,7 @@ class SubspaceStore:
             for n, layer in enumerate(missing):
                 found[layer] = Subspace(*(x[n] for x in computed))
                 self._save(ckpt, role, layer, found[layer])
-        for layer in unique:
-            self._memo[(model.folder, role, layer)] = found[layer]
+        self._last[(model.folder, role)] = found
         return Subspace(*(np.stack(xs) for xs in zip(*(found[layer] for layer in layers), strict=True)))
 
     def _compute(self, model: ModelConfig, ckpt: Checkpoint, role: str, layers: Sequence[int]) -> Subspace:

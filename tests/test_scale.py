@@ -182,3 +182,11 @@ def test_two_processes_write_the_same_adapter_as_one(pair, tmp_path) -> None:
     for key in a:
         np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
     assert not list(tmp_path.glob(".multi.partial-*"))
+
+
+def test_a_source_layer_shared_by_two_chunks_is_decomposed_once(pair, tmp_path) -> None:
+    """Linear map 5→7 layers is [0, 1, 1, 2, 3, 3, 4]; chunks of 2 split the two 1s and the 3s."""
+    options = TransferOptions(svd=SvdSettings(rank=12), layers_per_chunk=2)
+    (report,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o", options)
+    assert report["layer_map"]["target_to_source"] == [0, 1, 1, 2, 3, 3, 4]
+    assert report["subspaces"]["computed_layers"] == 3 * (5 + 7)
