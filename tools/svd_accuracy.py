@@ -1,6 +1,6 @@
 """Randomized vs exact truncated SVD: error in the transferred ΔW_t, subspace error, speed-up.
 
-    python tools/svd_accuracy.py --out=docs/svd_accuracy_table.md    # ~15 min on 2 cores
+    python tools/svd_accuracy.py --out=table.md    # ~13 min on 2 cores; docs/svd_accuracy.md
     python tools/svd_accuracy.py --quick                              # tiny shapes, < 1 min
 
 Per role, a source weight of Qwen2.5-1.5B's shape and a target of Llama-3.2-3B's shape, with the
