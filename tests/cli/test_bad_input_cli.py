@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _bad_inputs import CASES, make_inputs
@@ -78,9 +81,9 @@ def test_a_signal_mid_run_stops_promptly_and_leaves_nothing(tmp_path, sig) -> No
         "adapter": synthetic.write_adapter(tmp_path / "lora", src, seed=2, roles=("q", "o", "gate", "up", "down")),
         "output": tmp_path / "out",
     }
+    flags = args_for(paths, "--layers_per_chunk=1", "--svd_rank=64", f"--cache_dir={tmp_path / 'cache'}")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "crosslora_jax.transfer", *args_for(paths, "--layers_per_chunk=1", "--svd_rank=64")],
-        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "crosslora_jax.transfer", *flags], cwd=ROOT, stderr=subprocess.PIPE, text=True
     )  # fmt: skip
     assert proc.stderr is not None
     for line in proc.stderr:  # wait for the first finished chunk
@@ -97,3 +100,18 @@ def test_a_signal_mid_run_stops_promptly_and_leaves_nothing(tmp_path, sig) -> No
     assert "error: interrupted" in rest
     assert not paths["output"].exists()
     assert not list(tmp_path.glob(".out.partial-*")), list(tmp_path.iterdir())
+    if sig == signal.SIGTERM:  # the same command again resumes from the cache ...
+        subprocess.run([sys.executable, "-m", "crosslora_jax.transfer", *flags], cwd=ROOT, check=True,
+                       capture_output=True, timeout=300)  # fmt: skip
+        report = json.loads((paths["output"] / "crosslora_report.json").read_text())
+        assert report["subspaces"]["cached_layers"] >= 1, report["subspaces"]
+        # ... and writes what an uninterrupted run without a cache writes.
+        clean = tmp_path / "clean"
+        subprocess.run([sys.executable, "-m", "crosslora_jax.transfer", *args_for({**paths, "output": clean},
+                        "--layers_per_chunk=1", "--svd_rank=64")], cwd=ROOT, check=True, capture_output=True,
+                       timeout=300)  # fmt: skip
+        resumed, fresh = load_file(str(paths["output"] / "adapter_model.safetensors")), load_file(
+            str(clean / "adapter_model.safetensors"))  # fmt: skip
+        assert resumed.keys() == fresh.keys()
+        for key in fresh:
+            np.testing.assert_array_equal(resumed[key], fresh[key])
