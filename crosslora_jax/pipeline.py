@@ -99,14 +99,14 @@ def transfer(
     loaded = [read_adapter(a, source_cfg) for a in adapter_dirs]
     names = _output_names(adapter_dirs)
     store = SubspaceStore(options.svd, Path(cache_dir) if cache_dir is not None else None)
-    started = time.perf_counter()
-    results = run_transfer(source_cfg, target_cfg, loaded, options, store)
-    compute_seconds = time.perf_counter() - started
-    reports = []
-    if jax.process_index() != 0:  # one process writes; the others computed their shards
+    if jax.process_index() != 0:  # one process writes; the others compute their shards
+        results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store)
         return [_report(source_cfg, target_cfg, r, options, "-", store, compute_seconds) for r in results]
-    started = time.perf_counter()
+    # The staging folder is made before computing, so an unwritable --output fails in seconds.
     with staged_output(output) as staging:
+        results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store)
+        started = time.perf_counter()
+        reports = []
         for name, result in zip(names, results, strict=True):
             folder = staging if len(results) == 1 else staging / name
             folder.mkdir(exist_ok=True)
@@ -114,11 +114,15 @@ def transfer(
             config = adapter_config_for_target(result.adapter.config, target_cfg, result.written)
             write_adapter(folder, result.factors, config, dtype)
             report = _report(source_cfg, target_cfg, result, options, dtype, store, compute_seconds)
+            report["timings"]["write_seconds"] = time.perf_counter() - started
             write_report(folder, report)
             reports.append(report)
-    for report in reports:
-        report["timings"]["write_seconds"] = time.perf_counter() - started
     return reports
+
+
+def _timed(fn, *args):  # noqa: ANN001, ANN002, ANN202
+    started = time.perf_counter()
+    return fn(*args), time.perf_counter() - started
 
 
 def expand_adapter_dirs(paths: Sequence[Path]) -> list[Path]:

@@ -26,6 +26,8 @@ def check_output_location(output: Path, inputs: Iterable[Path], *, overwrite: bo
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise OutputError(output, f"{parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(output, f"cannot write in {parent}")
 
