@@ -126,7 +126,8 @@ def test_written_config_describes_what_was_written(model_and_adapter) -> None:
     full = [m for m in adapter.modules.values()]
     config = adapter_config_for_target(adapter.config, model, full)
     assert config["target_modules"] == ["down_proj", "q_proj", "v_proj"] and "layers_to_transform" not in config
-    assert "auto_mapping" not in config and config["rank_pattern"] == {} and config["alpha_pattern"] == {}
+    assert config["auto_mapping"]["base_model_class"] == "Qwen2ForCausalLM"  # the target's class, not the source's
+    assert config["rank_pattern"] == {} and config["alpha_pattern"] == {}
     some_layers = [m for m in full if m.layer != 1]
     assert adapter_config_for_target(adapter.config, model, some_layers)["layers_to_transform"] == [0, 2]
     ragged = [m for m in full if not (m.layer == 1 and m.role == "q")]
