@@ -73,12 +73,12 @@ def test_missing_required_flag(tmp_path) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_mid_run_stops_promptly_and_leaves_nothing(tmp_path, sig) -> None:
-    src = synthetic.model_config("llama", hidden=384, intermediate=768, heads=6, kv_heads=2, layers=8)
-    tgt = synthetic.model_config("qwen2", hidden=448, intermediate=896, heads=7, kv_heads=1, layers=8)
+    src = synthetic.model_config("llama", hidden=256, intermediate=512, heads=4, kv_heads=2, layers=6)
+    tgt = synthetic.model_config("qwen2", hidden=320, intermediate=640, heads=5, kv_heads=1, layers=6)
     paths = {
         "source": synthetic.write_model(tmp_path / "src", src, synthetic.model_tensors(src, seed=0)),
         "target": synthetic.write_model(tmp_path / "tgt", tgt, synthetic.model_tensors(tgt, seed=1)),
-        "adapter": synthetic.write_adapter(tmp_path / "lora", src, seed=2, roles=("q", "o", "gate", "up", "down")),
+        "adapter": synthetic.write_adapter(tmp_path / "lora", src, seed=2, roles=("q", "down")),
         "output": tmp_path / "out",
     }
     flags = args_for(paths, "--layers_per_chunk=1", "--svd_rank=64", f"--cache_dir={tmp_path / 'cache'}")
