@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from crosslora_jax import _mesh
+from crosslora_jax import _interrupt, _mesh
 from crosslora_jax._errors import CheckpointError, OptionsError, TransferError
 from crosslora_jax._subspace_store import SubspaceStore
 from crosslora_jax.arch import ROLES
@@ -105,6 +105,7 @@ def transfer(
     # The staging folder is made before computing, so an unwritable --output fails in seconds.
     with staged_output(output) as staging:
         results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store)
+        _interrupt.check()
         started = time.perf_counter()
         reports = []
         for name, result in zip(names, results, strict=True):
@@ -175,6 +176,7 @@ def run_transfer(
                     result.modules.append(_skipped(target, role, j, i, source.num_layers))
         chunks = [jobs[c : c + options.layers_per_chunk] for c in range(0, len(jobs), options.layers_per_chunk)]
         for number, chunk in enumerate(chunks, 1):
+            _interrupt.check()
             started = time.perf_counter()
             _transfer_chunk(role, chunk, source, target, source_ckpt, target_ckpt, results, options, store)
             logging.info(

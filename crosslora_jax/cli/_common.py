@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from absl import flags, logging
 
+from crosslora_jax import _interrupt
 from crosslora_jax._errors import CrossLoraError
 
 EXIT_BAD_INPUT = 2
@@ -18,6 +19,7 @@ EXIT_INTERRUPTED = 130
 
 
 def _raise_interrupt(signum: int, frame: object) -> NoReturn:  # noqa: ARG001
+    _interrupt.request_stop()  # in case a library call swallows the KeyboardInterrupt
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -43,6 +45,7 @@ def run_guarded(body: Callable[[], None]) -> None:
     SIGTERM is turned into KeyboardInterrupt so the staging folder's clean-up runs.
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     logging.get_absl_handler().addFilter(_QuietOrbax())
     try:
         body()
