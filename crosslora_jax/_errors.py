@@ -40,3 +40,7 @@ class OutputError(CrossLoraError):
 
 class TransferError(CrossLoraError):
     """The transfer ran but produced nothing usable (for example every module was gated out)."""
+
+
+class TaskError(CrossLoraError):
+    """An evaluation task file is missing or malformed."""

@@ -37,7 +37,12 @@ def make_inputs(work: Path, layers: int) -> dict[str, Path]:
 
     root = work / f"L{layers}"
     paths = {"source": root / "qwen", "target": root / "llama", "a1": root / "adapter1", "a2": root / "adapter2"}
-    marker = {"source": "config.json", "target": "config.json", "a1": "adapter_config.json", "a2": "adapter_config.json"}
+    marker = {
+        "source": "config.json",
+        "target": "config.json",
+        "a1": "adapter_config.json",
+        "a2": "adapter_config.json",
+    }
     if all((paths[k] / name).exists() for k, name in marker.items()):
         return paths
     src = synthetic.model_config("qwen2", layers=layers, vocab=1024, **QWEN)

@@ -1,0 +1,80 @@
+"""Evaluate a base model, with or without a PEFT LoRA adapter, on the architectures the transfer supports.
+
+Public API:
+- `load_model(model_dir, adapter_dir=None) -> (ModelSpec, params)`: weights through the project's
+  own reader, the adapter merged in (W += γ·B·A).
+- `logits`, `token_logprobs`, `hidden_states`: the jittable forward pass (pure functions of
+  `(spec, params, tokens)`; `spec` is static), with an optional LoRA side path for training.
+- `model_spec`, `ModelSpec`, `from_hf`, `to_hf`: config → spec, and the canonical param layout.
+- `evaluate(model_dir, task, adapter_dir)`: score a multiple-choice JSONL or plain-text task
+  (`read_task`, `load_tokenizer`, `evaluate_task`, `score_sequences` are its parts).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from crosslora_jax.eval._arch import ModelSpec, model_spec
+from crosslora_jax.eval._model import Lora, hidden_states, logits, token_logprobs
+from crosslora_jax.eval._params import Params, from_hf, load_params, to_hf
+from crosslora_jax.eval._tasks import (
+    Progress,
+    Question,
+    Task,
+    evaluate_task,
+    load_tokenizer,
+    read_task,
+    score_sequences,
+)
+from crosslora_jax.io.hf_config import read_model_config
+
+
+def load_model(model_dir: Path | str, adapter_dir: Path | str | None = None) -> tuple[ModelSpec, Params]:
+    """Spec and float32 params of an HF model folder, with an optional PEFT adapter merged in."""
+    config = read_model_config(model_dir)
+    spec = model_spec(config)
+    return spec, load_params(config, spec, adapter_dir)
+
+
+def evaluate(
+    model_dir: Path | str,
+    task: Path | str,
+    adapter_dir: Path | str | None = None,
+    *,
+    task_format: str = "auto",
+    batch_size: int = 8,
+    max_length: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Score `task` on the model (with the adapter merged in, if any); metrics with standard errors."""
+    tokenizer = load_tokenizer(model_dir)
+    loaded = read_task(task, task_format)
+    spec, params = load_model(model_dir, adapter_dir)
+    result = evaluate_task(
+        spec, params, tokenizer, loaded, batch_size=batch_size, max_length=max_length, progress=progress
+    )
+    return {"model": str(model_dir), "adapter": None if adapter_dir is None else str(adapter_dir), **result}
+
+
+__all__ = [
+    "Lora",
+    "ModelSpec",
+    "Params",
+    "Progress",
+    "Question",
+    "Task",
+    "evaluate",
+    "evaluate_task",
+    "from_hf",
+    "hidden_states",
+    "load_model",
+    "load_params",
+    "load_tokenizer",
+    "logits",
+    "model_spec",
+    "read_task",
+    "score_sequences",
+    "to_hf",
+    "token_logprobs",
+]

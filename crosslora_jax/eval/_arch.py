@@ -1,0 +1,251 @@
+"""What each architecture's forward pass does, as tables; `model_spec` turns a config into a spec.
+
+A `ModelSpec` is hashable (static under `jit`) and holds every number the forward pass needs:
+dimensions, norm style, activation, RoPE frequencies, per-layer attention windows, softcaps.
+Config fields that change the math and are not implemented are refused by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from crosslora_jax._errors import ConfigError
+from crosslora_jax.io.hf_config import CONFIG_FILE, ModelConfig
+
+ATTN_ROLES = ("q", "k", "v", "o")
+MLP_ROLES = ("gate", "up", "down")
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchTraits:
+    """How one `model_type` computes, beyond the shared llama skeleton."""
+
+    norm_offset: float = 0.0  # RMSNorm multiplies by (offset + w): gemma stores w - 1
+    embed_scale: bool = False  # multiply embeddings by sqrt(hidden)
+    activation_field: str = "hidden_act"
+    default_activation: str = "silu"
+    legacy_activations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # residual block norms: (before attn, after attn, before mlp, after mlp); None = no norm there.
+    block_norms: tuple[str | None, str | None, str | None, str | None] = (
+        "input_layernorm",
+        None,
+        "post_attention_layernorm",
+        None,
+    )
+    fixed_biases: tuple[str, ...] = ()  # roles with a bias whatever the config says
+    honours_attention_bias: bool = False  # `attention_bias` adds q/k/v/o biases
+    honours_mlp_bias: bool = False  # `mlp_bias` adds gate/up/down biases
+    qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE
+    query_pre_attn_scalar: bool = False  # attention scale is query_pre_attn_scalar**-0.5
+    softcaps: bool = False  # attn_logit_softcapping and final_logit_softcapping
+    default_tied: bool = False
+    # where sliding-window layers come from when config.json has no `layer_types`
+    window_rule: str = "none"  # none | all | alternate | qwen
+
+
+_GEMMA2_NORMS = (
+    "input_layernorm",
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+)
+
+TRAITS: Mapping[str, ArchTraits] = {
+    "llama": ArchTraits(honours_attention_bias=True, honours_mlp_bias=True),
+    "mistral": ArchTraits(window_rule="all"),
+    "qwen2": ArchTraits(fixed_biases=("q", "k", "v"), window_rule="qwen"),
+    "qwen3": ArchTraits(honours_attention_bias=True, qk_norm=True, window_rule="qwen"),
+    "gemma": ArchTraits(
+        norm_offset=1.0,
+        embed_scale=True,
+        default_activation="gelu_pytorch_tanh",
+        legacy_activations={"gelu": "gelu_pytorch_tanh"},  # transformers rewrites it the same way
+        honours_attention_bias=True,
+        default_tied=True,
+    ),
+    "gemma2": ArchTraits(
+        norm_offset=1.0,
+        embed_scale=True,
+        activation_field="hidden_activation",
+        default_activation="gelu_pytorch_tanh",
+        block_norms=_GEMMA2_NORMS,
+        honours_attention_bias=True,
+        query_pre_attn_scalar=True,
+        softcaps=True,
+        default_tied=True,
+        window_rule="alternate",
+    ),
+}
+
+ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "gelu_new", "relu")
+_ROPE_TYPES = ("default", "linear", "llama3")
+# Fields that would change the math if set to anything but these values.
+_FIELDS_WITH_ONLY_DEFAULT: Mapping[str, tuple[Any, ...]] = {
+    "partial_rotary_factor": (None, 1, 1.0),
+    "use_bidirectional_attention": (None, False),
+    "attention_chunk_size": (None,),
+    "embedding_multiplier": (None, 1, 1.0),
+    "residual_multiplier": (None, 1, 1.0),
+    "logits_scaling": (None, 1, 1.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything static about one model's forward pass (hashable; a `jit` static argument)."""
+
+    model_type: str
+    vocab: int
+    hidden: int
+    inter: int
+    num_layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    norm_eps: float
+    norm_offset: float
+    embed_scale: bool
+    activation: str
+    block_norms: tuple[str | None, str | None, str | None, str | None]
+    biases: tuple[str, ...]  # roles with a bias
+    qk_norm: bool
+    attn_scale: float
+    attn_softcap: float | None
+    final_softcap: float | None
+    inv_freq: tuple[float, ...]  # RoPE inverse frequencies, head_dim / 2 of them
+    windows: tuple[int, ...]  # per layer: sliding window size, 0 = full causal attention
+    tied: bool
+    max_positions: int
+
+    @property
+    def norm_names(self) -> tuple[str, ...]:
+        return tuple(n for n in self.block_norms if n is not None)
+
+
+def model_spec(config: ModelConfig) -> ModelSpec:
+    """The forward-pass spec of a model read by `read_model_config`; refuses what it cannot compute."""
+    raw = config.raw
+    where = config.folder / CONFIG_FILE
+    traits = TRAITS.get(config.model_type)
+    if traits is None:
+        raise ConfigError(where, f"model_type {config.model_type!r} has no forward pass in crosslora_jax.eval")
+    for field, allowed in _FIELDS_WITH_ONLY_DEFAULT.items():
+        if raw.get(field) not in allowed:
+            raise ConfigError(where, f"field {field!r}={raw[field]!r} is not implemented by the evaluator")
+    hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
+    head_dim = int(raw.get("head_dim") or hidden // heads)
+    activation = raw.get(traits.activation_field) or traits.default_activation
+    activation = traits.legacy_activations.get(activation, activation)
+    if activation not in ACTIVATIONS:
+        raise ConfigError(
+            where, f"field {traits.activation_field!r}={activation!r} is not implemented by the evaluator"
+        )
+    biases = list(traits.fixed_biases)
+    if traits.honours_attention_bias and raw.get("attention_bias"):
+        biases += [r for r in ATTN_ROLES if r not in biases]
+    if traits.honours_mlp_bias and raw.get("mlp_bias"):
+        biases += list(MLP_ROLES)
+    if traits.query_pre_attn_scalar:
+        attn_scale = float(raw.get("query_pre_attn_scalar") or head_dim) ** -0.5
+    else:
+        attn_scale = head_dim**-0.5
+    attn_softcap = final_softcap = None
+    if traits.softcaps:
+        attn_softcap = _optional_float(raw, "attn_logit_softcapping")
+        final_softcap = _optional_float(raw, "final_logit_softcapping")
+    vocab = raw.get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0:
+        raise ConfigError(where, f"field 'vocab_size' must be a positive integer, found {vocab!r}")
+    return ModelSpec(
+        model_type=config.model_type,
+        vocab=vocab,
+        hidden=hidden,
+        inter=int(raw["intermediate_size"]),
+        num_layers=config.num_layers,
+        heads=heads,
+        kv_heads=int(raw.get("num_key_value_heads") or heads),
+        head_dim=head_dim,
+        norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+        norm_offset=traits.norm_offset,
+        embed_scale=traits.embed_scale,
+        activation=activation,
+        block_norms=traits.block_norms,
+        biases=tuple(biases),
+        qk_norm=traits.qk_norm,
+        attn_scale=attn_scale,
+        attn_softcap=attn_softcap,
+        final_softcap=final_softcap,
+        inv_freq=tuple(float(f) for f in _rope_inv_freq(where, raw, head_dim)),
+        windows=_windows(where, raw, traits, config.num_layers),
+        tied=bool(raw.get("tie_word_embeddings", traits.default_tied)),
+        max_positions=int(raw.get("max_position_embeddings") or 2048),
+    )
+
+
+def _optional_float(raw: Mapping[str, Any], field: str) -> float | None:
+    value = raw.get(field)
+    return None if value is None else float(value)
+
+
+def _rope_inv_freq(where: object, raw: Mapping[str, Any], head_dim: int) -> np.ndarray:
+    """RoPE inverse frequencies [head_dim/2] from `rope_theta`/`rope_scaling` (4.x) or `rope_parameters` (5.x)."""
+    params: dict[str, Any] = {}
+    for field in ("rope_scaling", "rope_parameters"):
+        value = raw.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(where, f"field {field!r} must be an object")
+        if any(isinstance(v, dict) for v in value.values()):
+            raise ConfigError(where, f"per-layer-type {field!r} is not implemented by the evaluator")
+        params.update(value)
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in _ROPE_TYPES:
+        raise ConfigError(
+            where, f"RoPE type {rope_type!r} is not implemented by the evaluator (supported: {', '.join(_ROPE_TYPES)})"
+        )
+    theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float64) / head_dim)
+    if rope_type == "linear":
+        return inv_freq / float(params["factor"])
+    if rope_type == "llama3":
+        factor = float(params["factor"])
+        low, high = float(params["low_freq_factor"]), float(params["high_freq_factor"])
+        old_len = float(params.get("original_max_position_embeddings") or raw["max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return np.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def _windows(where: object, raw: Mapping[str, Any], traits: ArchTraits, num_layers: int) -> tuple[int, ...]:
+    """Per-layer sliding-window size (0 = full attention), following transformers' rules."""
+    window = raw.get("sliding_window")
+    layer_types = raw.get("layer_types")
+    if layer_types is not None:
+        if not isinstance(layer_types, list) or len(layer_types) != num_layers:
+            raise ConfigError(where, f"field 'layer_types' must list {num_layers} layer types")
+        unknown = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+        if unknown:
+            raise ConfigError(where, f"layer type {unknown[0]!r} is not implemented by the evaluator")
+        sliding = [t == "sliding_attention" for t in layer_types]
+    elif traits.window_rule == "all":
+        sliding = [True] * num_layers
+    elif traits.window_rule == "alternate":
+        sliding = [i % 2 == 0 for i in range(num_layers)]
+    elif traits.window_rule == "qwen" and raw.get("use_sliding_window"):
+        first = int(raw.get("max_window_layers") or 0)
+        sliding = [i >= first for i in range(num_layers)]
+    else:
+        sliding = [False] * num_layers
+    if not window:
+        return (0,) * num_layers
+    return tuple(int(window) if s else 0 for s in sliding)

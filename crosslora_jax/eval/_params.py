@@ -1,0 +1,84 @@
+"""The canonical parameter pytree of the evaluator, and its conversion from/to HF tensor names.
+
+Layout (float32, HF weight orientation W [out, in]; L layers, V vocab, D hidden):
+
+    {"embed": [V, D], "norm": [D], "lm_head": [V, D] (only when untied),
+     "layers": {"q": [L, H·hd, D], "k", "v": [L, KV·hd, D], "o": [L, D, H·hd],
+                "gate", "up": [L, I, D], "down": [L, D, I],
+                "<role>_bias": [L, out] for roles with a bias,
+                "<norm name>": [L, D] per block norm, "q_norm", "k_norm": [L, hd] (qwen3)}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from crosslora_jax.arch import ARCHITECTURES, ROLES
+from crosslora_jax.eval._arch import ModelSpec
+from crosslora_jax.io.hf_config import ModelConfig
+from crosslora_jax.io.peft_adapter import read_adapter
+from crosslora_jax.io.safetensors_checkpoint import Checkpoint
+
+Params = dict[str, object]
+_EMBED, _NORM, _HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
+
+
+def hf_names(spec: ModelSpec) -> dict[tuple[str, int | None], str]:
+    """(canonical key, layer or None) -> HF tensor name, for every tensor the model has."""
+    arch = ARCHITECTURES[spec.model_type]
+    names: dict[tuple[str, int | None], str] = {("embed", None): _EMBED, ("norm", None): _NORM}
+    if not spec.tied:
+        names["lm_head", None] = _HEAD
+    for layer in range(spec.num_layers):
+        prefix = arch.layer_prefix.format(layer=layer)
+        for role in ROLES:
+            names[role, layer] = arch.weight_name(role, layer)
+        for role in spec.biases:
+            names[f"{role}_bias", layer] = f"{arch.module_path(role, layer)}.bias"
+        for norm in spec.norm_names:
+            names[norm, layer] = f"{prefix}.{norm}.weight"
+        if spec.qk_norm:
+            for norm in ("q_norm", "k_norm"):
+                names[norm, layer] = f"{prefix}.self_attn.{norm}.weight"
+    return names
+
+
+def from_hf(spec: ModelSpec, read: object) -> Params:
+    """Canonical params from `read(hf_name) -> np.ndarray`; per-layer tensors stacked on axis 0."""
+    params: Params = {}
+    stacks: dict[str, list[np.ndarray]] = {}
+    for (key, layer), name in hf_names(spec).items():
+        value = np.asarray(read(name), np.float32)  # type: ignore[operator]
+        if layer is None:
+            params[key] = value
+        else:
+            stacks.setdefault(key, []).append(value)
+    params["layers"] = {key: np.stack(values) for key, values in stacks.items()}
+    return params
+
+
+def to_hf(spec: ModelSpec, params: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """HF tensor name -> float32 array; the inverse of `from_hf`."""
+    layers = params["layers"]
+    out = {}
+    for (key, layer), name in hf_names(spec).items():
+        value = params[key] if layer is None else layers[key][layer]  # type: ignore[index]
+        out[name] = np.asarray(value, np.float32)
+    return out
+
+
+def load_params(config: ModelConfig, spec: ModelSpec, adapter: Path | str | None = None) -> Params:
+    """Read a model's weights through `Checkpoint`, with a PEFT LoRA merged in: W += γ·B·A."""
+    ckpt = Checkpoint(config.folder)
+    params = from_hf(spec, ckpt.read_f32)
+    if adapter is not None:
+        lora = read_adapter(adapter, config)
+        layers = params["layers"]
+        for (role, layer), module in lora.modules.items():
+            a, b = lora.read_factors([module])  # [1, k, n], [1, m, k]
+            delta = lora.scale(module) * (b[0].astype(np.float64) @ a[0].astype(np.float64))
+            layers[role][layer] += delta.astype(np.float32)  # type: ignore[index]
+    return params

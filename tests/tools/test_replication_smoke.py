@@ -1,0 +1,34 @@
+"""The replication harness runs end to end (tiny sizes, one seed): checks the plumbing, not the numbers."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "replication.py"
+
+
+def test_smoke_run_produces_a_full_table(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(TOOL), "--smoke", f"--out={tmp_path}"], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    rows = result["rows"]
+    targets = {r["target"] for r in rows}
+    methods = {r["method"] for r in rows}
+    assert targets == {"upgrade", "resized", "gemma2"}
+    assert {"truncate", "cross_lora r=8", "lora_x r=8", "cross_lora r=8, gate 0.5"} <= methods
+    assert len(rows) == len(targets) * len(methods)
+    for r in rows:
+        for key in ("L_base", "L_transfer", "L_trained"):
+            assert math.isfinite(r[key]) and 0 < r[key] < 10, r
+        assert r["modules_transferred"] <= r["modules_total"]
+    # Same shapes, and truncate is a plain copy: the upgrade gets every module.
+    (copy,) = [r for r in rows if r["target"] == "upgrade" and r["method"] == "truncate"]
+    assert copy["modules_transferred"] == copy["modules_total"] > 0
+    table = (tmp_path / "smoke.md").read_text()
+    assert table.count("\n") == len(rows) + 2

@@ -1,0 +1,555 @@
+"""Miniature, data-free-transfer replication: does a transferred LoRA help its new base model?
+
+Everything is trained here from scratch, on text that ships with every CPython (the running
+interpreter's standard library, found through `sysconfig`), with one shared byte-level vocabulary
+(256 tokens, token id = byte):
+
+- general text ("docs"): the Python reference manual topics in `pydoc_data/topics.py`;
+- shifted text ("docstrings"): the docstrings of the stdlib's top-level modules (via `ast`);
+- the LoRA's domain ("code"): Python source of the stdlib's top-level modules; every 8th file
+  (sorted by name) is held out for evaluation, the rest trains the LoRAs.
+
+Per seed: a llama-style source S pretrained on docs; three targets — `upgrade` (S trained further
+on docs + docstrings, same shapes), `resized` (llama-style, other width/depth/heads, trained
+independently on docs) and `gemma2` (gemma2-style, trained independently on docs); a LoRA trained
+on S for code, and the same LoRA recipe trained directly on each target (the upper bound). Then
+every target × method is transferred with `crosslora_jax.transfer` (the real pipeline, files in
+and out) and scored by held-out code loss (nats/byte, and next-byte accuracy) through
+`crosslora_jax.eval`. Recovered fraction = (L_base − L_transfer) / (L_base − L_trained).
+
+    python tools/replication.py            # the full table (docs/replication.md)
+    python tools/replication.py --smoke    # harness check, tiny sizes, one seed, < 60 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+if __name__ == "__main__" and "--smoke" in sys.argv[1:]:
+    # The smoke run is dominated by XLA compiles of ~10 tiny programs: compile them cheaply.
+    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import crosslora_jax
+from crosslora_jax import synthetic
+from crosslora_jax.arch import ARCHITECTURES, ROLES, role_shapes
+from crosslora_jax.eval import ModelSpec, load_model, logits, model_spec, to_hf, token_logprobs
+from crosslora_jax.io.hf_config import read_model_config
+from crosslora_jax.io.peft_adapter import write_adapter
+
+VOCAB = 256
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSize:
+    model_type: str
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    layers: int
+    head_dim: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    source: ModelSize
+    resized: ModelSize
+    gemma2: ModelSize
+    seq_len: int  # T, predicted bytes per training window
+    batch: int
+    pretrain_steps: int
+    upgrade_steps: int
+    lora_steps: int
+    lora_rank: int
+    lora_alpha: float
+    svd_ranks: tuple[int, ...]  # r of the truncated SVDs; the gates use the first
+    gates: tuple[float, ...]  # min_similarity thresholds, applied with cross_lora
+    eval_windows: int
+    seeds: int
+    corpus_bytes: int  # cap on each training corpus
+
+
+FULL = Settings(
+    source=ModelSize("llama", 64, 128, 4, 2, 3),
+    resized=ModelSize("llama", 48, 128, 3, 1, 4),
+    gemma2=ModelSize("gemma2", 64, 128, 4, 1, 3),
+    seq_len=64,
+    batch=16,
+    pretrain_steps=300,
+    upgrade_steps=150,
+    lora_steps=150,
+    lora_rank=8,
+    lora_alpha=16.0,
+    svd_ranks=(16, 64),
+    gates=(0.3, 0.5, 0.7),
+    eval_windows=256,
+    seeds=3,
+    corpus_bytes=2_000_000,
+)
+SMOKE = Settings(
+    source=ModelSize("llama", 32, 64, 2, 1, 2),
+    resized=ModelSize("llama", 48, 96, 3, 1, 3),
+    gemma2=ModelSize("gemma2", 32, 64, 2, 1, 2),
+    seq_len=32,
+    batch=8,
+    pretrain_steps=8,
+    upgrade_steps=4,
+    lora_steps=6,
+    lora_rank=4,
+    lora_alpha=8.0,
+    svd_ranks=(8,),
+    gates=(0.5,),
+    eval_windows=16,
+    seeds=1,
+    corpus_bytes=200_000,
+)
+
+
+def methods(settings: Settings) -> list[tuple[str, int, float]]:
+    """(method, svd rank, min_similarity) rows of the table; truncate uses no SVD."""
+    r0 = settings.svd_ranks[0]
+    rows = [("truncate", r0, 0.0)]
+    for r in settings.svd_ranks:
+        rows += [("cross_lora", r, 0.0), ("lora_x", r, 0.0)]
+    return rows + [("cross_lora", r0, g) for g in settings.gates]
+
+
+def method_label(method: str, rank: int, gate: float) -> str:
+    if method == "truncate":
+        return method
+    return f"{method} r={rank}" + (f", gate {gate}" if gate else "")
+
+
+# --------------------------------------------------------------------------------------------
+# Text
+
+
+def corpora(cap: int) -> dict[str, np.ndarray]:
+    """Byte arrays: docs, docstrings (shifted text), code_train, code_eval."""
+    from pydoc_data.topics import topics  # ships with CPython
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.glob("*.py") if not p.name.startswith("_"))
+    docstrings, code_train, code_eval = [], [], []
+    for n, path in enumerate(files):
+        try:
+            text = path.read_text(encoding="utf-8")
+            tree = ast.parse(text)
+        except (UnicodeDecodeError, SyntaxError, ValueError):
+            continue
+        (code_eval if n % 8 == 0 else code_train).append(text)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+                doc = ast.get_docstring(node)
+                if doc and n % 8:
+                    docstrings.append(doc)
+    docs = "\n\n".join(topics[k] for k in sorted(topics))
+
+    def as_bytes(text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), np.uint8)[:cap].copy()
+
+    return {
+        "docs": as_bytes(docs),
+        "docstrings": as_bytes("\n\n".join(docstrings)),
+        "code_train": as_bytes("\n\n".join(code_train)),
+        "code_eval": as_bytes("\n\n".join(code_eval)),
+    }
+
+
+def sample(rng: np.random.Generator, data: np.ndarray, batch: int, seq_len: int) -> np.ndarray:
+    """Random windows [batch, seq_len + 1] of byte ids."""
+    starts = rng.integers(0, len(data) - seq_len - 1, batch)
+    return np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int32)
+
+
+def eval_windows(data: np.ndarray, seq_len: int, count: int) -> np.ndarray:
+    """Evenly spaced windows [count, seq_len + 1] over the held-out text (the same for every model)."""
+    starts = np.linspace(0, len(data) - seq_len - 1, count).astype(int)
+    return np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int32)
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def config_for(size: ModelSize) -> dict:
+    config = synthetic.model_config(
+        size.model_type,
+        hidden=size.hidden,
+        intermediate=size.intermediate,
+        heads=size.heads,
+        kv_heads=size.kv_heads,
+        layers=size.layers,
+        head_dim=size.head_dim,
+        vocab=VOCAB,
+    )
+    if size.model_type == "gemma2":
+        config["sliding_window"] = 32  # active on the alternating sliding layers at our lengths
+    return config
+
+
+def spec_for(folder: Path, config: dict) -> ModelSpec:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    return model_spec(read_model_config(folder))
+
+
+def init_params(spec: ModelSpec, config: dict, seed: int) -> dict:
+    """Random init in the evaluator's canonical layout (see crosslora_jax.eval._params)."""
+    rng = np.random.default_rng(seed)
+    shapes = role_shapes(config)
+    layers: dict[str, np.ndarray] = {}
+    for role in ROLES:
+        m, n = shapes[role]
+        std = 1 / math.sqrt(n) * (1 / math.sqrt(2 * spec.num_layers) if role in ("o", "down") else 1)
+        layers[role] = rng.standard_normal((spec.num_layers, m, n)) * std
+    norm_init = 1.0 - spec.norm_offset  # gemma stores w - 1
+    for name in spec.norm_names:
+        layers[name] = np.full((spec.num_layers, spec.hidden), norm_init)
+    params = {
+        "embed": rng.standard_normal((VOCAB, spec.hidden)) * (1 / math.sqrt(spec.hidden) if spec.embed_scale else 1),
+        "norm": np.full(spec.hidden, norm_init),
+        "layers": layers,
+    }
+    if not spec.tied:
+        params["lm_head"] = rng.standard_normal((VOCAB, spec.hidden)) / math.sqrt(spec.hidden)
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
+
+def _adam_update(grads, state, step, lr):
+    m, v = state
+    m = jax.tree.map(lambda m_, g: 0.9 * m_ + 0.1 * g, m, grads)
+    v = jax.tree.map(lambda v_, g: 0.999 * v_ + 0.001 * g * g, v, grads)
+    c1, c2 = 1 - 0.9**step, 1 - 0.999**step
+    updates = jax.tree.map(lambda m_, v_: -lr * (m_ / c1) / (jnp.sqrt(v_ / c2) + 1e-8), m, v)
+    return updates, (m, v)
+
+
+def _loss(spec, params, lora, tokens):
+    return -jnp.mean(token_logprobs(spec, params, tokens, lora))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _step(spec, params, lora, state, step, lr_base, lr_lora, tokens):
+    """One Adam step on base params and LoRA factors at once (lr 0 freezes a group).
+
+    Base pretraining and LoRA training share this one function so that each architecture
+    compiles a single training step (compiles dominate the smoke run on 2 CPU cores).
+    """
+    trainable = (params, {r: {"a": x["a"], "b": x["b"]} for r, x in lora.items()})
+
+    def loss_fn(t):
+        p, factors = t
+        return _loss(spec, p, {r: {**factors[r], "scale": lora[r]["scale"]} for r in factors}, tokens)
+
+    loss, grads = jax.value_and_grad(loss_fn)(trainable)
+    updates, state = _adam_update(grads, state, step, 1.0)
+    params = jax.tree.map(lambda p, u: p + lr_base * u, params, updates[0])
+    factors = jax.tree.map(lambda p, u: p + lr_lora * u, trainable[1], updates[1])
+    return params, {r: {**factors[r], "scale": lora[r]["scale"]} for r in lora}, state, loss
+
+
+def _schedule(step: int, steps: int, peak: float) -> float:
+    warmup = max(1, steps // 20)
+    if step <= warmup:
+        return peak * step / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def new_lora(spec, config, settings, seed, scale=None):
+    """Rank-k factors on every projection of every layer, B = 0 (PEFT's init)."""
+    rng = np.random.default_rng(seed)
+    shapes = role_shapes(config)
+    k = settings.lora_rank
+    scale = settings.lora_alpha / k if scale is None else scale
+    lora = {}
+    for role in ROLES:
+        m, n = shapes[role]
+        lora[role] = {
+            "a": jnp.asarray(rng.uniform(-1, 1, (spec.num_layers, k, n)) / math.sqrt(n), jnp.float32),
+            "b": jnp.zeros((spec.num_layers, m, k), jnp.float32),
+            "scale": jnp.full((spec.num_layers,), scale, jnp.float32),
+        }
+    return lora
+
+
+def _train(spec, params, lora, data_mix, steps, settings, seed, lr_base, lr_lora):
+    rng = np.random.default_rng(seed)
+    trainable = (params, {r: {"a": x["a"], "b": x["b"]} for r, x in lora.items()})
+    zeros = jax.tree.map(jnp.zeros_like, trainable)
+    state, loss = (zeros, zeros), float("nan")
+    for step in range(1, steps + 1):
+        tokens = sample(rng, data_mix[step % len(data_mix)], settings.batch, settings.seq_len)
+        factor = _schedule(step, steps, 1.0)
+        params, lora, state, loss = _step(spec, params, lora, state, step, lr_base * factor, lr_lora * factor, tokens)
+    return params, lora, float(loss)
+
+
+def train_base(spec, config, params, data_mix, steps, settings, seed, lr=3e-3):
+    """Adam on next-byte loss; `data_mix` is a list of corpora sampled alternately."""
+    idle = new_lora(spec, config, settings, seed, scale=0.0)  # zero scale: no effect, never updated
+    params, _, loss = _train(spec, params, idle, data_mix, steps, settings, seed, lr, 0.0)
+    return params, loss
+
+
+def train_lora(spec, params, config, data, settings, seed, lr=5e-3):
+    """The code LoRA with the base frozen."""
+    lora = new_lora(spec, config, settings, seed)
+    return _train(spec, params, lora, [data], settings.lora_steps, settings, seed, 0.0, lr)[1]
+
+
+def save_model(folder: Path, config: dict, spec: ModelSpec, params: dict) -> Path:
+    tensors = to_hf(spec, jax.tree.map(np.asarray, params))
+    return synthetic.write_model(folder, config, tensors)
+
+
+def save_lora(folder: Path, config: dict, lora: dict, settings: Settings) -> Path:
+    arch = ARCHITECTURES[config["model_type"]]
+    factors = {
+        arch.module_path(role, layer): (np.asarray(x["a"][layer]), np.asarray(x["b"][layer]))
+        for role, x in lora.items()
+        for layer in range(config["num_hidden_layers"])
+    }
+    adapter_config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": settings.lora_rank,
+        "lora_alpha": settings.lora_alpha,
+        "target_modules": sorted({m.rsplit(".", 1)[-1] for m in arch.role_modules.values()}),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": False,
+        "base_model_name_or_path": str(folder),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    write_adapter(folder, factors, adapter_config, "float32")
+    return folder
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _heldout_metrics(spec, params, tokens):
+    """Mean next-byte loss (nats) and top-1 accuracy over windows [N, T+1]."""
+    out = logits(spec, params, tokens[:, :-1])
+    logp = jax.nn.log_softmax(out, axis=-1)
+    target = tokens[:, 1:]
+    loss = -jnp.take_along_axis(logp, target[..., None], axis=-1).mean()
+    acc = (jnp.argmax(out, axis=-1) == target).mean()
+    return loss, acc
+
+
+def score(model_dir: Path, adapter_dir: Path | None, windows: np.ndarray) -> tuple[float, float]:
+    """Held-out (loss, accuracy) of the model files, with the adapter files merged in."""
+    spec, params = load_model(model_dir, adapter_dir)
+    loss, acc = _heldout_metrics(spec, jax.tree.map(jnp.asarray, params), jnp.asarray(windows))
+    return float(loss), float(acc)
+
+
+# --------------------------------------------------------------------------------------------
+# The experiment
+
+
+def run_seed(seed: int, settings: Settings, text: dict[str, np.ndarray], work: Path, log) -> list[dict]:
+    """Train everything for one seed, transfer, score; one row per target × method."""
+    windows = eval_windows(text["code_eval"], settings.seq_len, settings.eval_windows)
+    seed_dir = work / f"seed{seed}"
+    models: dict[str, tuple[dict, ModelSpec, dict]] = {}
+
+    def base(name, size, init_seed, data_mix, steps, start=None):
+        config = config_for(size)
+        spec = spec_for(seed_dir / name, config)
+        params = init_params(spec, config, init_seed) if start is None else start
+        t0 = time.perf_counter()
+        params, loss = train_base(spec, config, params, data_mix, steps, settings, seed=init_seed + 7)
+        log(
+            f"seed {seed}: trained {name} ({steps} steps, final train loss {loss:.3f}) in {time.perf_counter() - t0:.1f}s"
+        )
+        save_model(seed_dir / name, config, spec, params)
+        models[name] = (config, spec, params)
+
+    base("S", settings.source, 1000 * seed + 1, [text["docs"]], settings.pretrain_steps)
+    base(
+        "upgrade",
+        settings.source,
+        1000 * seed + 2,
+        [text["docs"], text["docstrings"]],
+        settings.upgrade_steps,
+        start=models["S"][2],
+    )
+    base("resized", settings.resized, 1000 * seed + 3, [text["docs"]], settings.pretrain_steps)
+    base("gemma2", settings.gemma2, 1000 * seed + 4, [text["docs"]], settings.pretrain_steps)
+
+    loras = {}
+    for name, (config, spec, params) in models.items():
+        t0 = time.perf_counter()
+        lora = train_lora(spec, params, config, text["code_train"], settings, seed=1000 * seed + 50)
+        loras[name] = save_lora(seed_dir / f"lora_{name}", config, lora, settings)
+        log(f"seed {seed}: trained the code LoRA on {name} in {time.perf_counter() - t0:.1f}s")
+
+    source_loss = score(seed_dir / "S", None, windows)[0]
+    source_lora = score(seed_dir / "S", loras["S"], windows)[0]
+    log(f"seed {seed}: S held-out code loss {source_loss:.4f} -> {source_lora:.4f} with its LoRA")
+    rows = []
+    for target in ("upgrade", "resized", "gemma2"):
+        l_base, a_base = score(seed_dir / target, None, windows)
+        l_trained, a_trained = score(seed_dir / target, loras[target], windows)
+        totals: dict[int, int] = {}
+        for method, rank, gate in methods(settings):
+            out = seed_dir / f"out_{target}_{method}_{rank}_{gate}"
+            options = crosslora_jax.TransferOptions(
+                method=method, svd=crosslora_jax.SvdSettings(rank=rank), min_similarity=gate
+            )
+            t0 = time.perf_counter()
+            try:
+                (report,) = crosslora_jax.transfer(seed_dir / "S", seed_dir / target, [loras["S"]], out, options)
+            except crosslora_jax.TransferError:  # every module gated out: the target keeps its base weights
+                report, (l_tr, a_tr) = None, (l_base, a_base)
+            else:
+                l_tr, a_tr = score(seed_dir / target, out, windows)
+            seconds = time.perf_counter() - t0
+            transferred = [m for m in (report or {}).get("modules", []) if m["status"] == "transferred"]
+            scored = [m for m in (report or {}).get("modules", []) if "phi_u" in m]
+            totals.setdefault(rank, len(scored))
+            denominator = l_base - l_trained
+            rows.append(
+                {
+                    "seed": seed,
+                    "target": target,
+                    "method": method_label(method, rank, gate),
+                    "L_source": source_loss,
+                    "L_source_lora": source_lora,
+                    "L_base": l_base,
+                    "L_transfer": l_tr,
+                    "L_trained": l_trained,
+                    "acc_base": a_base,
+                    "acc_transfer": a_tr,
+                    "acc_trained": a_trained,
+                    "recovered": (l_base - l_tr) / denominator if denominator > 0 else float("nan"),
+                    "modules_transferred": len(transferred),
+                    "modules_total": totals[rank],
+                    "phi_min_mean": float(np.mean([min(m["phi_u"], m["phi_v"]) for m in scored])) if scored else None,
+                    "chance_mean": float(np.mean([max(m["chance_u"], m["chance_v"]) for m in scored]))
+                    if scored
+                    else None,
+                    "seconds": seconds,
+                }
+            )
+            log(
+                f"seed {seed}: {target:8s} {rows[-1]['method']:26s} L_base {l_base:.4f} L_transfer {l_tr:.4f} "
+                f"L_trained {l_trained:.4f} recovered {rows[-1]['recovered']:+.3f} "
+                f"({len(transferred)}/{totals[rank]} modules, {seconds:.1f}s)"
+            )
+    return rows
+
+
+def _mean_spread(values: list[float], digits: int = 3) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per target × method, mean ± sample std over seeds (and the min–max of the recovery)."""
+    lines = [
+        "| target | method | L_base | L_transfer | L_trained | recovered (mean ± sd) | recovered min…max | "
+        "acc base / transfer / trained | modules | mean min(φ_U,φ_V) (chance) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = list(dict.fromkeys((r["target"], r["method"]) for r in rows))
+    for target, method in keys:
+        group = [r for r in rows if r["target"] == target and r["method"] == method]
+        rec = [r["recovered"] for r in group]
+        finite = [v for v in rec if not math.isnan(v)]
+        span = f"{min(finite):+.3f}…{max(finite):+.3f}" if finite else "n/a"
+        acc = " / ".join(
+            _mean_spread([r[k] for r in group], 3).split(" ±")[0] for k in ("acc_base", "acc_transfer", "acc_trained")
+        )
+        modules = f"{np.mean([r['modules_transferred'] for r in group]):.1f}/{group[0]['modules_total']}"
+        phis = [r["phi_min_mean"] for r in group if r["phi_min_mean"] is not None]
+        chances = [r["chance_mean"] for r in group if r["chance_mean"] is not None]
+        phi = f"{np.mean(phis):.3f} ({np.mean(chances):.3f})" if phis else "n/a"
+        lines.append(
+            f"| {target} | {method} | {_mean_spread([r['L_base'] for r in group])} | "
+            f"{_mean_spread([r['L_transfer'] for r in group])} | {_mean_spread([r['L_trained'] for r in group])} | "
+            f"{_mean_spread(rec)} | {span} | {acc} | {modules} | {phi} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes and one seed: checks the harness, not the numbers"
+    )
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 3, smoke: 1)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out", help="results folder")
+    parser.add_argument("--keep", action="store_true", help="keep the trained models and adapters under --out/work")
+    args = parser.parse_args(argv)
+    settings = SMOKE if args.smoke else FULL
+    if args.seeds is not None:
+        settings = dataclasses.replace(settings, seeds=args.seeds)
+    logging.set_verbosity(logging.ERROR)  # the pipeline's per-chunk info and energy warnings
+    started = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {message}", flush=True)
+
+    text = corpora(settings.corpus_bytes)
+    log(
+        "corpora (bytes): "
+        + ", ".join(f"{k} {len(v)}" for k, v in text.items())
+        + f"; stdlib {sysconfig.get_paths()['stdlib']}"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = args.out / "work" if args.keep else Path(tempfile.mkdtemp(prefix="crosslora_replication_"))
+    if args.keep and work.exists():
+        shutil.rmtree(work)
+    rows = []
+    try:
+        for seed in range(settings.seeds):
+            rows += run_seed(seed, settings, text, work, log)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.perf_counter() - started
+    md = table(rows)
+    name = "smoke" if args.smoke else "replication"
+    (args.out / f"{name}.json").write_text(
+        json.dumps(
+            {"settings": dataclasses.asdict(settings), "seconds": elapsed, "cpus": os.cpu_count(), "rows": rows},
+            indent=1,
+        )
+    )
+    (args.out / f"{name}.md").write_text(md + "\n")
+    print(md)
+    log(f"done: {len(rows)} rows, {settings.seeds} seed(s), {elapsed:.0f}s; results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
