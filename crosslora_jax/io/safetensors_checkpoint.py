@@ -1,69 +1,88 @@
 """Lazy reads of an HF safetensors checkpoint, single-file or sharded, without torch.
 
-Only the tensors asked for are read (memory-mapped `safe_open`); bf16/f16/f32 come back as
-NumPy arrays (bf16 through ml_dtypes) and are widened to float32 by `read_f32`.
+Only the tensors asked for are read (positioned reads, no mmap; headers parsed in
+`_safetensors_format`); bf16/f16/f32 come back as NumPy arrays (bf16 through ml_dtypes) and are
+widened to float32 by `read_f32`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Any
 
+import ml_dtypes
 import numpy as np
-from safetensors import SafetensorError, safe_open
 
 from crosslora_jax._errors import CheckpointError
 from crosslora_jax.io._json import read_json_object, require_dir
+from crosslora_jax.io._safetensors_format import FormatError, TensorEntry, header_length, parse_header
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-FLOAT_DTYPES = frozenset({"BF16", "F16", "F32", "F64"})
+NUMPY_FLOATS = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 
 
 class SafetensorsFile:
-    """One safetensors file opened lazily; errors name the file and the tensor."""
+    """One safetensors file: the header parsed and checked on open, tensors read on demand.
+
+    Tensors are read with plain positioned reads into fresh arrays, never memory-mapped, so pages
+    of the file do not stay in this process's resident set after a chunk is done (peak RSS follows
+    the chunk, not the model), and a file truncated after opening gives an error, not SIGBUS.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         if not path.is_file():
             raise CheckpointError(path, "file not found")
         try:
-            self._handle: Any = safe_open(str(path), framework="numpy")
-            self._names = frozenset(self._handle.keys())
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(path, f"not a valid safetensors file: {_one_line(e)}") from None
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                n = header_length(f.read(8), size)
+                self._entries = parse_header(f.read(n), size)
+        except FormatError as e:
+            raise CheckpointError(path, f"not a valid safetensors file: {e}") from None
+        except OSError as e:
+            raise CheckpointError(path, f"cannot read: {_one_line(e)}") from None
+        self._names = frozenset(self._entries)
 
     def names(self) -> frozenset[str]:
         return self._names
 
-    def _slice(self, name: str) -> Any:
+    def _entry(self, name: str) -> TensorEntry:
         if name not in self._names:
             raise CheckpointError(self.path, f"tensor {name!r} not found")
-        try:
-            return self._handle.get_slice(name)
-        except (SafetensorError, ValueError, TypeError) as e:
-            raise CheckpointError(self.path, f"tensor {name!r}: {_one_line(e)}") from None
+        return self._entries[name]
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(d) for d in self._slice(name).get_shape())
+        return self._entry(name).shape
 
     def dtype(self, name: str) -> str:
         """The safetensors dtype tag, e.g. 'BF16'."""
-        return str(self._slice(name).get_dtype())
+        return self._entry(name).dtype
 
     def read(self, name: str) -> np.ndarray:
         """The tensor in its stored dtype."""
-        dtype = self.dtype(name)
-        if dtype not in FLOAT_DTYPES:
-            raise CheckpointError(self.path, f"tensor {name!r} has dtype {dtype}, expected a float")
+        entry = self._entry(name)
+        if entry.dtype not in NUMPY_FLOATS:
+            raise CheckpointError(self.path, f"tensor {name!r} has dtype {entry.dtype}, expected a float")
+        out = np.empty(entry.shape, NUMPY_FLOATS[entry.dtype])
+        view = memoryview(out.reshape(-1).view(np.uint8))
         try:
-            return np.asarray(self._handle.get_tensor(name))
-        except (SafetensorError, ValueError, TypeError, OSError) as e:
+            with open(self.path, "rb", buffering=0) as f:
+                f.seek(entry.begin)
+                done = 0
+                while done < entry.nbytes:
+                    got = f.readinto(view[done:])
+                    if not got:
+                        raise CheckpointError(self.path, f"tensor {name!r}: file ends early (truncated while in use?)")
+                    done += got
+        except OSError as e:
             raise CheckpointError(self.path, f"tensor {name!r}: {_one_line(e)}") from None
+        return out
 
     def read_f32(self, name: str, *, check_finite: bool = True) -> np.ndarray:
-        x = self.read(name).astype(np.float32)
+        x = self.read(name).astype(np.float32, copy=False)
         if check_finite and not np.isfinite(x).all():
             raise CheckpointError(self.path, f"tensor {name!r} contains NaN or Inf")
         return x

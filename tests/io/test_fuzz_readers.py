@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import hypothesis.strategies as st
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 
 from crosslora_jax import AdapterError, CheckpointError, ConfigError, read_adapter, read_model_config, synthetic
@@ -124,3 +125,51 @@ def test_mangled_adapter_config(edits) -> None:
                 loaded.read_factors([module])
         except AdapterError:
             pass
+
+
+def _reference_floats(path: Path) -> dict | None:
+    """What the reference safetensors library reads from `path` (float tensors), or None if it refuses."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return {k: f.get_tensor(k) for k in f.keys() if f.get_slice(k).get_dtype() in ("F32", "F16", "BF16")}  # noqa: SIM118
+    except Exception:
+        return None
+
+
+@FUZZ
+@given(
+    field=st.sampled_from(["dtype", "shape", "data_offsets", "none"]),
+    value=dtypes | st.lists(st.integers(-1, 40), max_size=3),
+    body_delta=st.sampled_from([0, 0, 0, -1, 1, -4]),
+    which=st.integers(0, 2),
+)
+def test_header_checks_agree_with_the_reference_library(field, value, body_delta, which) -> None:
+    """Near-valid files (one field or the body length edited): we accept exactly what safetensors accepts."""
+    from safetensors.numpy import save_file
+
+    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.float16),
+               "c": np.full((2, 2), 3, np.int32)}  # fmt: skip
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.safetensors"
+        save_file(tensors, str(path))
+        raw = path.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        header, body = json.loads(raw[8 : 8 + n]), raw[8 + n :]
+        if field != "none":
+            header[sorted(tensors)[which]][field] = value
+        new = json.dumps(header).encode()
+        body = body + b"\0" * body_delta if body_delta > 0 else body[: len(body) + body_delta]
+        path.write_bytes(struct.pack("<Q", len(new)) + new + body)
+        reference = _reference_floats(path)
+        try:
+            f = SafetensorsFile(path)
+            ours = {k: f.read(k) for k in f.names() if f.dtype(k) in ("F32", "F16", "BF16")}
+        except CheckpointError:
+            ours = None
+        assert (ours is None) == (reference is None), (header, len(body), ours, reference)
+        if ours is not None:
+            assert ours.keys() == reference.keys()
+            for k in ours:
+                np.testing.assert_array_equal(ours[k], reference[k])

@@ -14,7 +14,6 @@ import pytest
 from safetensors.numpy import save_file
 
 from crosslora_jax import CheckpointError, synthetic
-from crosslora_jax.io import safetensors_checkpoint
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint, SafetensorsFile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,28 +88,49 @@ def test_index_wins_over_single_file_and_synthetic_shards_read_back(tmp_path):
 
 def test_only_requested_tensors_are_read(tmp_path, monkeypatch):
     read: list[str] = []
-    real_open = safetensors_checkpoint.safe_open
+    real_read = SafetensorsFile.read
 
-    class Recording:
-        def __init__(self, *args, **kwargs):
-            self._handle = real_open(*args, **kwargs)
+    def recording(self, name):
+        read.append(name)
+        return real_read(self, name)
 
-        def keys(self):
-            return self._handle.keys()
-
-        def get_slice(self, name):
-            return self._handle.get_slice(name)
-
-        def get_tensor(self, name):
-            read.append(name)
-            return self._handle.get_tensor(name)
-
-    monkeypatch.setattr(safetensors_checkpoint, "safe_open", Recording)
+    monkeypatch.setattr(SafetensorsFile, "read", recording)
     ckpt = Checkpoint(_write_single(tmp_path / "m", _tensors()))
     assert ckpt.shape("w3") == (6, 5)
     assert read == []  # shapes come from the header
     ckpt.read_f32("w2")
     assert read == ["w2"]
+
+
+def test_reads_leave_no_file_pages_resident(tmp_path):
+    """No mmap: after reading a 256 MB file tensor by tensor, RssFile has not grown by it."""
+    code = (
+        "import numpy as np\n"
+        "from safetensors.numpy import save_file\n"
+        "from crosslora_jax.io.safetensors_checkpoint import SafetensorsFile\n"
+        f"path = {str(tmp_path / 'big.safetensors')!r}\n"
+        "save_file({f'w{i}': np.full((1024, 4096), i, np.float32) for i in range(16)}, path)\n"
+        "def rss_file():\n"
+        "    return int(next(l for l in open('/proc/self/status') if l.startswith('RssFile')).split()[1])\n"
+        "before = rss_file()\n"
+        "f = SafetensorsFile(__import__('pathlib').Path(path))\n"
+        "for i in range(16):\n"
+        "    assert f.read_f32(f'w{i}')[0, 0] == i\n"
+        "print(rss_file() - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 32 * 1024, out.stdout  # kB; the file is 256 MB
+
+
+def test_file_truncated_after_open_is_an_error_not_a_crash(tmp_path):
+    path = tmp_path / "x.safetensors"
+    save_file({"a": np.ones((64, 64), np.float32), "b": np.ones((64, 64), np.float32)}, str(path))
+    f = SafetensorsFile(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])
+    np.testing.assert_array_equal(f.read_f32("a"), 1.0)
+    with pytest.raises(CheckpointError, match="file ends early"):
+        f.read_f32("b")
 
 
 def test_sharded_reads_never_open_unneeded_shards(tmp_path):
