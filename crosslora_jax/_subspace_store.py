@@ -25,10 +25,10 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from crosslora_jax import _mesh
-from crosslora_jax._errors import OutputError
+from crosslora_jax._errors import CheckpointError, OutputError
 from crosslora_jax.io.hf_config import ModelConfig
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
-from crosslora_jax.ops.svd import Subspace, SvdSettings, effective_rank, truncated_svd
+from crosslora_jax.ops.svd import Subspace, SvdSettings, checked_truncated_svd, effective_rank
 
 _FINGERPRINTS = "fingerprints.json"
 _HASH_BLOCK = 16 << 20
@@ -54,7 +54,7 @@ class SubspaceStore:
         # The previous call's layers per (model, role): the linear layer map is monotone, so a
         # source layer is only ever reused by the next chunk. Keeps host memory at one chunk.
         self._last: dict[tuple[Path, str], dict[int, Subspace]] = {}
-        self._svd = _mesh.sharded_jit(lambda w, ids: truncated_svd(w, ids, settings))
+        self._svd = _mesh.sharded_jit(lambda w, ids: checked_truncated_svd(w, ids, settings))
         self._checkpointer = ocp.PyTreeCheckpointer() if cache_dir else None
         if cache_dir is not None:
             try:
@@ -99,14 +99,16 @@ class SubspaceStore:
         def read(rows: Sequence[int]) -> np.ndarray:
             nonlocal read_time
             started = time.perf_counter()
-            out = ckpt.read_stack([names[r] for r in rows])
+            out = ckpt.read_stack_stored([names[r] for r in rows])
             read_time += time.perf_counter() - started
             return out
 
         started = time.perf_counter()
         w = _mesh.place_stack(len(layers), model.shapes[role], read)
         ids = _mesh.shard_layers(np.asarray(layers, np.int32))
-        sub = self._svd(w, ids)
+        sub, finite = self._svd(w, ids)
+        for row in np.flatnonzero(~_mesh.to_host(finite, len(layers))):
+            raise CheckpointError(ckpt.file_of(names[row]), f"tensor {names[row]!r} contains NaN or Inf")
         host = Subspace(*(_mesh.to_host(x, len(layers)) for x in sub))
         self.stats.computed += len(layers)
         self.stats.read_seconds += read_time

@@ -1,19 +1,28 @@
 """End-to-end benchmark: crosslora_jax against a reference-style baseline, same inputs, one run.
 
-    python tools/bench_transfer.py --layers=2 --out=docs/benchmark.md
+    python tools/bench_transfer.py --layers=2 --out=table.md                     # the 2-core CPU table
+    python tools/bench_transfer.py --pair=8b --layers=32 --variants=exact,warm,randomized,baseline \\
+        --baseline_backend=jax --baseline_layers=1 --power_iters=4 --oversample=320 --drop_caches  # GPU
 
-Writes paper-shaped synthetic checkpoints (Qwen2.5-1.5B → Llama-3.2-3B per-layer shapes, all 7
-roles, bf16, spectra from crosslora_jax.synthetic.Spectrum) and a rank-16 bf16 LoRA on every
-projection, then runs each variant in its own process (so peak RSS is its own):
+Writes paper-shaped synthetic checkpoints (`--pair=1.5b-3b`: Qwen2.5-1.5B → Llama-3.2-3B per-layer
+shapes; `--pair=8b`: Llama-3-8B → Llama-3.1-8B shapes), all 7 roles, bf16, one shard per layer,
+power-law spectra (crosslora_jax.synthetic.Spectrum) drawn on the JAX device, and two rank-16
+bf16 LoRAs on every projection. Then runs each variant in its own process, so peak RSS is its own:
 
-- ours/exact, ours/randomized: `crosslora_jax.transfer`, method cross_lora, SVD rank 320.
-- ours/exact warm cache: a second adapter with `cache_dir` already filled by the exact run.
-- baseline: what the public reference code does — load both whole models, then for each
-  lora_A and lora_B tensor separately a full SVD of both base matrices and a least-squares
-  alignment that is then discarded, and pad/truncate (4 SVDs per module, float32 NumPy).
-- ours/randomized at `--layers` and 2×`--layers`: peak RSS against depth.
+- baseline: what the public reference code does — load both whole models as float32, then for
+  each lora_A and lora_B tensor separately a full SVD of both base matrices and a least-squares
+  alignment that is then discarded, and pad/truncate (4 SVDs per module). `--baseline_backend=jax`
+  runs those SVDs with jnp.linalg.svd on the default device (what the reference does on a GPU
+  with torch); `--baseline_layers=N` times only the first N layers and extrapolates (marked).
+- exact: `crosslora_jax.transfer`, cross_lora, SVD rank 320, exact engine; it also fills a cache.
+- warm: the second adapter with that cache: no SVD is computed.
+- randomized: the randomized engine with `--power_iters`/`--oversample`; its "ΔW_t vs exact"
+  column is ‖ΔW_rand − ΔW_exact‖_F / ‖ΔW_exact‖_F over all modules (max per module in brackets).
+- depth: the randomized engine with `--depth_chunk` layers per chunk at `--layers` and at twice
+  as many: peak RSS against depth.
 
-Vocabulary is cut to 1024 (embeddings are never read by the transfer).
+Vocabulary is cut to 1024 (embeddings are never read by the transfer). With `--drop_caches` the
+page cache is dropped before each variant (root only), so reads come from disk.
 """
 
 from __future__ import annotations
@@ -27,32 +36,45 @@ import sys
 import time
 from pathlib import Path
 
-QWEN = dict(hidden=1536, intermediate=8960, heads=12, kv_heads=2, head_dim=128)
-LLAMA = dict(hidden=3072, intermediate=8192, heads=24, kv_heads=8, head_dim=128)
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+PAIRS = {
+    "1.5b-3b": (
+        "Qwen2.5-1.5B → Llama-3.2-3B shapes",
+        ("qwen2", dict(hidden=1536, intermediate=8960, heads=12, kv_heads=2, head_dim=128)),
+        ("llama", dict(hidden=3072, intermediate=8192, heads=24, kv_heads=8, head_dim=128)),
+    ),
+    "8b": (
+        "Llama-3-8B → Llama-3.1-8B shapes",
+        ("llama", dict(hidden=4096, intermediate=14336, heads=32, kv_heads=8, head_dim=128)),
+        ("llama", dict(hidden=4096, intermediate=14336, heads=32, kv_heads=8, head_dim=128)),
+    ),
+    "tiny": (  # for tests/tools: seconds, any machine
+        "tiny qwen2 → llama shapes",
+        ("qwen2", dict(hidden=64, intermediate=96, heads=4, kv_heads=2, head_dim=16)),
+        ("llama", dict(hidden=96, intermediate=128, heads=4, kv_heads=2, head_dim=24)),
+    ),
+}
+VARIANTS = ("baseline", "exact", "warm", "randomized", "depth")
 
 
-def make_inputs(work: Path, layers: int) -> dict[str, Path]:
+def make_inputs(work: Path, pair: str, layers: int) -> dict[str, Path]:
     from crosslora_jax import synthetic
 
-    root = work / f"L{layers}"
-    paths = {"source": root / "qwen", "target": root / "llama", "a1": root / "adapter1", "a2": root / "adapter2"}
-    marker = {
-        "source": "config.json",
-        "target": "config.json",
-        "a1": "adapter_config.json",
-        "a2": "adapter_config.json",
-    }
-    if all((paths[k] / name).exists() for k, name in marker.items()):
+    root = work / f"{pair}-L{layers}"
+    paths = {"source": root / "source", "target": root / "target", "a1": root / "adapter1", "a2": root / "adapter2"}
+    done = root / "complete"
+    if done.exists():
         return paths
-    src = synthetic.model_config("qwen2", layers=layers, vocab=1024, **QWEN)
-    tgt = synthetic.model_config("llama", layers=layers, vocab=1024, **LLAMA)
+    _, (src_type, src_dims), (tgt_type, tgt_dims) = PAIRS[pair]
+    src = synthetic.model_config(src_type, layers=layers, vocab=1024, **src_dims)
+    tgt = synthetic.model_config(tgt_type, layers=layers, vocab=1024, **tgt_dims)
     started = time.perf_counter()
-    synthetic.write_model(paths["source"], src, synthetic.model_tensors(src, seed=0), dtype="bfloat16")
-    synthetic.write_model(paths["target"], tgt, synthetic.model_tensors(tgt, seed=1), dtype="bfloat16", shards=2)
+    synthetic.write_model_by_layer(paths["source"], src, seed=0)
+    synthetic.write_model_by_layer(paths["target"], tgt, seed=1)
     for n, key in enumerate(("a1", "a2")):
         synthetic.write_adapter(paths[key], src, seed=10 + n, roles=ROLES, rank=16, alpha=32, dtype="bfloat16")
-    print(f"wrote inputs for {layers} layers in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    done.touch()
+    print(f"wrote inputs for {pair}, {layers} layers in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     return paths
 
 
@@ -62,9 +84,8 @@ def make_inputs(work: Path, layers: int) -> dict[str, Path]:
 def child_ours(args: argparse.Namespace) -> dict:
     from crosslora_jax import SvdSettings, TransferOptions, transfer
 
-    options = TransferOptions(
-        method="cross_lora", svd=SvdSettings(rank=args.svd_rank, engine=args.engine), layers_per_chunk=args.chunk
-    )
+    svd = SvdSettings(rank=args.svd_rank, engine=args.engine, power_iters=args.power_iters, oversample=args.oversample)
+    options = TransferOptions(method="cross_lora", svd=svd, layers_per_chunk=args.chunk)
     started = time.perf_counter()
     (report,) = transfer(args.source, args.target, [args.adapter], args.output, options, overwrite=True,
                          cache_dir=args.cache_dir)  # fmt: skip
@@ -77,8 +98,22 @@ def child_baseline(args: argparse.Namespace) -> dict:
 
     from crosslora_jax import read_adapter, read_model_config
 
+    if args.backend == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        @jax.jit
+        def svd(w):
+            return jnp.linalg.svd(w, full_matrices=False)
+
+        def factors(w):
+            return tuple(np.asarray(x) for x in jax.block_until_ready(svd(w)))
+    else:
+
+        def factors(w):
+            return np.linalg.svd(w, full_matrices=False)
+
     started = time.perf_counter()
-    t_io = time.perf_counter()
 
     def load_all(folder: Path) -> dict:
         out = {}
@@ -89,7 +124,7 @@ def child_baseline(args: argparse.Namespace) -> dict:
     src_w, tgt_w = load_all(Path(args.source)), load_all(Path(args.target))
     src_cfg, tgt_cfg = read_model_config(args.source), read_model_config(args.target)
     adapter = read_adapter(args.adapter, src_cfg)
-    io = time.perf_counter() - t_io
+    io = time.perf_counter() - started
     svd_time, out = 0.0, {}
 
     def pad(x, rows, cols):
@@ -97,15 +132,18 @@ def child_baseline(args: argparse.Namespace) -> dict:
         y[: min(rows, x.shape[0]), : min(cols, x.shape[1])] = x[:rows, :cols]
         return y
 
+    layers = args.baseline_layers or src_cfg.num_layers
     for (role, layer), module in sorted(adapter.modules.items()):
+        if layer >= layers:
+            continue
         a, b = adapter.read_factors([module])
         w_s = src_w[src_cfg.arch.weight_name(role, layer)]
         w_t = tgt_w[tgt_cfg.arch.weight_name(role, layer)]
         r = args.svd_rank
         for factor in ("A", "B"):  # the reference handles each factor separately
             t0 = time.perf_counter()
-            u_s, _, vt_s = np.linalg.svd(w_s, full_matrices=False)
-            u_t, _, vt_t = np.linalg.svd(w_t, full_matrices=False)
+            u_s, _, vt_s = factors(w_s)
+            u_t, _, vt_t = factors(w_t)
             svd_time += time.perf_counter() - t0
             if factor == "A":
                 q = min(vt_s.shape[1], vt_t.shape[1])
@@ -119,11 +157,22 @@ def child_baseline(args: argparse.Namespace) -> dict:
         out[f"base_model.model.{path}.lora_B.weight"] = pad(b[0], m_t, b.shape[2])
     Path(args.output).mkdir(parents=True, exist_ok=True)
     save_file(out, str(Path(args.output) / "adapter_model.safetensors"))
-    return {"wall": time.perf_counter() - started, "svd_seconds": svd_time, "read_seconds": io}
+    wall = time.perf_counter() - started
+    result = {"wall": wall, "svd_seconds": svd_time, "read_seconds": io, "layers_timed": layers}
+    if layers < src_cfg.num_layers:  # extrapolate the per-layer work, keep the one-off load
+        result["wall"] = io + (wall - io) * src_cfg.num_layers / layers
+        result["svd_seconds"] = svd_time * src_cfg.num_layers / layers
+    return result
 
 
-def run_child(args: list[str]) -> dict:
+def run_child(args: list[str], drop_caches: bool) -> dict:
     """Run one variant in a fresh process; its result plus its own peak RSS (MB)."""
+    if drop_caches:
+        os.sync()
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        except OSError as e:
+            raise SystemExit(f"--drop_caches: cannot drop the page cache ({e}); run as root or leave it out") from None
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # fmt: skip
     out = proc.stdout.read()  # type: ignore[union-attr]
@@ -133,75 +182,152 @@ def run_child(args: list[str]) -> dict:
     return {**json.loads(out.strip().splitlines()[-1]), "rss_mb": usage.ru_maxrss / 1024}
 
 
+def delta_error(output: Path, reference: Path) -> tuple[float, float]:
+    """‖Δ − Δ_ref‖_F / ‖Δ_ref‖_F over all modules (and the worst module), Δ = B·A, in float64
+    through r×r Gram products so no m×n matrix is formed."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    ours, ref = load_file(str(output / "adapter_model.safetensors")), load_file(str(reference / "adapter_model.safetensors"))  # fmt: skip
+    num = den = 0.0
+    worst = 0.0
+    for key in ref:
+        if not key.endswith("lora_A.weight"):
+            continue
+        b_key = key.replace("lora_A", "lora_B")
+        a1, b1 = ours[key].astype(np.float64), ours[b_key].astype(np.float64)
+        a2, b2 = ref[key].astype(np.float64), ref[b_key].astype(np.float64)
+
+        def inner(a, b, c, d):
+            return float(np.sum((b.T @ d) * (a @ c.T)))
+
+        diff = inner(a1, b1, a1, b1) - 2 * inner(a1, b1, a2, b2) + inner(a2, b2, a2, b2)
+        size = inner(a2, b2, a2, b2)
+        num, den = num + max(diff, 0.0), den + size
+        worst = max(worst, np.sqrt(max(diff, 0.0) / size) if size > 0 else 0.0)
+    return float(np.sqrt(num / den)), float(worst)
+
+
 # ----------------------------------------------------------------------------- driver
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pair", choices=sorted(PAIRS), default="1.5b-3b")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--svd_rank", type=int, default=320)
-    parser.add_argument("--chunk", type=int, default=4)
+    parser.add_argument("--chunk", type=int, default=4, help="layers per chunk for baseline-comparison rows")
+    parser.add_argument("--depth_chunk", type=int, default=1, help="layers per chunk for the depth (RSS) rows")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--power_iters", type=int, default=2, help="randomized rows")
+    parser.add_argument("--oversample", type=int, default=16, help="randomized rows")
+    parser.add_argument("--baseline_backend", choices=["numpy", "jax"], default="numpy")
+    parser.add_argument("--baseline_layers", type=int, default=0, help="time the baseline on this many layers")
+    parser.add_argument("--drop_caches", action="store_true")
     parser.add_argument("--work", default="tools/out/bench")
-    parser.add_argument("--out", default=None, help="also write the markdown table here")
+    parser.add_argument("--out", default=None, help="also write the markdown table here (after every row)")
     parser.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
-    for name in ("source", "target", "adapter", "output", "cache_dir", "engine"):
+    for name in ("source", "target", "adapter", "output", "cache_dir", "engine", "backend"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child_ours(args) if args.child == "ours" else child_baseline(args)))
         return
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
 
     work = Path(args.work).resolve()
-    small, deep = make_inputs(work, args.layers), make_inputs(work, 2 * args.layers)
-    common = [f"--svd_rank={args.svd_rank}", f"--chunk={args.chunk}"]
+    started = time.perf_counter()
+    small = make_inputs(work, args.pair, args.layers)
+    input_seconds = time.perf_counter() - started
+    common = [f"--svd_rank={args.svd_rank}", f"--power_iters={args.power_iters}", f"--oversample={args.oversample}"]
 
-    def ours(paths, engine, out, adapter="a1", cache=None):
+    def ours(paths, engine, out, adapter="a1", cache=None, chunk=args.chunk):
         extra = [f"--cache_dir={cache}"] if cache else []
         return run_child(["--child=ours", f"--source={paths['source']}", f"--target={paths['target']}",
                           f"--adapter={paths[adapter]}", f"--output={work / out}", f"--engine={engine}",
-                          *common, *extra])  # fmt: skip
+                          f"--chunk={chunk}", *common, *extra], args.drop_caches)  # fmt: skip
 
     cache = work / "cache"
     if cache.exists():
         import shutil
 
         shutil.rmtree(cache)
-    rows = {}
-    rows["baseline (reference-style)"] = run_child(["--child=baseline", f"--source={small['source']}",
-        f"--target={small['target']}", f"--adapter={small['a1']}", f"--output={work / 'o_base'}", *common])  # fmt: skip
-    # The exact run also fills the cache (about 45 ms of orbax saves per layer and role).
-    rows["ours, exact SVD (1st adapter)"] = ours(small, "exact", "o_exact", cache=cache)
-    rows["ours, exact, warm cache (2nd adapter)"] = ours(small, "exact", "o_warm", adapter="a2", cache=cache)
-    rows["ours, randomized SVD"] = ours(small, "randomized", "o_rand")
-    rows[f"ours, randomized, {2 * args.layers} layers"] = ours(deep, "randomized", "o_deep")
+    rows: dict[str, dict] = {}
+    layers_of: dict[str, int] = {}
 
-    base = rows["baseline (reference-style)"]["wall"]
-    cold = rows["ours, exact SVD (1st adapter)"]["wall"]
+    def record(name: str, result: dict, layers: int = args.layers) -> None:
+        rows[name], layers_of[name] = result, layers
+        table = render(args, rows, layers_of, input_seconds)
+        print(f"{name}: {json.dumps(result)}", file=sys.stderr, flush=True)
+        if args.out:
+            Path(args.out).write_text(table + "\n")
+
+    randomized = f"ours, randomized SVD (p={args.power_iters}, oversample={args.oversample})"
+    for variant in variants:  # in the order given, so a time limit cuts the last ones
+        if variant == "baseline":
+            record("baseline (reference-style)", run_child(["--child=baseline", f"--source={small['source']}",
+                   f"--target={small['target']}", f"--adapter={small['a1']}", f"--output={work / 'o_base'}",
+                   f"--backend={args.baseline_backend}", f"--baseline_layers={args.baseline_layers}", *common],
+                   args.drop_caches))  # fmt: skip
+        elif variant == "exact":
+            record("ours, exact SVD (1st adapter, fills cache)", ours(small, "exact", "o_exact", cache=cache))
+        elif variant == "warm":
+            if "ours, exact SVD (1st adapter, fills cache)" not in rows:
+                parser.error("--variants: 'warm' needs 'exact' before it")
+            record("ours, exact, warm cache (2nd adapter)", ours(small, "exact", "o_warm", adapter="a2", cache=cache))
+        elif variant == "randomized":
+            record(randomized, ours(small, "randomized", "o_rand"))
+        elif variant == "depth":
+            deep = make_inputs(work, args.pair, 2 * args.layers)
+            for paths, layers in ((small, args.layers), (deep, 2 * args.layers)):
+                record(f"ours, randomized, chunk {args.depth_chunk}, {layers} layers",
+                       ours(paths, "randomized", f"o_depth{layers}", chunk=args.depth_chunk), layers)  # fmt: skip
+    if randomized in rows and "ours, exact SVD (1st adapter, fills cache)" in rows:
+        record(randomized, {**rows[randomized], "delta_vs_exact": delta_error(work / "o_rand", work / "o_exact")})
+    print(render(args, rows, layers_of, input_seconds))
+
+
+def render(args: argparse.Namespace, rows: dict[str, dict], layers_of: dict[str, int], input_seconds: float) -> str:
+    import jax
+
+    device = jax.devices()[0]
     command = "python tools/bench_transfer.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--out"))
     lines = [
         f"`{command.strip()}`",
         "",
-        f"Qwen2.5-1.5B → Llama-3.2-3B shapes, {args.layers} layers × 7 roles, LoRA rank 16, SVD rank {args.svd_rank}; "
-        f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, "
-        f"jax {__import__('jax').__version__}.",
+        f"{PAIRS[args.pair][0]}, {args.layers} layers × 7 roles, LoRA rank 16, SVD rank {args.svd_rank}, "
+        f"{args.chunk} layers per chunk; {os.cpu_count()} CPU cores ({platform.machine()}), "
+        f"JAX device: {getattr(device, 'device_kind', device.platform)}, jax {jax.__version__}; "
+        f"page cache {'dropped before each row' if args.drop_caches else 'not dropped'}; "
+        f"inputs written in {input_seconds:.0f} s (not counted).",
         "",
-        "| variant | wall s | s / layer | SVD s | project s | read s | peak RSS MB | speed-up vs baseline |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | wall s | s / layer | SVD s | project s | read s | peak RSS MB | vs baseline | ΔW_t vs exact |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    base = rows.get("baseline (reference-style)", {}).get("wall")
     for name, r in rows.items():
-        layers = 2 * args.layers if "layers" in name else args.layers
+        layers = layers_of[name]
+        label = name
+        if r.get("layers_timed", layers) < layers:
+            label += f" — extrapolated from {r['layers_timed']} layer(s)"
+        delta = r.get("delta_vs_exact")
+        ratio = f"{base / r['wall']:.1f}×" if base and layers == args.layers else "—"
         lines.append(
-            f"| {name} | {r['wall']:.1f} | {r['wall'] / layers:.1f} | {r.get('svd_seconds', 0):.1f} | "
+            f"| {label} | {r['wall']:.1f} | {r['wall'] / layers:.2f} | {r.get('svd_seconds', 0):.1f} | "
             f"{r.get('project_seconds', 0):.2f} | {r.get('read_seconds', 0):.1f} | {r['rss_mb']:.0f} | "
-            f"{base / r['wall']:.1f}× |"
+            f"{ratio} | "
+            f"{f'{delta[0]:.4f} (max {delta[1]:.4f})' if delta else '—'} |"
         )
-    warm = rows["ours, exact, warm cache (2nd adapter)"]["wall"]
-    lines += ["", f"Warm cache: second adapter took {100 * warm / cold:.1f} % of the first "
-              f"({rows['ours, exact, warm cache (2nd adapter)'].get('computed_layers')} SVD layers computed)."]  # fmt: skip
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).write_text(table + "\n")
+    cold, warm = (
+        rows.get("ours, exact SVD (1st adapter, fills cache)"),
+        rows.get("ours, exact, warm cache (2nd adapter)"),
+    )
+    if cold and warm:
+        lines += ["", f"Warm cache: the second adapter took {100 * warm['wall'] / cold['wall']:.1f} % of the first "
+                  f"({warm.get('computed_layers')} SVD layers computed, {warm.get('cached_layers')} read from the cache)."]  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ widened to float32 by `read_f32`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 import ml_dtypes
@@ -61,12 +61,14 @@ class SafetensorsFile:
         """The safetensors dtype tag, e.g. 'BF16'."""
         return self._entry(name).dtype
 
-    def read(self, name: str) -> np.ndarray:
-        """The tensor in its stored dtype."""
+    def read(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """The tensor in its stored dtype, into `out` (same shape and dtype) when given."""
         entry = self._entry(name)
         if entry.dtype not in NUMPY_FLOATS:
             raise CheckpointError(self.path, f"tensor {name!r} has dtype {entry.dtype}, expected a float")
-        out = np.empty(entry.shape, NUMPY_FLOATS[entry.dtype])
+        if out is None:
+            out = np.empty(entry.shape, NUMPY_FLOATS[entry.dtype])
+        assert out.shape == entry.shape and out.dtype == NUMPY_FLOATS[entry.dtype] and out.flags.c_contiguous
         view = memoryview(out.reshape(-1).view(np.uint8))
         try:
             with open(self.path, "rb", buffering=0) as f:
@@ -143,6 +145,22 @@ class Checkpoint:
     def read_stack(self, names: Iterable[str]) -> np.ndarray:
         """Float32 tensors of equal shape stacked on a new leading axis: [L, ...]."""
         return np.stack([self.read_f32(n) for n in names])
+
+    def read_stack_stored(self, names: Sequence[str]) -> np.ndarray:
+        """Tensors of equal shape stacked [L, ...] in their stored float dtype (float32 if they mix),
+        read straight into the stack and NOT checked for NaN/Inf: the caller widens and checks on
+        its device, where both are cheap (on the host they cost ~2.5 ns per weight)."""
+        files = [self._file_for(n) for n in names]
+        dtypes = {f.dtype(n) for f, n in zip(files, names, strict=True)}
+        if len(dtypes) > 1:
+            return np.stack([f.read_f32(n, check_finite=False) for f, n in zip(files, names, strict=True)])
+        first = files[0].shape(names[0])
+        out = np.empty((len(names), *first), NUMPY_FLOATS[dtypes.pop()])
+        for row, (f, n) in enumerate(zip(files, names, strict=True)):
+            if f.shape(n) != first:
+                raise CheckpointError(f.path, f"tensor {n!r} has shape {f.shape(n)}, expected {first}")
+            f.read(n, out=out[row])
+        return out
 
     def fingerprint_files(self) -> list[Path]:
         """The files whose bytes define this checkpoint's weights."""

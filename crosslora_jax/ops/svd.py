@@ -11,7 +11,7 @@ from typing import Annotated, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import Array
+from jax import Array, lax
 
 from crosslora_jax.ops._linalg import mm
 
@@ -46,12 +46,26 @@ class Subspace(NamedTuple):
     energy: Annotated[Array, " L"]
 
 
+class CheckedSubspace(NamedTuple):
+    """`truncated_svd`'s result plus whether each input layer was finite (no NaN/Inf)."""
+
+    subspace: Subspace
+    finite: Annotated[Array, " L"]
+
+
 def effective_rank(rank: int, m: int, n: int) -> int:
     return min(rank, m, n)
 
 
+def _thin_svd(x: Annotated[Array, "a b"]) -> tuple[Array, Array, Array]:
+    # On GPU, cuSOLVER's gesvd takes ~1.4 s for one 4096×14336 matrix on an H100; the QDWH polar
+    # route is as exact and ~5× faster (tools/svd_timing.py, docs/benchmark.md). CPUs lack it.
+    algorithm = lax.linalg.SvdAlgorithm.POLAR if jax.default_backend() == "gpu" else None
+    return lax.linalg.svd(x, full_matrices=False, algorithm=algorithm)
+
+
 def _exact(w: Annotated[Array, "m n"], rank: int) -> tuple[Array, Array, Array]:
-    u, s, vt = jnp.linalg.svd(w, full_matrices=False)
+    u, s, vt = _thin_svd(w)
     r = effective_rank(rank, *w.shape)
     return u[:, :r], s[:r], vt[:r].T
 
@@ -71,7 +85,7 @@ def _randomized(
     q = _orthonormal(mm(w, jax.random.normal(key, (n, sketch), jnp.float32)))
     for _ in range(power_iters):  # re-orthonormalise each half-step so small σ survive in f32
         q = _orthonormal(mm(w, _orthonormal(mm(w.T, q))))
-    ub, s, vt = jnp.linalg.svd(mm(q.T, w), full_matrices=False)
+    ub, s, vt = _thin_svd(mm(q.T, w))
     return mm(q, ub[:, :r]), s[:r], vt[:r].T
 
 
@@ -95,3 +109,13 @@ def truncated_svd(w: Annotated[Array, "L m n"], layer_ids: Annotated[Array, " L"
     total = jnp.sum(jnp.square(w / safe[:, None, None]), axis=(1, 2))
     energy = jnp.where(peak > 0, kept / jnp.where(total > 0, total, 1.0), 1.0)
     return Subspace(u, s, v, energy)
+
+
+@functools.partial(jax.jit, static_argnames=("settings",))
+def checked_truncated_svd(
+    w: Annotated[Array, "L m n"], layer_ids: Annotated[Array, " L"], settings: SvdSettings
+) -> CheckedSubspace:
+    """`truncated_svd` of weights in any float dtype, widened to float32 on the device, with a
+    per-layer finiteness flag: a layer with NaN/Inf gives garbage factors and finite=False."""
+    finite = jnp.all(jnp.isfinite(w), axis=tuple(range(1, w.ndim)))
+    return CheckedSubspace(truncated_svd(w, layer_ids, settings), finite)

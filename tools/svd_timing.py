@@ -1,0 +1,145 @@
+"""Time the SVD routes available to the exact engine, and the randomized engine, on one device.
+
+    python tools/svd_timing.py --shapes=8b --layers=4        # what docs/benchmark.md's GPU section quotes
+    python tools/svd_timing.py --shapes=tiny --layers=2      # seconds, any machine
+
+For each weight shape of the pair (source and target, all 7 roles; equal shapes counted once) it
+times, on a stack of `--layers` matrices, compiled beforehand, best of `--repeats`:
+`jax.lax.linalg.svd` with each algorithm XLA offers on this backend, an eigh of the Gram matrix
+(the classic shortcut, accurate only for the leading σ), and `truncated_svd` with the randomized
+settings given. Rows are seconds per matrix; the last column of each randomized row is its
+subspace distance to the exact top-r (0 = same, 1 = orthogonal), so speed is never read without
+accuracy. Weights are synthetic power-law spectra (crosslora_jax.synthetic.Spectrum) drawn on
+the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crosslora_jax.ops import SvdSettings, truncated_svd
+from crosslora_jax.synthetic import Spectrum
+
+SHAPES = {
+    # Llama-3-8B and Llama-3.1-8B share every per-layer shape.
+    "8b": {"q": (4096, 4096), "k": (1024, 4096), "o": (4096, 4096), "gate": (14336, 4096), "down": (4096, 14336)},
+    "1.5b-3b": {"q": (1536, 1536), "k": (256, 1536), "gate": (8960, 1536), "down": (1536, 8960),
+                "q_t": (3072, 3072), "k_t": (1024, 3072), "gate_t": (8192, 3072), "down_t": (3072, 8192)},
+    "tiny": {"q": (96, 96), "gate": (256, 96), "down": (96, 256)},
+}  # fmt: skip
+
+
+def spectral_stack(key: jax.Array, layers: int, m: int, n: int, spectrum: Spectrum) -> jax.Array:
+    """[L, m, n] float32 with Haar-random singular vectors and `spectrum`, drawn on the device."""
+    r = min(m, n)
+    sigma = jnp.asarray(spectrum.values(r), jnp.float32)
+
+    def one(k: jax.Array) -> jax.Array:
+        ku, kv = jax.random.split(k)
+        u = jnp.linalg.qr(jax.random.normal(ku, (m, r)))[0]
+        v = jnp.linalg.qr(jax.random.normal(kv, (n, r)))[0]
+        return (u * sigma) @ v.T
+
+    return jax.jit(jax.vmap(one))(jax.random.split(key, layers))
+
+
+def best_time(fn: Callable, x: jax.Array, repeats: int) -> tuple[object, float]:
+    compiled = jax.jit(fn).lower(x).compile()
+    out, best = None, float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = jax.block_until_ready(compiled(x))
+        best = min(best, time.perf_counter() - started)
+    return out, best
+
+
+def routes(rank: int) -> dict[str, Callable]:
+    algos = jax.lax.linalg.SvdAlgorithm
+    out: dict[str, Callable] = {}
+    for name in ("DEFAULT", "QR", "JACOBI", "POLAR", "DIVIDE_AND_CONQUER"):
+        algo = getattr(algos, name)
+        out[f"lax svd {name}"] = lambda w, a=algo: jax.vmap(
+            lambda x: jax.lax.linalg.svd(x, full_matrices=False, algorithm=a)
+        )(w)
+
+    out["eigh of Gram"] = functools.partial(gram_vectors, rank=rank)
+    return out
+
+
+def gram_vectors(w: jax.Array, rank: int) -> jax.Array:
+    """Top-`rank` eigenvectors of W Wᵀ (m ≤ n: U) or Wᵀ W (V), largest first."""
+    small = w if w.shape[1] <= w.shape[2] else jnp.swapaxes(w, 1, 2)
+    g = jnp.einsum("lij,lkj->lik", small, small, precision=jax.lax.Precision.HIGHEST)
+    r = min(rank, g.shape[-1])
+    return jnp.linalg.eigh(g)[1][..., ::-1][..., :r]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default="8b")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--rank", type=int, default=320)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--randomized", default="2:16,4:320,8:320", help="power_iters:oversample pairs")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    device = jax.devices()[0]
+    lines = [
+        f"`python tools/svd_timing.py {' '.join(a for a in __import__('sys').argv[1:] if not a.startswith('--out'))}`",
+        "",
+        f"{device.platform} device: {getattr(device, 'device_kind', '?')}; jax {jax.__version__}; stacks of "
+        f"{args.layers} layers; SVD rank {args.rank}; seconds per matrix (best of {args.repeats}).",
+        "",
+        "| shape | route | s / matrix | subspace dist to exact |",
+        "|---|---|---|---|",
+    ]
+    key = jax.random.key(0)
+    for name, (m, n) in SHAPES[args.shapes].items():
+        key, sub = jax.random.split(key)
+        w = spectral_stack(sub, args.layers, m, n, Spectrum())
+        ids = jnp.arange(args.layers, dtype=jnp.int32)
+        exact, t = best_time(lambda x, ids=ids: truncated_svd(x, ids, SvdSettings(rank=args.rank)), w, args.repeats)
+        lines.append(f"| {name} {m}×{n} | truncated_svd exact (this backend's route) | {t / args.layers:.3f} | 0 |")
+        for route, fn in routes(args.rank).items():
+            try:
+                out, t = best_time(fn, w, args.repeats)
+                if route == "eigh of Gram":
+                    dist = distance(exact.u if m <= n else exact.v, out)
+                else:
+                    dist = distance(exact.u, out[0][..., : exact.u.shape[-1]])
+                dist = f"{dist:.3f}"
+                lines.append(f"| {name} {m}×{n} | {route} | {t / args.layers:.3f} | {dist} |")
+            except Exception as e:
+                lines.append(f"| {name} {m}×{n} | {route} | unsupported: {type(e).__name__} | — |")
+        for pair in args.randomized.split(","):
+            iters, over = (int(x) for x in pair.split(":"))
+            settings = SvdSettings(rank=args.rank, engine="randomized", power_iters=iters, oversample=over)
+            approx, t = best_time(lambda x, s=settings, ids=ids: truncated_svd(x, ids, s), w, args.repeats)
+            lines.append(f"| {name} {m}×{n} | randomized p={iters} oversample={over} | {t / args.layers:.3f} | "
+                         f"{distance(exact.u, approx.u):.3f} |")  # fmt: skip
+        print("\n".join(lines[-(2 + len(routes(0)) + len(args.randomized.split(","))) :]), flush=True)
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+
+
+def distance(u1: jax.Array, u2: jax.Array) -> float:
+    """Mean over layers of ‖P1 − P2‖_F / √(2r) for the rank-r projectors, in float64."""
+    out = []
+    for a, b in zip(np.asarray(u1, np.float64), np.asarray(u2, np.float64), strict=True):
+        r = a.shape[1]
+        out.append(np.sqrt(max(2 * r - 2 * np.sum((a.T @ b) ** 2), 0.0) / (2 * r)))
+    return float(np.mean(out))
+
+
+if __name__ == "__main__":
+    main()
