@@ -4,7 +4,8 @@
     python tools/svd_timing.py --shapes=tiny --layers=2      # seconds, any machine
 
 For each weight shape of the pair (source and target, all 7 roles; equal shapes counted once) it
-times, on a stack of `--layers` matrices, compiled beforehand, best of `--repeats`:
+times, on a stack of `--layers` matrices, compiled beforehand (compile time is its own column),
+best of `--repeats`: the projection (`transfer_stack` cross_lora, rank-16 LoRA),
 `jax.lax.linalg.svd` with each algorithm XLA offers on this backend, an eigh of the Gram matrix
 (the classic shortcut, accurate only for the leading σ), and `truncated_svd` with the randomized
 settings given. Rows are seconds per matrix; the last column of each randomized row is its
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crosslora_jax.ops import SvdSettings, truncated_svd
+from crosslora_jax.ops import SvdSettings, transfer_stack, truncated_svd
 from crosslora_jax.synthetic import Spectrum
 
 SHAPES = {
@@ -51,12 +52,17 @@ def spectral_stack(key: jax.Array, layers: int, m: int, n: int, spectrum: Spectr
     return jax.jit(jax.vmap(one))(jax.random.split(key, layers))
 
 
-def best_time(fn: Callable, x: jax.Array, repeats: int) -> tuple[object, float]:
-    compiled = jax.jit(fn).lower(x).compile()
+COMPILE_S: list[float] = []  # compile time of the last best_time call, for its row
+
+
+def best_time(fn: Callable, *x: jax.Array, repeats: int) -> tuple[object, float]:
+    started = time.perf_counter()
+    compiled = jax.jit(fn).lower(*x).compile()
+    COMPILE_S[:] = [time.perf_counter() - started]
     out, best = None, float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        out = jax.block_until_ready(compiled(x))
+        out = jax.block_until_ready(compiled(*x))
         best = min(best, time.perf_counter() - started)
     return out, best
 
@@ -90,6 +96,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--randomized", default="2:16,4:320,8:320", help="power_iters:oversample pairs")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--lax_routes", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time every jax.lax.linalg.svd algorithm and the Gram eigh")  # fmt: skip
     args = parser.parse_args()
     device = jax.devices()[0]
     lines = [
@@ -98,19 +106,27 @@ def main() -> None:
         f"{device.platform} device: {getattr(device, 'device_kind', '?')}; jax {jax.__version__}; stacks of "
         f"{args.layers} layers; SVD rank {args.rank}; seconds per matrix (best of {args.repeats}).",
         "",
-        "| shape | route | s / matrix | subspace dist to exact |",
-        "|---|---|---|---|",
+        "| shape | route | s / matrix | compile s | subspace dist to exact |",
+        "|---|---|---|---|---|",
     ]
     key = jax.random.key(0)
     for name, (m, n) in SHAPES[args.shapes].items():
         key, sub = jax.random.split(key)
         w = spectral_stack(sub, args.layers, m, n, Spectrum())
         ids = jnp.arange(args.layers, dtype=jnp.int32)
-        exact, t = best_time(lambda x, ids=ids: truncated_svd(x, ids, SvdSettings(rank=args.rank)), w, args.repeats)
-        lines.append(f"| {name} {m}×{n} | truncated_svd exact (this backend's route) | {t / args.layers:.3f} | 0 |")
-        for route, fn in routes(args.rank).items():
+        exact, t = best_time(lambda x, ids=ids: truncated_svd(x, ids, SvdSettings(rank=args.rank)), w,
+                             repeats=args.repeats)  # fmt: skip
+        lines.append(f"| {name} {m}×{n} | truncated_svd exact (this backend's route) | {t / args.layers:.3f} | "
+                     f"{COMPILE_S[0]:.1f} | 0 |")  # fmt: skip
+        a = jax.random.normal(key, (args.layers, 16, n)) / np.sqrt(n)
+        b = jax.random.normal(key, (args.layers, m, 16)) * 0.05
+        _, t = best_time(lambda a, b, u, v: transfer_stack("cross_lora", a, b, u, v, u, v), a, b, exact.u, exact.v,
+                         repeats=args.repeats)  # fmt: skip
+        lines.append(f"| {name} {m}×{n} | transfer_stack cross_lora (the projection, per layer) | "
+                     f"{t / args.layers:.4f} | {COMPILE_S[0]:.1f} | — |")  # fmt: skip
+        for route, fn in (routes(args.rank) if args.lax_routes else {}).items():
             try:
-                out, t = best_time(fn, w, args.repeats)
+                out, t = best_time(fn, w, repeats=args.repeats)
                 if route == "eigh of Gram":
                     dist = distance(exact.u if m <= n else exact.v, out)
                 else:
@@ -122,10 +138,10 @@ def main() -> None:
         for pair in args.randomized.split(","):
             iters, over = (int(x) for x in pair.split(":"))
             settings = SvdSettings(rank=args.rank, engine="randomized", power_iters=iters, oversample=over)
-            approx, t = best_time(lambda x, s=settings, ids=ids: truncated_svd(x, ids, s), w, args.repeats)
+            approx, t = best_time(lambda x, s=settings, ids=ids: truncated_svd(x, ids, s), w, repeats=args.repeats)
             lines.append(f"| {name} {m}×{n} | randomized p={iters} oversample={over} | {t / args.layers:.3f} | "
-                         f"{distance(exact.u, approx.u):.3f} |")  # fmt: skip
-        print("\n".join(lines[-(2 + len(routes(0)) + len(args.randomized.split(","))) :]), flush=True)
+                         f"{COMPILE_S[0]:.1f} | {distance(exact.u, approx.u):.3f} |")  # fmt: skip
+        print(lines[-1], flush=True)
     table = "\n".join(lines)
     print(table)
     if args.out:

@@ -1,0 +1,41 @@
+"""The benchmark and SVD-timing tools run end to end on tiny shapes and report what they claim."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(args: list[str]) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, *args], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+
+
+def test_bench_transfer_tiny_pair(tmp_path) -> None:
+    out = tmp_path / "table.md"
+    # oversample covers the whole width, so the randomized engine must agree with the exact one.
+    _run(["tools/bench_transfer.py", "--pair=tiny", "--layers=1", "--svd_rank=16", "--oversample=200",
+          "--variants=exact,warm,randomized,baseline,depth", f"--work={tmp_path / 'w'}", f"--out={out}"])  # fmt: skip
+    text = out.read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ours") or
+            line.startswith("| baseline")}  # fmt: skip
+    assert len(rows) == 6, text
+    randomized = next(v for k, v in rows.items() if k.startswith("ours, randomized SVD"))
+    error = float(re.findall(r"(\d+\.\d+) \(max", randomized)[0])
+    assert error < 1e-4, randomized
+    assert "0 SVD layers computed, 14 read from the cache" in text
+    assert (tmp_path / "w" / "o_exact" / "adapter_model.safetensors").exists()
+
+
+def test_svd_timing_tiny(tmp_path) -> None:
+    out = tmp_path / "t.md"
+    _run(["tools/svd_timing.py", "--shapes=tiny", "--layers=2", "--rank=24", "--repeats=1", f"--out={out}"])
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| q 96×96")]
+    assert any("truncated_svd exact" in r for r in rows)
+    gram = next(r for r in rows if "eigh of Gram" in r)
+    assert float(gram.split("|")[-2]) < 1e-2  # well-separated top of the spectrum: Gram is accurate
