@@ -83,7 +83,10 @@ def make_inputs(work: Path, pair: str, layers: int) -> dict[str, Path]:
 
 def child_ours(args: argparse.Namespace) -> dict:
     from crosslora_jax import SvdSettings, TransferOptions, transfer
+    from crosslora_jax._xla_cache import enable_compilation_cache
 
+    if args.cache_dir:  # as the CLI does with --cache_dir
+        enable_compilation_cache(args.cache_dir)
     svd = SvdSettings(rank=args.svd_rank, engine=args.engine, power_iters=args.power_iters, oversample=args.oversample)
     options = TransferOptions(method="cross_lora", svd=svd, layers_per_chunk=args.chunk)
     started = time.perf_counter()

@@ -8,6 +8,7 @@ import jax
 from absl import app, flags, logging
 
 from crosslora_jax._errors import OptionsError
+from crosslora_jax._xla_cache import enable_compilation_cache
 from crosslora_jax.cli._common import parse_flags, run_guarded
 from crosslora_jax.io.report import format_table
 from crosslora_jax.ops import METHODS, SvdSettings
@@ -71,6 +72,8 @@ def main(argv: Sequence[str]) -> None:
             raise OptionsError("--coordinator_address/--num_processes/--process_id", "need --distributed")
         if _DISTRIBUTED.value:
             jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        if _CACHE_DIR.value:
+            enable_compilation_cache(_CACHE_DIR.value)
         reports = transfer(
             _SOURCE.value,
             _TARGET.value,

@@ -105,6 +105,7 @@ def test_a_signal_mid_run_stops_promptly_and_leaves_nothing(tmp_path, sig) -> No
                        capture_output=True, timeout=300)  # fmt: skip
         report = json.loads((paths["output"] / "crosslora_report.json").read_text())
         assert report["subspaces"]["cached_layers"] >= 1, report["subspaces"]
+        assert list((tmp_path / "cache" / "xla").iterdir()), "--cache_dir also keeps compiled XLA programs"
         # ... and writes what an uninterrupted run without a cache writes.
         clean = tmp_path / "clean"
         subprocess.run([sys.executable, "-m", "crosslora_jax.transfer", *args_for({**paths, "output": clean},
