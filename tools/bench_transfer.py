@@ -16,7 +16,8 @@ bf16 LoRAs on every projection. Then runs each variant in its own process, so pe
   with torch); `--baseline_layers=N` times only the first N layers and extrapolates (marked).
 - exact: `crosslora_jax.transfer`, cross_lora, SVD rank 320, exact engine; it also fills a cache.
 - warm: the second adapter with that cache: no SVD is computed.
-- randomized: the randomized engine with `--power_iters`/`--oversample`; its "ΔW_t vs exact"
+- randomized: the randomized engine with `--power_iters`/`--oversample`, or one row per
+  `P:O` in `--randomized=P:O,P:O,...` (power iterations : oversampling); its "ΔW_t vs exact"
   column is ‖ΔW_rand − ΔW_exact‖_F / ‖ΔW_exact‖_F over all modules (max per module in brackets).
 - depth: the randomized engine with `--depth_chunk` layers per chunk at `--layers` and at twice
   as many: peak RSS against depth.
@@ -224,6 +225,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--power_iters", type=int, default=2, help="randomized rows")
     parser.add_argument("--oversample", type=int, default=16, help="randomized rows")
+    parser.add_argument("--randomized", default="", help="P:O[,P:O...]: one randomized row per setting "
+                        "(overrides --power_iters/--oversample for those rows)")  # fmt: skip
     parser.add_argument("--baseline_backend", choices=["numpy", "jax"], default="numpy")
     parser.add_argument("--baseline_layers", type=int, default=0, help="time the baseline on this many layers")
     parser.add_argument("--drop_caches", action="store_true")
@@ -239,18 +242,26 @@ def main() -> None:
     variants = args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+    try:
+        settings = [tuple(int(x) for x in s.split(":")) for s in args.randomized.split(",") if s]
+    except ValueError:
+        parser.error(f"--randomized: expected P:O[,P:O...], got {args.randomized!r}")
+    if any(len(s) != 2 or min(s) < 0 for s in settings):
+        parser.error(f"--randomized: expected P:O[,P:O...] with non-negative integers, got {args.randomized!r}")
+    settings = settings or [(args.power_iters, args.oversample)]
 
     work = Path(args.work).resolve()
     started = time.perf_counter()
     small = make_inputs(work, args.pair, args.layers)
     input_seconds = time.perf_counter() - started
-    common = [f"--svd_rank={args.svd_rank}", f"--power_iters={args.power_iters}", f"--oversample={args.oversample}"]
+    common = [f"--svd_rank={args.svd_rank}"]
 
-    def ours(paths, engine, out, adapter="a1", cache=None, chunk=args.chunk):
+    def ours(paths, engine, out, adapter="a1", cache=None, chunk=args.chunk, setting=settings[0]):
         extra = [f"--cache_dir={cache}"] if cache else []
         return run_child(["--child=ours", f"--source={paths['source']}", f"--target={paths['target']}",
                           f"--adapter={paths[adapter]}", f"--output={work / out}", f"--engine={engine}",
-                          f"--chunk={chunk}", *common, *extra], args.drop_caches)  # fmt: skip
+                          f"--chunk={chunk}", f"--power_iters={setting[0]}", f"--oversample={setting[1]}",
+                          *common, *extra], args.drop_caches)  # fmt: skip
 
     cache = work / "cache"
     if cache.exists():
@@ -267,7 +278,7 @@ def main() -> None:
         if args.out:
             Path(args.out).write_text(table + "\n")
 
-    randomized = f"ours, randomized SVD (p={args.power_iters}, oversample={args.oversample})"
+    randomized = {(p, o): f"ours, randomized SVD (p={p}, oversample={o})" for p, o in settings}
     for variant in variants:  # in the order given, so a time limit cuts the last ones
         if variant == "baseline":
             record("baseline (reference-style)", run_child(["--child=baseline", f"--source={small['source']}",
@@ -281,14 +292,17 @@ def main() -> None:
                 parser.error("--variants: 'warm' needs 'exact' before it")
             record("ours, exact, warm cache (2nd adapter)", ours(small, "exact", "o_warm", adapter="a2", cache=cache))
         elif variant == "randomized":
-            record(randomized, ours(small, "randomized", "o_rand"))
+            for (p, o), name in randomized.items():
+                record(name, ours(small, "randomized", f"o_rand_p{p}_o{o}", setting=(p, o)))
         elif variant == "depth":
             deep = make_inputs(work, args.pair, 2 * args.layers)
             for paths, layers in ((small, args.layers), (deep, 2 * args.layers)):
                 record(f"ours, randomized, chunk {args.depth_chunk}, {layers} layers",
                        ours(paths, "randomized", f"o_depth{layers}", chunk=args.depth_chunk), layers)  # fmt: skip
-    if randomized in rows and "ours, exact SVD (1st adapter, fills cache)" in rows:
-        record(randomized, {**rows[randomized], "delta_vs_exact": delta_error(work / "o_rand", work / "o_exact")})
+    for (p, o), name in randomized.items():
+        if name in rows and "ours, exact SVD (1st adapter, fills cache)" in rows:
+            error = delta_error(work / f"o_rand_p{p}_o{o}", work / "o_exact")
+            record(name, {**rows[name], "delta_vs_exact": error})
     print(render(args, rows, layers_of, input_seconds))
 
 

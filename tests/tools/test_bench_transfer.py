@@ -19,15 +19,19 @@ def _run(args: list[str]) -> None:
 def test_bench_transfer_tiny_pair(tmp_path) -> None:
     out = tmp_path / "table.md"
     # oversample covers the whole width, so the randomized engine must agree with the exact one.
-    _run(["tools/bench_transfer.py", "--pair=tiny", "--layers=1", "--svd_rank=16", "--oversample=200",
+    # A second setting with no oversampling and no power iterations must show a visible error.
+    _run(["tools/bench_transfer.py", "--pair=tiny", "--layers=1", "--svd_rank=16", "--randomized=2:200,0:0",
           "--variants=exact,warm,randomized,baseline,depth", f"--work={tmp_path / 'w'}", f"--out={out}"])  # fmt: skip
     text = out.read_text()
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ours") or
             line.startswith("| baseline")}  # fmt: skip
-    assert len(rows) == 6, text
-    randomized = next(v for k, v in rows.items() if k.startswith("ours, randomized SVD"))
-    error = float(re.findall(r"(\d+\.\d+) \(max", randomized)[0])
-    assert error < 1e-4, randomized
+    assert len(rows) == 7, text
+
+    def error(name: str) -> float:
+        return float(re.findall(r"(\d+\.\d+) \(max", rows[name])[0])
+
+    assert error("ours, randomized SVD (p=2, oversample=200)") < 1e-4, text
+    assert error("ours, randomized SVD (p=0, oversample=0)") > 1e-3, text
     assert "0 SVD layers computed, 14 read from the cache" in text
     assert (tmp_path / "w" / "o_exact" / "adapter_model.safetensors").exists()
 
