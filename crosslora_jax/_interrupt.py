@@ -7,13 +7,22 @@ the request here, and the pipeline checks it between chunks and before writing.
 
 from __future__ import annotations
 
+import signal
 import threading
 
 _requested = threading.Event()
+_signal = signal.SIGINT
 
 
-def request_stop() -> None:
+def request_stop(signum: int = signal.SIGINT) -> None:
+    global _signal
+    _signal = signum
     _requested.set()
+
+
+def exit_status() -> int:
+    """The shell's convention for death by a signal: 128 + its number (SIGINT 130, SIGTERM 143)."""
+    return 128 + int(_signal)
 
 
 def check() -> None:

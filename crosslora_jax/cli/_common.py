@@ -15,11 +15,10 @@ from crosslora_jax import _interrupt
 from crosslora_jax._errors import CrossLoraError
 
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 
 
 def _raise_interrupt(signum: int, frame: object) -> NoReturn:  # noqa: ARG001
-    _interrupt.request_stop()  # in case a library call swallows the KeyboardInterrupt
+    _interrupt.request_stop(signum)  # in case a library call swallows the KeyboardInterrupt
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -40,7 +39,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run_guarded(body: Callable[[], None]) -> None:
-    """Run `body`; bad input becomes `error: ...` on stderr and exit 2, a signal exit 130.
+    """Run `body`; bad input becomes `error: ...` on stderr and exit 2, a signal 128 + its number.
 
     SIGTERM is turned into KeyboardInterrupt so the staging folder's clean-up runs.
     """
@@ -55,4 +54,4 @@ def run_guarded(body: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         logging.warning("interrupted; temporary output removed")
         print("error: interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(_interrupt.exit_status())
