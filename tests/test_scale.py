@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _xla_env import xla_flags
 from safetensors.numpy import load_file
 
 from crosslora_jax import SvdSettings, TransferOptions, synthetic, transfer
@@ -50,7 +51,7 @@ def test_eight_devices_give_the_same_adapter_as_one(pair, tmp_path) -> None:
         f"transfer({str(pair['source'])!r}, {str(pair['target'])!r}, [{str(pair['a1'])!r}], {str(eight)!r},"
         " TransferOptions(method='cross_lora', svd=SvdSettings(rank=12), layers_per_chunk=3))"
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=8"), "JAX_PLATFORMS": "cpu"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT, timeout=300)
     a, b = _factors(one), _factors(eight)
     assert a.keys() == b.keys() and len(a) == 2 * 3 * 7
@@ -161,8 +162,7 @@ def test_two_processes_write_the_same_adapter_as_one(pair, tmp_path) -> None:
               f"--target_model={pair['target']}", f"--adapter={pair['a1']}", f"--output={out}",
               "--svd_rank=12", "--layers_per_chunk=3", f"--cache_dir={tmp_path / 'cache'}",
               "--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]  # fmt: skip
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # one CPU device per process (conftest's XLA_FLAGS kept)
     # Logs go to files: a full stderr pipe would block one process inside a collective.
     logs = [(tmp_path / f"p{i}.log").open("w") for i in range(2)]
     procs = [

@@ -132,9 +132,9 @@ def main() -> None:
                 else:
                     dist = distance(exact.u, out[0][..., : exact.u.shape[-1]])
                 dist = f"{dist:.3f}"
-                lines.append(f"| {name} {m}×{n} | {route} | {t / args.layers:.3f} | {dist} |")
+                lines.append(f"| {name} {m}×{n} | {route} | {t / args.layers:.3f} | {COMPILE_S[0]:.1f} | {dist} |")
             except Exception as e:
-                lines.append(f"| {name} {m}×{n} | {route} | unsupported: {type(e).__name__} | — |")
+                lines.append(f"| {name} {m}×{n} | {route} | unsupported: {type(e).__name__} | — | — |")
         for pair in args.randomized.split(","):
             iters, over = (int(x) for x in pair.split(":"))
             settings = SvdSettings(rank=args.rank, engine="randomized", power_iters=iters, oversample=over)

@@ -39,7 +39,9 @@ def test_bench_transfer_tiny_pair(tmp_path) -> None:
 def test_svd_timing_tiny(tmp_path) -> None:
     out = tmp_path / "t.md"
     _run(["tools/svd_timing.py", "--shapes=tiny", "--layers=2", "--rank=24", "--repeats=1", f"--out={out}"])
-    rows = [line for line in out.read_text().splitlines() if line.startswith("| q 96×96")]
+    table = [line for line in out.read_text().splitlines() if line.startswith("|")]
+    assert {line.count("|") for line in table} == {6}, table  # every row fills the five columns
+    rows = [line for line in table if line.startswith("| q 96×96")]
     assert any("truncated_svd exact" in r for r in rows)
     gram = next(r for r in rows if "eigh of Gram" in r)
     assert float(gram.split("|")[-2]) < 1e-2  # well-separated top of the spectrum: Gram is accurate
