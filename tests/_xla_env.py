@@ -3,7 +3,7 @@
 XLA's CPU runtime can wedge: every Eigen intra-op pool thread parked, the caller waiting in
 block_until_ready forever. Seen here twice in a row in `tools/svd_timing.py` on 96×96 matrices
 (gdb: main thread in jax::BlockUntilReadyWithCancel, pool threads in EventCount::CommitWait) and
-not again in 11 reruns; another project traced the same hang to the multi-threaded Eigen pool
+not again in a dozen reruns; another project traced the same hang to the multi-threaded Eigen pool
 (https://github.com/PyAutoLabs/PyAutoFit/issues/1528). Tests check results, not speed, so they
 run with that pool single-threaded; subprocesses inherit it through the environment. The
 library itself sets no XLA flags (README, "If a CPU run hangs").
