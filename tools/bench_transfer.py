@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from _randomized_arg import randomized_settings
+
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 PAIRS = {
     "1.5b-3b": (
@@ -225,8 +227,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--power_iters", type=int, default=2, help="randomized rows")
     parser.add_argument("--oversample", type=int, default=16, help="randomized rows")
-    parser.add_argument("--randomized", default="", help="P:O[,P:O...]: one randomized row per setting "
-                        "(overrides --power_iters/--oversample for those rows)")  # fmt: skip
+    parser.add_argument("--randomized", type=randomized_settings, default=[], help="P:O[,P:O...]: one randomized "
+                        "row per setting (overrides --power_iters/--oversample for those rows)")  # fmt: skip
     parser.add_argument("--baseline_backend", choices=["numpy", "jax"], default="numpy")
     parser.add_argument("--baseline_layers", type=int, default=0, help="time the baseline on this many layers")
     parser.add_argument("--drop_caches", action="store_true")
@@ -242,13 +244,7 @@ def main() -> None:
     variants = args.variants.split(",")
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
-    try:
-        settings = [tuple(int(x) for x in s.split(":")) for s in args.randomized.split(",") if s]
-    except ValueError:
-        parser.error(f"--randomized: expected P:O[,P:O...], got {args.randomized!r}")
-    if any(len(s) != 2 or min(s) < 0 for s in settings):
-        parser.error(f"--randomized: expected P:O[,P:O...] with non-negative integers, got {args.randomized!r}")
-    settings = settings or [(args.power_iters, args.oversample)]
+    settings = args.randomized or [(args.power_iters, args.oversample)]
 
     work = Path(args.work).resolve()
     started = time.perf_counter()

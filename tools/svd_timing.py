@@ -25,6 +25,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _randomized_arg import randomized_settings
 
 from crosslora_jax.ops import SvdSettings, transfer_stack, truncated_svd
 from crosslora_jax.synthetic import Spectrum
@@ -94,7 +95,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--rank", type=int, default=320)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--randomized", default="2:16,4:320,8:320", help="power_iters:oversample pairs")
+    parser.add_argument(
+        "--randomized", type=randomized_settings, default="2:16,4:320,8:320", help="power_iters:oversample pairs"
+    )
     parser.add_argument("--out", default=None)
     parser.add_argument("--lax_routes", action=argparse.BooleanOptionalAction, default=True,
                         help="also time every jax.lax.linalg.svd algorithm and the Gram eigh")  # fmt: skip
@@ -135,8 +138,7 @@ def main() -> None:
                 lines.append(f"| {name} {m}×{n} | {route} | {t / args.layers:.3f} | {COMPILE_S[0]:.1f} | {dist} |")
             except Exception as e:
                 lines.append(f"| {name} {m}×{n} | {route} | unsupported: {type(e).__name__} | — | — |")
-        for pair in args.randomized.split(","):
-            iters, over = (int(x) for x in pair.split(":"))
+        for iters, over in args.randomized:
             settings = SvdSettings(rank=args.rank, engine="randomized", power_iters=iters, oversample=over)
             approx, t = best_time(lambda x, s=settings, ids=ids: truncated_svd(x, ids, s), w, repeats=args.repeats)
             lines.append(f"| {name} {m}×{n} | randomized p={iters} oversample={over} | {t / args.layers:.3f} | "
