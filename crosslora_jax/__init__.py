@@ -7,7 +7,7 @@ Public API:
 - `read_model_config`, `Checkpoint`, `read_adapter`: lazy readers of HF models and adapters.
 - `load_weight_stacks`, `load_lora_stacks`, `save_lora_stacks`: stacked [L, ...] pytrees of
   base weights and LoRA factors, for the caller's own JAX code (see `crosslora_jax.stacks`).
-- `truncated_svd`, `transfer_stack`, `align`, `similarity`, `layer_map`: the pure ops, jittable
+- `truncated_svd`, `transfer_stack`, `truncate_stack`, `align`, `similarity`, `layer_map`: the pure ops, jittable
   inside a caller's own computation.
 - `CrossLoraError` and its subclasses: one per class of bad input.
 """
@@ -33,6 +33,7 @@ from crosslora_jax.ops import (
     layer_map,
     similarity,
     transfer_stack,
+    truncate_stack,
     truncated_svd,
 )
 from crosslora_jax.pipeline import TransferOptions, run_transfer, subspaces, transfer
@@ -69,6 +70,7 @@ __all__ = [
     "subspaces",
     "transfer",
     "transfer_stack",
+    "truncate_stack",
     "truncated_svd",
     "write_adapter",
 ]

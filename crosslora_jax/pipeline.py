@@ -20,6 +20,7 @@ from absl import logging
 
 from crosslora_jax import _interrupt, _mesh
 from crosslora_jax._errors import CheckpointError, OptionsError, TransferError
+from crosslora_jax._progress import Progress
 from crosslora_jax._subspace_store import SubspaceStore
 from crosslora_jax.arch import ROLES
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
@@ -34,7 +35,16 @@ from crosslora_jax.io.peft_adapter import (
 )
 from crosslora_jax.io.report import write_report
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
-from crosslora_jax.ops import METHODS, Subspace, SvdSettings, layer_map, resolve_layer_map, transfer_stack
+from crosslora_jax.ops import (
+    METHODS,
+    Subspace,
+    SvdSettings,
+    layer_map,
+    resolve_layer_map,
+    transfer_stack,
+    truncate_stack,
+)
+from crosslora_jax.ops.svd import effective_rank
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +71,11 @@ class TransferOptions:
         if self.layers_per_chunk <= 0:
             raise OptionsError("--layers_per_chunk", f"must be positive, got {self.layers_per_chunk}")
 
+    @property
+    def needs_subspaces(self) -> bool:
+        """`truncate` uses no subspace unless the similarity gate must score modules."""
+        return self.method != "truncate" or self.min_similarity > 0
+
 
 @dataclasses.dataclass
 class TransferResult:
@@ -82,13 +97,15 @@ def transfer(
     *,
     overwrite: bool = False,
     cache_dir: Path | str | None = None,
+    progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
     """Transfer each adapter and write it under `output`; returns one report per adapter.
 
     With one adapter `output` is the adapter folder; with several it is a parent folder with
     one adapter folder each, named after the input folders. An adapter path that is a folder of
     adapter folders stands for all of them. With `cache_dir`, base-model subspaces are kept
-    there (orbax) and reused by later runs.
+    there (orbax) and reused by later runs. `progress` receives one step per role chunk (by
+    default each step is logged at INFO).
     """
     source_model, target_model, output = Path(source_model), Path(target_model), Path(output)
     adapter_dirs = expand_adapter_dirs([Path(a) for a in adapters])
@@ -100,11 +117,11 @@ def transfer(
     names = _output_names(adapter_dirs)
     store = SubspaceStore(options.svd, Path(cache_dir) if cache_dir is not None else None)
     if jax.process_index() != 0:  # one process writes; the others compute their shards
-        results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store)
-        return [_report(source_cfg, target_cfg, r, options, "-", store, compute_seconds) for r in results]
+        results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store, progress)
+        return [_report(source_cfg, target_cfg, r, options, "-", store, compute_seconds, None) for r in results]
     # The staging folder is made before computing, so an unwritable --output fails in seconds.
     with staged_output(output) as staging:
-        results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store)
+        results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store, progress)
         _interrupt.check()
         started = time.perf_counter()
         reports = []
@@ -114,7 +131,8 @@ def transfer(
             dtype = result.adapter.dtype if options.output_dtype == "auto" else options.output_dtype
             config = adapter_config_for_target(result.adapter.config, target_cfg, result.written)
             write_adapter(folder, result.factors, config, dtype)
-            report = _report(source_cfg, target_cfg, result, options, dtype, store, compute_seconds)
+            final = output if len(results) == 1 else output / name
+            report = _report(source_cfg, target_cfg, result, options, dtype, store, compute_seconds, final)
             report["timings"]["write_seconds"] = time.perf_counter() - started
             write_report(folder, report)
             reports.append(report)
@@ -150,9 +168,11 @@ def run_transfer(
     adapters: Sequence[LoraAdapter],
     options: TransferOptions,
     store: SubspaceStore | None = None,
+    progress: Progress | None = None,
 ) -> list[TransferResult]:
     """The computation without the writing: every adapter mapped onto `target`."""
     store = store or SubspaceStore(options.svd)
+    progress = progress or Progress()
     source_ckpt, target_ckpt = Checkpoint(source.folder), Checkpoint(target.folder)
     lmap = layer_map(options.layer_map, source.num_layers, target.num_layers)
     results = [TransferResult(a, {}, [], []) for a in adapters]
@@ -164,9 +184,10 @@ def run_transfer(
     for role in ROLES:  # headers only: fail before any compute if a file disagrees with its config
         _check_role_weights(source, source_ckpt, role)
         _check_role_weights(target, target_ckpt, role)
+    plan = []  # (role, chunk of (target layer, source layer) pairs some adapter needs)
     for role in roles:
         _warn_about_ranks(role, source, target, adapters, options.svd.rank)
-        jobs = []  # (target layer, source layer) pairs some adapter needs
+        jobs = []
         for j, i in enumerate(lmap):
             needed = i is not None and any((role, i) in a.modules for a in adapters)
             if needed:
@@ -174,20 +195,25 @@ def run_transfer(
             for result in results:
                 if i is None or (role, i) not in result.adapter.modules:
                     result.modules.append(_skipped(target, role, j, i, source.num_layers))
-        chunks = [jobs[c : c + options.layers_per_chunk] for c in range(0, len(jobs), options.layers_per_chunk)]
-        for number, chunk in enumerate(chunks, 1):
+        plan += [(role, jobs[c : c + options.layers_per_chunk]) for c in range(0, len(jobs), options.layers_per_chunk)]
+    costs = [_chunk_cost(role, chunk, source, target, options) for role, chunk in plan]
+    progress.start(sum(costs), len(plan))
+    chunk_counts = defaultdict(int)
+    for role, _ in plan:
+        chunk_counts[role] += 1
+    number = defaultdict(int)
+    try:
+        for (role, chunk), cost in zip(plan, costs, strict=True):
             _interrupt.check()
+            number[role] += 1
+            label = (f"role {role} chunk {number[role]}/{chunk_counts[role]} "
+                     f"(target layers {chunk[0][0]}-{chunk[-1][0]})")  # fmt: skip
+            progress.working(label)
             started = time.perf_counter()
             _transfer_chunk(role, chunk, source, target, source_ckpt, target_ckpt, results, options, store)
-            logging.info(
-                "role %-4s chunk %d/%d: target layers %d-%d done in %.2fs",
-                role,
-                number,
-                len(chunks),
-                chunk[0][0],
-                chunk[-1][0],
-                time.perf_counter() - started,
-            )
+            progress.step(cost, f"{label} done in {time.perf_counter() - started:.1f}s")
+    finally:
+        progress.close()
     for result in results:
         _warn_about_report(result.adapter.folder, result.modules, options)
         if not result.factors:
@@ -200,6 +226,15 @@ def run_transfer(
     return results
 
 
+def _chunk_cost(
+    role: str, chunk: Sequence[tuple[int, int]], source: ModelConfig, target: ModelConfig, options: TransferOptions
+) -> float:
+    """Relative work of one chunk for the ETA: SVD flops (m·n·min(m, n)) of both models' layers."""
+    if not options.needs_subspaces:
+        return float(len(chunk))
+    return float(sum(m * n * min(m, n) for m, n in (source.shapes[role], target.shapes[role])) * len(chunk))
+
+
 def _warn_about_report(folder: Path, modules: Sequence[dict[str, Any]], options: TransferOptions) -> None:
     """One line per kind of trouble, not one per module."""
     gated = [m["module"] for m in modules if m.get("skipped_by") == "gate"]
@@ -209,7 +244,7 @@ def _warn_about_report(folder: Path, modules: Sequence[dict[str, Any]], options:
     low = [
         m
         for m in modules
-        if "energy_source" in m and min(m["energy_source"], m["energy_target"]) < options.energy_warning
+        if m.get("energy_source") is not None and min(m["energy_source"], m["energy_target"]) < options.energy_warning
     ]
     if low:
         worst = min(low, key=lambda m: min(m["energy_source"], m["energy_target"]))
@@ -273,9 +308,11 @@ def _transfer_chunk(
     store: SubspaceStore,
 ) -> None:
     src_layers = sorted({i for _, i in chunk})
-    src = store.get(source, source_ckpt, role, src_layers)
-    tgt = store.get(target, target_ckpt, role, [j for j, _ in chunk])
     src_pos = {layer: n for n, layer in enumerate(src_layers)}
+    src = tgt = None
+    if options.needs_subspaces:
+        src = store.get(source, source_ckpt, role, src_layers)
+        tgt = store.get(target, target_ckpt, role, [j for j, _ in chunk])
     for result in results:
         by_rank: dict[int, list[tuple[int, int, int, LoraModule]]] = defaultdict(list)
         for t_pos, (j, i) in enumerate(chunk):
@@ -284,30 +321,48 @@ def _transfer_chunk(
                 by_rank[module.rank].append((t_pos, j, i, module))
         for group in by_rank.values():
             a, b = result.adapter.read_factors([g[3] for g in group])
-            s_idx = np.asarray([src_pos[i] for _, _, i, _ in group])
-            t_idx = np.asarray([t for t, _, _, _ in group])
-            started = time.perf_counter()
-            a_t, b_t, diag = _sharded_transfer(options.method)(
-                _mesh.shard_layers(a),
-                _mesh.shard_layers(b),
-                *(_mesh.shard_layers(x[s_idx]) for x in (src.u, src.v)),
-                *(_mesh.shard_layers(x[t_idx]) for x in (tgt.u, tgt.v)),
-            )
             n = len(group)
+            started = time.perf_counter()
+            if src is None or tgt is None:
+                a_t, b_t, *norms = _sharded_truncate(*target.shapes[role])(_mesh.shard_layers(a), _mesh.shard_layers(b))
+                diag = dict(zip(("source_norm", "target_norm"), (_mesh.to_host(x, n) for x in norms), strict=True))
+            else:
+                s_idx = np.asarray([src_pos[i] for _, _, i, _ in group])
+                t_idx = np.asarray([t for t, _, _, _ in group])
+                a_t, b_t, stats = _sharded_transfer(options.method)(
+                    _mesh.shard_layers(a),
+                    _mesh.shard_layers(b),
+                    *(_mesh.shard_layers(x[s_idx]) for x in (src.u, src.v)),
+                    *(_mesh.shard_layers(x[t_idx]) for x in (tgt.u, tgt.v)),
+                )
+                diag = {k: _mesh.to_host(v, n) for k, v in stats._asdict().items()}
             a_t, b_t = _mesh.to_host(a_t, n), _mesh.to_host(b_t, n)
-            diag = {k: _mesh.to_host(v, n) for k, v in diag._asdict().items()}
             result.project_seconds += time.perf_counter() - started
             for row, (t, j, i, module) in enumerate(group):
+                subspace = None
+                if src is not None and tgt is not None:
+                    subspace = _SubspaceFacts(
+                        energy=(float(src.energy[src_pos[i]]), float(tgt.energy[t])),
+                        svd_rank=(int(src.u.shape[2]), int(tgt.u.shape[2])),
+                    )
                 entry = _module_entry(
-                    role, j, module, source, target, options,
-                    stats={k: float(v[row]) for k, v in diag.items()},
-                    energy=(float(src.energy[src_pos[i]]), float(tgt.energy[t])),
-                    svd_rank=(int(src.u.shape[2]), int(tgt.u.shape[2])),
-                )  # fmt: skip
+                    role, j, module, source, target, options, {k: float(v[row]) for k, v in diag.items()}, subspace
+                )
                 if entry["status"] == "transferred":
                     result.factors[entry["module"]] = (a_t[row], b_t[row])
                     result.written.append(dataclasses.replace(module, path=entry["module"], layer=j))
                 result.modules.append(entry)
+
+
+@functools.cache
+def _sharded_truncate(m_t: int, n_t: int):  # noqa: ANN202
+    return _mesh.sharded_jit(functools.partial(truncate_stack, m_t=m_t, n_t=n_t))
+
+
+@dataclasses.dataclass(frozen=True)
+class _SubspaceFacts:
+    energy: tuple[float, float]  # share of ‖W‖_F² kept by rank r: source, target
+    svd_rank: tuple[int, int]  # effective rank used: source, target
 
 
 def _module_entry(
@@ -317,14 +372,17 @@ def _module_entry(
     source: ModelConfig,
     target: ModelConfig,
     options: TransferOptions,
-    *,
     stats: dict[str, float],
-    energy: tuple[float, float],
-    svd_rank: tuple[int, int],
+    subspace: _SubspaceFacts | None,
 ) -> dict[str, Any]:
-    """The report line of one computed target module, with the similarity gate's verdict."""
-    similarity = min(stats["phi_u"], stats["phi_v"])
-    gated = similarity < options.min_similarity
+    """The report line of one computed target module, with the similarity gate's verdict.
+
+    Without subspaces (`truncate`, gate off) the subspace figures are None: nothing measured them.
+    """
+    source_norm = stats["source_norm"]
+    scored = subspace is not None
+    similarity = min(stats["phi_u"], stats["phi_v"]) if scored else None
+    gated = similarity is not None and similarity < options.min_similarity
     return {
         "module": target.arch.module_path(role, j),
         "role": role,
@@ -336,14 +394,15 @@ def _module_entry(
         "alpha": module.alpha,
         "source_shape": list(source.shapes[role]),
         "target_shape": list(target.shapes[role]),
-        "svd_rank": list(svd_rank),
-        "energy_source": energy[0],
-        "energy_target": energy[1],
-        "phi_u": stats["phi_u"],
-        "phi_v": stats["phi_v"],
-        "chance_u": stats["chance_u"],
-        "chance_v": stats["chance_v"],
-        "norm_ratio": stats["target_norm"] / stats["source_norm"] if stats["source_norm"] > 0 else None,
+        "svd_rank": list(subspace.svd_rank) if scored else None,
+        "energy_source": subspace.energy[0] if scored else None,
+        "energy_target": subspace.energy[1] if scored else None,
+        "phi_u": stats.get("phi_u"),
+        "phi_v": stats.get("phi_v"),
+        "chance_u": stats.get("chance_u"),
+        "chance_v": stats.get("chance_v"),
+        "norm_ratio": stats["target_norm"] / source_norm if source_norm > 0 else None,
+        "in_subspace": stats["in_subspace_norm"] / source_norm if scored and source_norm > 0 else None,
         "status": "skipped" if gated else "transferred",
         "skipped_by": "gate" if gated else None,
         "reason": f"similarity {similarity:.3f} < --min_similarity {options.min_similarity}" if gated else None,
@@ -360,6 +419,23 @@ def _skipped(target: ModelConfig, role: str, j: int, i: int | None, source_layer
             "status": "skipped", "skipped_by": "layer_map" if i is None else "adapter", "reason": why}  # fmt: skip
 
 
+def _effective_ranks(
+    source: ModelConfig, target: ModelConfig, result: TransferResult, options: TransferOptions
+) -> dict[str, dict[str, int] | None]:
+    """Per role, r_e = min(r, m, n) of each model; None where no SVD was needed (truncate)."""
+    roles = sorted({m["role"] for m in result.modules if "rank" in m}, key=_role_order)
+    if not options.needs_subspaces:
+        return dict.fromkeys(roles)
+    rank = options.svd.rank
+    return {
+        role: {
+            "source": effective_rank(rank, *source.shapes[role]),
+            "target": effective_rank(rank, *target.shapes[role]),
+        }
+        for role in roles
+    }
+
+
 def _report(
     source: ModelConfig,
     target: ModelConfig,
@@ -368,16 +444,18 @@ def _report(
     dtype: str,
     store: SubspaceStore,
     compute_seconds: float,
+    output: Path | None,
 ) -> dict[str, Any]:
     counts = defaultdict(int)
     for m in result.modules:
         counts[m["status"]] += 1
     return {
         "adapter": str(result.adapter.folder),
+        "output": None if output is None else str(output),
         "source_model": str(source.folder),
         "target_model": str(target.folder),
         "method": options.method,
-        "svd": dataclasses.asdict(options.svd),
+        "svd": {**dataclasses.asdict(options.svd), "effective_rank": _effective_ranks(source, target, result, options)},
         "layer_map": {
             "kind": resolve_layer_map(options.layer_map, source.num_layers, target.num_layers),
             "target_to_source": layer_map(options.layer_map, source.num_layers, target.num_layers),

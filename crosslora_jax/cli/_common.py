@@ -7,12 +7,14 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 from absl import flags, logging
 
 from crosslora_jax import _interrupt
 from crosslora_jax._errors import CrossLoraError
+from crosslora_jax._xla_cache import enable_compilation_cache
 
 EXIT_BAD_INPUT = 2
 
@@ -29,13 +31,50 @@ class _QuietOrbax(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, but a bad flag is a one-line `error:` and exit 2 like any bad input."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+_HELP_ARGS = frozenset({"--help", "-help", "--helpshort", "-helpshort", "-h", "-?"})
+
+
+def flags_parser(module: str, usage: str) -> Callable[[list[str]], list[str]]:
+    """absl's parser for the command whose flags `module` defines, with two changes:
+
+    `--help` prints `usage` and that module's own flags and exits 0 (absl's lists the flags of
+    `__main__`, which for `python -m` is a shim with none, and exits 1); a bad flag is a one-line
+    `error:` and exit 2 like any bad input. `--helpfull` stays absl's (every library's flags).
+    """
+
+    def parse(argv: list[str]) -> list[str]:
+        if any(arg in _HELP_ARGS for arg in argv[1:]):
+            text = f"{usage.strip()}\n\nFlags:{flags.FLAGS.module_help(module).split(':', 1)[1]}"
+            try:
+                print(f"{text}\n\n  --helpfull lists absl's, JAX's and orbax's flags as well.", flush=True)
+            except BrokenPipeError:  # `--help | head`: the reader has all it wants
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+
+    return parse
+
+
+def default_compilation_cache(cache_dir: str | None) -> None:
+    """Keep XLA's compiled programs between runs: under `cache_dir/xla`, else in the user's cache
+    folder ($XDG_CACHE_HOME or ~/.cache)/crosslora_jax/xla. A second run on the same shapes then
+    loads instead of compiling, which is most of a small pair's time."""
+    if cache_dir:
+        enable_compilation_cache(Path(cache_dir))
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    enable_compilation_cache(Path(base) / "crosslora_jax")
+
+
+def quiet_logging_by_default() -> None:
+    """At the default verbosity stderr keeps warnings and errors (and the progress lines, which do
+    not go through logging); `--verbosity=0` (or `-v 0`) brings back absl's INFO lines."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def run_guarded(body: Callable[[], None]) -> None:
@@ -46,6 +85,7 @@ def run_guarded(body: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, _raise_interrupt)
     logging.get_absl_handler().addFilter(_QuietOrbax())
+    quiet_logging_by_default()
     try:
         body()
     except CrossLoraError as e:

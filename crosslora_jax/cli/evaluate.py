@@ -1,4 +1,11 @@
-"""`python -m crosslora_jax.evaluate`: score a model (+ PEFT adapter) on a task file."""
+"""Score a model (optionally with a PEFT adapter) on a task file.
+
+Usage: python -m crosslora_jax.evaluate --model=DIR [--adapter=DIR] --task=FILE [--output=FILE]
+
+A .jsonl task is multiple choice (`question`, `choices`, `answer`), scored by log-likelihood;
+any other file is plain text, scored by mean token loss. Needs the model's tokenizer.json and
+the `eval` extra (pip install 'crosslora_jax[eval]').
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from pathlib import Path
 from absl import app, flags
 
 from crosslora_jax._errors import OptionsError, OutputError
-from crosslora_jax.cli._common import run_guarded
+from crosslora_jax.cli._common import flags_parser, run_guarded
 
 _MODEL = flags.DEFINE_string("model", None, "HF model folder (config.json, safetensors, tokenizer.json).")
 _ADAPTER = flags.DEFINE_string("adapter", None, "PEFT LoRA adapter folder for --model (optional).")
@@ -77,4 +84,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    app.run(main, flags_parser=flags_parser(__name__, __doc__))

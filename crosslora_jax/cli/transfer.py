@@ -1,16 +1,26 @@
-"""`python -m crosslora_jax.transfer`: flags → TransferOptions → `crosslora_jax.transfer`."""
+"""Move a PEFT LoRA adapter from the base model it was trained on to another base model.
+
+Usage: python -m crosslora_jax.transfer --source_model=DIR --target_model=DIR --adapter=DIR
+           --output=DIR [--method=cross_lora|lora_x|truncate] [--flagfile=FILE] ...
+
+Progress goes to stderr, the summary (modules moved and skipped, subspace similarity beside its
+chance level, norm ratios) to stdout; every figure is explained in docs/method.md of the
+crosslora_jax repository.
+"""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Sequence
 
 import jax
 from absl import app, flags, logging
 
 from crosslora_jax._errors import OptionsError
-from crosslora_jax._xla_cache import enable_compilation_cache
-from crosslora_jax.cli._common import parse_flags, run_guarded
-from crosslora_jax.io.report import format_table
+from crosslora_jax._progress import Progress
+from crosslora_jax.cli._common import default_compilation_cache, flags_parser, run_guarded
+from crosslora_jax.io.report import format_summary, format_table
 from crosslora_jax.ops import METHODS, SvdSettings
 from crosslora_jax.pipeline import TransferOptions, transfer
 
@@ -19,7 +29,14 @@ _TARGET = flags.DEFINE_string("target_model", None, "HF model folder to move the
 _ADAPTER = flags.DEFINE_multi_string("adapter", None, "PEFT LoRA adapter folder for the source; repeat for several.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output adapter folder (a parent folder when --adapter repeats).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output.")
-_METHOD = flags.DEFINE_enum("method", "cross_lora", METHODS, "Transfer method (DESIGN.md §3).")
+_METHOD = flags.DEFINE_enum(
+    "method",
+    "cross_lora",
+    METHODS,
+    "Transfer method: cross_lora (align the source's subspaces to the target's, then project), "
+    "lora_x (project onto the target's subspaces), truncate (zero-pad/crop: the reference code's "
+    "effective behaviour). Equations in docs/method.md.",
+)
 _SVD_RANK = flags.DEFINE_integer("svd_rank", 320, "Rank r of the truncated SVD of each base weight.")
 _SVD = flags.DEFINE_enum("svd", "exact", ["exact", "randomized"], "SVD engine.")
 _OVERSAMPLE = flags.DEFINE_integer("svd_oversample", 16, "Randomized SVD: extra sketch columns.")
@@ -31,7 +48,14 @@ _DTYPE = flags.DEFINE_enum(
     "output_dtype", "auto", ["auto", "float32", "bfloat16", "float16"], "dtype of the written factors."
 )
 _CHUNK = flags.DEFINE_integer("layers_per_chunk", 8, "Layers of one role processed (and held) at once.")
-_CACHE_DIR = flags.DEFINE_string("cache_dir", None, "Keep base-model subspaces here (orbax) and reuse them.")
+_CACHE_DIR = flags.DEFINE_string(
+    "cache_dir", None, "Keep base-model subspaces (orbax) and compiled XLA programs here and reuse them."
+)
+_COMPILATION_CACHE = flags.DEFINE_bool(
+    "compilation_cache",
+    True,
+    "Keep compiled XLA programs between runs (under --cache_dir/xla, else ~/.cache/crosslora_jax/xla).",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Run as one process of several: jax.distributed (auto-detected on TPU pods/SLURM)."
 )
@@ -72,8 +96,9 @@ def main(argv: Sequence[str]) -> None:
             raise OptionsError("--coordinator_address/--num_processes/--process_id", "need --distributed")
         if _DISTRIBUTED.value:
             jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-        if _CACHE_DIR.value:
-            enable_compilation_cache(_CACHE_DIR.value)
+        if _COMPILATION_CACHE.value:
+            default_compilation_cache(_CACHE_DIR.value)
+        started = time.perf_counter()
         reports = transfer(
             _SOURCE.value,
             _TARGET.value,
@@ -82,13 +107,16 @@ def main(argv: Sequence[str]) -> None:
             _options(),
             overwrite=_OVERWRITE.value,
             cache_dir=_CACHE_DIR.value,
+            progress=Progress.to_stderr() if jax.process_index() == 0 else None,
         )
-        for report in reports if jax.process_index() == 0 else []:
+        seconds = time.perf_counter() - started
+        for n, report in enumerate(reports if jax.process_index() == 0 else []):
             logging.info("adapter %s:\n%s", report["adapter"], format_table(report["modules"]))
-            logging.info("summary %s; written under %s", report["summary"], _OUTPUT.value)
+            folder = _OUTPUT.value if len(reports) == 1 else report["output"]
+            print(("\n" if n else "") + format_summary(report, folder, seconds), file=sys.stdout, flush=True)
 
     run_guarded(body)
 
 
 def run() -> None:
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=flags_parser(__name__, __doc__))

@@ -1,11 +1,15 @@
-"""The transfer report: `report.json` in each output folder and a readable table for the log."""
+"""The transfer report: `crosslora_report.json` in each output folder, a per-module table and the
+run's summary (what the CLI prints as its result)."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from crosslora_jax.arch import ROLES
 
 REPORT_FILE = "crosslora_report.json"
 
@@ -16,8 +20,10 @@ _COLUMNS = (
     ("E_src", "{:.2f}", 5),
     ("E_tgt", "{:.2f}", 5),
     ("phi_U", "{:.3f}", 5),
+    ("chanceU", "{:.3f}", 7),
     ("phi_V", "{:.3f}", 5),
-    ("chance", "{:.3f}", 6),
+    ("chanceV", "{:.3f}", 7),
+    ("in_sub", "{:.3f}", 6),
     ("|dWt|/|dWs|", "{:.3f}", 11),
 )
 
@@ -27,9 +33,8 @@ def write_report(folder: Path, report: Mapping[str, Any]) -> None:
 
 
 def _cells(m: Mapping[str, Any]) -> list[Any]:
-    chance = None if "chance_u" not in m else max(m["chance_u"], m["chance_v"])
-    return [m["module"], m["source_layer"], m["status"], m.get("energy_source"), m.get("energy_target"),
-            m.get("phi_u"), m.get("phi_v"), chance, m.get("norm_ratio")]  # fmt: skip
+    keys = ("energy_source", "energy_target", "phi_u", "chance_u", "phi_v", "chance_v", "in_subspace", "norm_ratio")
+    return [m["module"], m["source_layer"], m["status"], *(m.get(k) for k in keys)]
 
 
 def format_table(modules: Sequence[Mapping[str, Any]]) -> str:
@@ -42,4 +47,50 @@ def format_table(modules: Sequence[Mapping[str, Any]]) -> str:
             text = "-" if value is None else fmt.format(value)
             cells.append(text.ljust(width) if i == 0 else text.rjust(width))
         lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+def _mean(values: Sequence[float]) -> str:
+    return f"{sum(values) / len(values):.3f}" if values else "-"
+
+
+def _span(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    low, high = min(values), max(values)
+    return f"{low:.3f}" if abs(high - low) < 5e-4 else f"{low:.3f}-{high:.3f}"
+
+
+def format_summary(report: Mapping[str, Any], output: Path | str, seconds: float) -> str:
+    """The command's result: counts, skips by reason, and per role φ beside its own chance
+    level (means over the role's computed modules), the share of ΔW_s inside the source
+    subspaces, and the range of ‖ΔW_t‖/‖ΔW_s‖."""
+    modules = report["modules"]
+    status = Counter(m["status"] for m in modules)
+    skipped = Counter(m["skipped_by"] for m in modules if m["status"] == "skipped")
+    lines = [
+        f"{report['adapter']} -> {output}",
+        f"  {report['method']}, layer map {report['layer_map']['kind']}, {seconds:.1f}s: "
+        f"{status['transferred']} modules transferred, {status['skipped']} skipped"
+        + (f" ({', '.join(f'{n} by {why}' for why, n in sorted(skipped.items()))})" if skipped else ""),
+        f"  {'role':<5} {'moved':>7} {'phi_U (chance)':>15} {'phi_V (chance)':>15} {'in_subspace':>11} "
+        f"{'|dWt|/|dWs|':>13}",
+    ]
+    for role in ROLES:
+        rows = [m for m in modules if m["role"] == role]
+        computed = [m for m in rows if "rank" in m]
+        if not computed:
+            continue
+        moved = sum(m["status"] == "transferred" for m in rows)
+
+        def values(key: str, rows: Sequence[Mapping[str, Any]] = computed) -> list[float]:
+            return [m[key] for m in rows if m.get(key) is not None]
+
+        phi_u = f"{_mean(values('phi_u'))} ({_mean(values('chance_u'))})" if values("phi_u") else "-"
+        phi_v = f"{_mean(values('phi_v'))} ({_mean(values('chance_v'))})" if values("phi_v") else "-"
+        ratio = _span(values("norm_ratio", [m for m in computed if m["status"] == "transferred"]))
+        lines.append(
+            f"  {role:<5} {f'{moved}/{len(rows)}':>7} {phi_u:>15} {phi_v:>15} {_mean(values('in_subspace')):>11} "
+            f"{ratio:>13}"
+        )
     return "\n".join(lines)

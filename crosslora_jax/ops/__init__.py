@@ -2,7 +2,15 @@
 
 from crosslora_jax.ops.layer_map import layer_map, resolve_layer_map
 from crosslora_jax.ops.svd import Subspace, SvdSettings, truncated_svd
-from crosslora_jax.ops.transfer import METHODS, Diagnostics, align, similarity, transfer_layer, transfer_stack
+from crosslora_jax.ops.transfer import (
+    METHODS,
+    Diagnostics,
+    align,
+    similarity,
+    transfer_layer,
+    transfer_stack,
+    truncate_stack,
+)
 
 __all__ = [
     "METHODS",
@@ -15,5 +23,6 @@ __all__ = [
     "similarity",
     "transfer_layer",
     "transfer_stack",
+    "truncate_stack",
     "truncated_svd",
 ]

@@ -21,7 +21,12 @@ METHODS: tuple[str, ...] = ("cross_lora", "lora_x", "truncate")
 
 
 class Diagnostics(NamedTuple):
-    """Per-layer report values; norms are ‖B·A‖_F without γ (it cancels in the ratio)."""
+    """Per-layer report values; norms are ‖B·A‖_F without γ (it cancels in the ratio).
+
+    `in_subspace_norm` is ‖U_sU_sᵀ·B_sA_s·V_sV_sᵀ‖_F: the part of the source update inside the
+    source weight's top-r column and row spaces. The projections keep at most that part, so
+    in_subspace_norm / source_norm explains a norm ratio below 1 even for identical models.
+    """
 
     phi_u: Annotated[Array, " L"]
     phi_v: Annotated[Array, " L"]
@@ -29,6 +34,7 @@ class Diagnostics(NamedTuple):
     chance_v: Annotated[Array, " L"]
     source_norm: Annotated[Array, " L"]
     target_norm: Annotated[Array, " L"]
+    in_subspace_norm: Annotated[Array, " L"]
 
 
 def _range_basis(x: Annotated[Array, "p r"], orthonormal: bool) -> tuple[Array, Array, Array]:
@@ -121,7 +127,10 @@ def transfer_layer(
     a_t, b_t = _METHOD_FNS[method](a_s, b_s, us, vs, ut, vt, bases)
     phi_u, chance_u = _phi(*bases[0], p)
     phi_v, chance_v = _phi(*bases[1], q)
-    diag = Diagnostics(phi_u, phi_v, chance_u, chance_v, _factored_norm(a_s, b_s), _factored_norm(a_t, b_t))
+    in_subspace = _factored_norm(mm(a_s, vs), mm(us.T, b_s))  # U_s, V_s have orthonormal columns
+    diag = Diagnostics(
+        phi_u, phi_v, chance_u, chance_v, _factored_norm(a_s, b_s), _factored_norm(a_t, b_t), in_subspace
+    )
     return a_t, b_t, diag
 
 
@@ -139,3 +148,21 @@ def transfer_stack(
     if method not in _METHOD_FNS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     return jax.vmap(functools.partial(transfer_layer, method))(a_s, b_s, us, vs, ut, vt)
+
+
+@functools.partial(jax.jit, static_argnames=("m_t", "n_t"))
+def truncate_stack(
+    a_s: Annotated[Array, "L k n_s"], b_s: Annotated[Array, "L m_s k"], m_t: int, n_t: int
+) -> tuple[Annotated[Array, "L k n_t"], Annotated[Array, "L m_t k"], Annotated[Array, " L"], Annotated[Array, " L"]]:
+    """`truncate` without subspaces: (A_t, B_t, ‖B_sA_s‖_F, ‖B_tA_t‖_F) per layer.
+
+    The baseline needs no SVD; the pipeline takes this path unless the similarity gate is on.
+    """
+
+    def one(a: Array, b: Array) -> tuple[Array, Array, Array, Array]:
+        a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+        k = a.shape[0]
+        a_t, b_t = crop_or_pad(a, k, n_t), crop_or_pad(b, m_t, k)
+        return a_t, b_t, _factored_norm(a, b), _factored_norm(a_t, b_t)
+
+    return jax.vmap(one)(a_s, b_s)

@@ -1,0 +1,113 @@
+"""What the report says per module and per run: in_subspace, per-side chance, effective ranks,
+truncate without SVDs, and the printed summary."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bad_inputs import SRC_CFG, make_inputs
+
+from crosslora_jax import SvdSettings, TransferOptions, synthetic, transfer
+from crosslora_jax.io.report import format_summary, format_table
+
+
+@pytest.mark.parametrize("method", ["cross_lora", "lora_x"])
+def test_self_transfer_norm_ratio_is_the_share_inside_the_subspaces(tmp_path, method) -> None:
+    """Source = target: φ = 1 and ‖ΔW_t‖/‖ΔW_s‖ = in_subspace (< 1 where r_e < the dimensions)."""
+    paths = make_inputs(tmp_path)
+    options = TransferOptions(method=method, svd=SvdSettings(rank=12))
+    (report,) = transfer(paths["source"], paths["source"], [paths["adapter"]], tmp_path / "out", options)
+    moved = [m for m in report["modules"] if m["status"] == "transferred"]
+    assert moved
+    for m in moved:
+        assert m["phi_u"] == pytest.approx(1.0, abs=1e-3) and m["phi_v"] == pytest.approx(1.0, abs=1e-3)
+        # Both are norms of float32 products of O(1) factors: agree to float32 round-off, relatively.
+        assert m["norm_ratio"] == pytest.approx(m["in_subspace"], rel=1e-3), m["module"]
+    # r = 12 is below every dimension of this model (32 hidden, 16 kv), so something is dropped.
+    assert max(m["in_subspace"] for m in moved) < 0.95
+    assert report["svd"]["effective_rank"] == {
+        "q": {"source": 12, "target": 12},
+        "v": {"source": 12, "target": 12},
+    }
+
+
+def test_effective_rank_is_capped_per_role_and_side(tmp_path) -> None:
+    paths = make_inputs(tmp_path)
+    (report,) = transfer(*(paths[k] for k in ("source", "target")), [paths["adapter"]], tmp_path / "o",
+                         TransferOptions(svd=SvdSettings(rank=40)))  # fmt: skip
+    v = next(m for m in report["modules"] if m["role"] == "v" and m["status"] == "transferred")
+    (m_s, n_s), (m_t, n_t) = v["source_shape"], v["target_shape"]
+    assert min(m_s, n_s) < 40 and min(m_t, n_t) < 40  # the cap is what this test is about
+    assert report["svd"]["effective_rank"]["v"] == {"source": min(40, m_s, n_s), "target": min(40, m_t, n_t)}
+    assert report["svd"]["effective_rank"]["q"]["source"] == min(40, SRC_CFG["hidden_size"])
+    for m in report["modules"]:
+        if m["status"] == "transferred":
+            assert m["svd_rank"] == [report["svd"]["effective_rank"][m["role"]][side] for side in ("source", "target")]
+
+
+def test_truncate_computes_no_svd_unless_the_gate_needs_one(tmp_path) -> None:
+    paths = make_inputs(tmp_path)
+    (report,) = transfer(*(paths[k] for k in ("source", "target")), [paths["adapter"]], tmp_path / "t",
+                         TransferOptions(method="truncate"))  # fmt: skip
+    assert report["subspaces"] == {"computed_layers": 0, "cached_layers": 0}
+    assert report["svd"]["effective_rank"] == {"q": None, "v": None}
+    src = load_file(str(paths["adapter"] / "adapter_model.safetensors"))
+    out = load_file(str(tmp_path / "t" / "adapter_model.safetensors"))
+    for m in report["modules"]:
+        if m["status"] != "transferred":
+            continue
+        assert m["phi_u"] is None and m["energy_source"] is None and m["in_subspace"] is None
+        prefix_s, prefix_t = f"base_model.model.{m['source_module']}", f"base_model.model.{m['module']}"
+        a_s, b_s = src[f"{prefix_s}.lora_A.weight"], src[f"{prefix_s}.lora_B.weight"]
+        a_t, b_t = out[f"{prefix_t}.lora_A.weight"], out[f"{prefix_t}.lora_B.weight"]
+        (m_t, n_t), k = m["target_shape"], a_s.shape[0]
+        want_a, want_b = np.zeros((k, n_t), a_s.dtype), np.zeros((m_t, k), b_s.dtype)
+        want_a[:, : min(n_t, a_s.shape[1])] = a_s[:, :n_t]
+        want_b[: min(m_t, b_s.shape[0])] = b_s[:m_t]
+        np.testing.assert_array_equal(a_t, want_a)
+        np.testing.assert_array_equal(b_t, want_b)
+        ratio = np.linalg.norm(want_b.astype(np.float64) @ want_a) / np.linalg.norm(b_s.astype(np.float64) @ a_s)
+        assert m["norm_ratio"] == pytest.approx(ratio, rel=1e-4)
+    gated = TransferOptions(method="truncate", min_similarity=0.01, svd=SvdSettings(rank=8))
+    (report,) = transfer(*(paths[k] for k in ("source", "target")), [paths["adapter"]], tmp_path / "g", gated)
+    assert report["subspaces"]["computed_layers"] > 0
+    assert all(m["phi_u"] is not None for m in report["modules"] if m["status"] == "transferred")
+
+
+def test_table_and_summary_show_each_sides_chance(tmp_path) -> None:
+    paths = make_inputs(tmp_path)
+    (report,) = transfer(*(paths[k] for k in ("source", "target")), [paths["adapter"]], tmp_path / "o",
+                         TransferOptions(svd=SvdSettings(rank=6)))  # fmt: skip
+    table = format_table(report["modules"]).splitlines()
+    assert table[0].split()[5:10] == ["phi_U", "chanceU", "phi_V", "chanceV", "in_sub"]
+    v0 = next(m for m in report["modules"] if m["module"] == "model.layers.0.self_attn.v_proj")
+    assert v0["chance_u"] != pytest.approx(v0["chance_v"])  # v: 12 rows vs 32 columns in common
+    row = next(line for line in table if line.startswith("model.layers.0.self_attn.v_proj"))
+    assert f"{v0['chance_u']:.3f}" in row.split() and f"{v0['chance_v']:.3f}" in row.split()
+    summary = format_summary(report, tmp_path / "o", 1.5)
+    lines = summary.splitlines()
+    assert "cross_lora, layer map linear, 1.5s:" in lines[1]
+    moved = sum(m["status"] == "transferred" for m in report["modules"])
+    skipped = len(report["modules"]) - moved
+    assert f"{moved} modules transferred, {skipped} skipped" in lines[1]
+    v_line = next(line for line in lines if line.split()[0] == "v")
+    assert f"({v0['chance_u']:.3f})" in v_line  # one layer's chance is every layer's: same shapes
+
+
+def test_summary_counts_skips_by_reason(tmp_path) -> None:
+    cfg = synthetic.model_config("llama", hidden=32, intermediate=64, heads=4, kv_heads=2, layers=2)
+    deeper = synthetic.model_config("llama", hidden=32, intermediate=64, heads=4, kv_heads=2, layers=3)
+    src = synthetic.write_model(tmp_path / "src", cfg, synthetic.model_tensors(cfg, seed=0))
+    tgt = synthetic.write_model(tmp_path / "tgt", deeper, synthetic.model_tensors(deeper, seed=1))
+    adapter = synthetic.write_adapter(tmp_path / "lora", cfg, seed=2, roles=("q",))
+    (report,) = transfer(src, tgt, [adapter], tmp_path / "o", TransferOptions(layer_map="index", method="truncate"))
+    summary = format_summary(report, tmp_path / "o", 0.1)
+    assert "2 modules transferred, 1 skipped (1 by layer_map)" in summary
+    q_line = next(line for line in summary.splitlines() if line.split()[0] == "q")
+    assert q_line.split()[1] == "2/3" and q_line.split()[2] == "-"  # truncate: no φ measured
