@@ -31,13 +31,12 @@ _STATUS_LABELS = (
     "skipped: --min_similarity gate",
     "skipped: no source layer (layer map)",
     "skipped: not in the adapter",
-    "no report entry",
+    "other: no entry, or a reason\nthis version does not know",
 )
 _STATUS_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#d9d9d9", "#ffffff")
 _NO_VALUE = "#f2f2f2"
 _HATCH = "#b0b0b0"
 _CHANCE_IS_ONE = 1.0 - 1e-6  # chance is min(1, r/dim) in float32: exactly 1 when r ≥ dim
-_RATIO_RANGE = (1e-3, 1.0)  # every method projects or crops, so the ratio is at most 1
 
 
 def require_matplotlib() -> None:
@@ -59,13 +58,15 @@ class ReportGrids:
     norm_ratio: Annotated[np.ndarray, "L R"]
     in_subspace: Annotated[np.ndarray, "L R"] | None  # None when no module reports it
     status: Annotated[np.ndarray, "L R"]  # int index into STATUSES
-    hidden_roles: list[str]  # roles every module of which is absent from the adapter
+    hidden_roles: list[str]  # roles with no computed module, left out of the grids
 
 
-def above_chance(phi: float | None, chance: float | None) -> float | None:
-    """(φ − chance)/(1 − chance): 0 at chance, 1 for identical subspaces; None if chance = 1."""
-    if phi is None or chance is None or chance >= _CHANCE_IS_ONE:
-        return None
+def above_chance(phi: float, chance: float) -> float:
+    """(φ − chance)/(1 − chance): 0 at chance, 1 for identical subspaces (needs chance < 1).
+
+    φ alone misleads: its chance level max(r)/dim differs per side and role (k_proj's U side
+    sits at 0.5 where q_proj's is 0.25), so the raw numbers of two cells do not compare.
+    """
     return (phi - chance) / (1.0 - chance)
 
 
@@ -85,7 +86,9 @@ def report_grids(report: Mapping[str, Any]) -> ReportGrids:
     modules = [m for m in report.get("modules", []) if isinstance(m.get("target_layer"), int) and m.get("role")]
     present = {m["role"] for m in modules}
     roles_all = [r for r in ROLES if r in present] + sorted(present - set(ROLES))
-    shown = [r for r in roles_all if any(m["role"] == r and m.get("skipped_by") != "adapter" for m in modules)]
+    # A role with no computed module (the adapter lacks it) would only be an empty column.
+    computed = {m["role"] for m in modules if _status_code(m) in (0, STATUSES.index("gate"))}
+    shown = [r for r in roles_all if r in computed]
     roles = shown or roles_all
     layers = list(range(max((m["target_layer"] for m in modules), default=-1) + 1))
     shape = (len(layers), len(roles))
@@ -99,12 +102,9 @@ def report_grids(report: Mapping[str, Any]) -> ReportGrids:
             continue
         at = (m["target_layer"], column[m["role"]])
         status[at] = _status_code(m)
-        sides = [
-            above_chance(_number(m.get(f"phi_{s}")), _number(m.get(f"chance_{s}")))
-            for s in ("u", "v")
-            if _number(m.get(f"phi_{s}")) is not None
-        ]
-        informative = [s for s in sides if s is not None]
+        sides = [(_number(m.get(f"phi_{s}")), _number(m.get(f"chance_{s}"))) for s in ("u", "v")]
+        sides = [(phi, chance) for phi, chance in sides if phi is not None and chance is not None]
+        informative = [above_chance(phi, chance) for phi, chance in sides if chance < _CHANCE_IS_ONE]
         if informative:
             similarity[at] = min(informative)
         uninformative[at] = bool(sides) and not informative
@@ -119,25 +119,32 @@ def report_grids(report: Mapping[str, Any]) -> ReportGrids:
 
 
 def _name(path: Any) -> str:
-    return Path(str(path)).name or str(path) if path else "?"
+    return (Path(str(path)).name or str(path)) if path else "?"
 
 
-def _title(report: Mapping[str, Any], grids: ReportGrids) -> str:
-    counts = {s: int(np.sum(grids.status == i)) for i, s in enumerate(STATUSES)}
-    # Roles hidden from the grid are skipped by "adapter" in every layer.
-    counts["adapter"] += len(grids.hidden_roles) * len(grids.layers)
+def _title(report: Mapping[str, Any]) -> str:
+    """Adapter, pair, settings and counts; fields the report lacks are left out."""
+    modules = report.get("modules", [])
+    counts = dict.fromkeys(STATUSES, 0)
+    for m in modules:  # hidden roles included
+        counts[STATUSES[_status_code(m)]] += 1
     svd = report.get("svd") if isinstance(report.get("svd"), Mapping) else {}
     layer_map = report.get("layer_map") if isinstance(report.get("layer_map"), Mapping) else {}
-    why = {"gate": "by the similarity gate", "layer_map": "with no source layer", "adapter": "not in the adapter"}
-    skipped = ", ".join(f"{counts[s]} {label}" for s, label in why.items() if counts[s])
-    lines = [
-        f"{_name(report.get('adapter'))}:  {_name(report.get('source_model'))} → {_name(report.get('target_model'))}",
-        f"method {report.get('method', '?')}  ·  SVD rank {svd.get('rank', '?')} ({svd.get('engine', svd.get('kind', '?'))})"
-        f"  ·  layer map {layer_map.get('kind', '?')}  ·  --min_similarity {report.get('min_similarity', '?')}",
-        f"{counts['transferred']} modules transferred, "
-        + (f"{sum(counts[s] for s in STATUSES[1:4])} skipped ({skipped})" if skipped else "none skipped"),
+    settings = [
+        f"method {report['method']}" if "method" in report else "",
+        f"SVD rank {svd['rank']} ({svd.get('engine', '?')})" if "rank" in svd else "",
+        f"layer map {layer_map['kind']}" if "kind" in layer_map else "",
+        f"--min_similarity {report['min_similarity']}" if "min_similarity" in report else "",
     ]
-    return "\n".join(lines)
+    why = {"gate": "by the similarity gate", "layer_map": "with no source layer", "adapter": "not in the adapter",
+           "none": "for another reason"}  # fmt: skip
+    skipped = len(modules) - counts["transferred"]
+    reasons = ", ".join(f"{counts[s]} {label}" for s, label in why.items() if counts[s])
+    return "\n".join([
+        f"{_name(report.get('adapter'))}:  {_name(report.get('source_model'))} → {_name(report.get('target_model'))}",
+        "  ·  ".join(part for part in settings if part),
+        f"{counts['transferred']} modules transferred, " + (f"{skipped} skipped ({reasons})" if skipped else "none skipped"),
+    ])  # fmt: skip
 
 
 def _median(values: np.ndarray) -> str:
@@ -171,8 +178,8 @@ def write_report_plot(folder: Path, report: Mapping[str, Any]) -> Path:
     panels = [
         _Panel("φ above chance (min of U, V)", grids.similarity, "viridis", colors.Normalize(0.0, 1.0), "{:.2f}",
                "0 = chance, 1 = identical subspaces\n(φ − chance)/(1 − chance); < 0 drawn as 0"),
-        _Panel("‖ΔW_t‖ / ‖ΔW_s‖", grids.norm_ratio, "cividis", colors.LogNorm(*_RATIO_RANGE), "{:.2g}",
-               "1 = norm kept (the methods only project)\nlog scale; < 0.001 drawn as 0.001"),
+        _Panel("‖ΔW_t‖ / ‖ΔW_s‖", grids.norm_ratio, "viridis", colors.Normalize(0.0, 1.0), "{:.2f}",
+               "share of the update's norm that arrives;\n1 = all (every method only projects or crops)"),
     ]  # fmt: skip
     if grids.in_subspace is not None:
         panels.append(_Panel("ΔW_s inside the source subspaces", grids.in_subspace, "viridis",
@@ -198,9 +205,9 @@ def write_report_plot(folder: Path, report: Mapping[str, Any]) -> Path:
     step = 1 if n_layers <= 40 else -(-n_layers // 20)
     axes[0, 0].set_yticks(grids.layers[::step], [str(j) for j in grids.layers[::step]], fontsize=7)
     axes[0, 0].set_ylabel("target layer")
-    fig.suptitle(_title(report, grids), fontsize=10)
+    fig.suptitle(_title(report), fontsize=10)
     if grids.hidden_roles:
-        fig.supxlabel(f"roles not in the adapter (not drawn): {', '.join(grids.hidden_roles)}", fontsize=8)
+        fig.supxlabel(f"roles with no computed module, not drawn: {', '.join(grids.hidden_roles)}", fontsize=8)
     path = Path(folder) / PLOT_FILE
     partial = path.with_name(f".{PLOT_FILE}.partial-{os.getpid()}")
     try:
@@ -221,8 +228,7 @@ def _draw_panel(fig: Any, ax: Any, bar_ax: Any, panel: _Panel, grids: ReportGrid
     ax.set_title(f"{panel.title}\n{_median(panel.values)}", fontsize=9)
     bar_ax.set_axis_off()
     cax = bar_ax.inset_axes((0.03, 0.72, 0.94, 0.2))
-    bar = fig.colorbar(image, cax=cax, orientation="horizontal",
-                       extend="min" if isinstance(panel.norm, colors.LogNorm) else "neither")  # fmt: skip
+    bar = fig.colorbar(image, cax=cax, orientation="horizontal")
     bar.set_label(panel.label, fontsize=7)
     bar.ax.tick_params(labelsize=7)
     no_value = ~np.isfinite(panel.values)
