@@ -74,6 +74,17 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _modules(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The report's module entries; a hand-edited or foreign report's odd entries are dropped."""
+    modules = report.get("modules")
+    return [m for m in modules if isinstance(m, Mapping)] if isinstance(modules, list) else []
+
+
+def _layer(m: Mapping[str, Any]) -> int | None:
+    layer = m.get("target_layer")
+    return layer if isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer < 100_000 else None
+
+
 def _status_code(m: Mapping[str, Any]) -> int:
     if m.get("status") == "transferred":
         return 0
@@ -83,9 +94,9 @@ def _status_code(m: Mapping[str, Any]) -> int:
 
 def report_grids(report: Mapping[str, Any]) -> ReportGrids:
     """Lay the report's modules out by (target layer, role); unknown fields are ignored."""
-    modules = [m for m in report.get("modules", []) if isinstance(m.get("target_layer"), int) and m.get("role")]
+    modules = [m for m in _modules(report) if _layer(m) is not None and isinstance(m.get("role"), str)]
     present = {m["role"] for m in modules}
-    roles_all = [r for r in ROLES if r in present] + sorted(present - set(ROLES))
+    roles_all = [r for r in ROLES if r in present] + sorted(present - set(ROLES))[:20]
     # A role with no computed module (the adapter lacks it) would only be an empty column.
     computed = {m["role"] for m in modules if _status_code(m) in (0, STATUSES.index("gate"))}
     shown = [r for r in roles_all if r in computed]
@@ -124,7 +135,7 @@ def _name(path: Any) -> str:
 
 def _title(report: Mapping[str, Any]) -> str:
     """Adapter, pair, settings and counts; fields the report lacks are left out."""
-    modules = report.get("modules", [])
+    modules = _modules(report)
     counts = dict.fromkeys(STATUSES, 0)
     for m in modules:  # hidden roles included
         counts[STATUSES[_status_code(m)]] += 1
@@ -169,11 +180,34 @@ def write_report_plot(folder: Path, report: Mapping[str, Any]) -> Path:
     name and renamed, so a failed plot leaves no partial PNG.
     """
     require_matplotlib()
-    from matplotlib import colors
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     grids = report_grids(report)
+    fig = _heat_maps(report, grids) if grids.layers and grids.roles else _nothing_to_draw(report)
+    FigureCanvasAgg(fig)
+    path = Path(folder) / PLOT_FILE
+    partial = path.with_name(f".{PLOT_FILE}.partial-{os.getpid()}")
+    try:
+        fig.savefig(partial, format="png")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def _nothing_to_draw(report: Mapping[str, Any]) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3), dpi=110, layout="constrained")
+    fig.suptitle(_title(report), fontsize=10)
+    fig.text(0.5, 0.4, "this report has no module entries to draw", ha="center", fontsize=10)
+    return fig
+
+
+def _heat_maps(report: Mapping[str, Any], grids: ReportGrids) -> Any:
+    from matplotlib import colors
+    from matplotlib.figure import Figure
+
     n_layers, n_roles = len(grids.layers), len(grids.roles)
     panels = [
         _Panel("φ above chance (min of U, V)", grids.similarity, "viridis", colors.Normalize(0.0, 1.0), "{:.2f}",
@@ -189,7 +223,6 @@ def write_report_plot(folder: Path, report: Mapping[str, Any]) -> Path:
     grid_h = min(24.0, max(1.5, n_layers * (0.3 if annotate else 0.16)))
     panel_w = max(3.0, 0.45 * n_roles + 0.6)
     fig = Figure(figsize=((len(panels) + 1) * panel_w + 0.5, grid_h + 2.6), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
     # Row 0: the heat maps (shared layer axis); row 1: their colour bars, and the status legend.
     axes = fig.subplots(2, len(panels) + 1, height_ratios=[grid_h, 1.2], sharey="row", squeeze=False)
     for column, panel in enumerate(panels):
@@ -208,14 +241,7 @@ def write_report_plot(folder: Path, report: Mapping[str, Any]) -> Path:
     fig.suptitle(_title(report), fontsize=10)
     if grids.hidden_roles:
         fig.supxlabel(f"roles with no computed module, not drawn: {', '.join(grids.hidden_roles)}", fontsize=8)
-    path = Path(folder) / PLOT_FILE
-    partial = path.with_name(f".{PLOT_FILE}.partial-{os.getpid()}")
-    try:
-        fig.savefig(partial, format="png")
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return fig
 
 
 def _draw_panel(fig: Any, ax: Any, bar_ax: Any, panel: _Panel, grids: ReportGrids, annotate: bool) -> None:

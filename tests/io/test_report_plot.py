@@ -147,6 +147,24 @@ def test_phi_with_chance_one_is_marked_uninformative_not_drawn_as_a_value(tmp_pa
     assert _png_size(write_report_plot(tmp_path, report))[0] > 0
 
 
+@pytest.mark.parametrize(
+    "modules",
+    [
+        None,
+        "q",
+        [1, "x", None],
+        [{"role": "q", "target_layer": True}, {"role": 3, "target_layer": 0}, {"role": "q", "target_layer": -1}],
+        [{"role": "q", "target_layer": 0, "phi_u": "high", "chance_u": None, "norm_ratio": [1]}],
+    ],
+)
+def test_an_odd_report_still_gives_a_picture(tmp_path, modules) -> None:
+    """A hand-edited or foreign report: odd entries are left out, nothing raises."""
+    report = {"modules": modules, "svd": "exact", "layer_map": 3}
+    grids = report_grids(report)
+    assert not np.isfinite(grids.similarity).any() and not np.isfinite(grids.norm_ratio).any()
+    assert _png_size(write_report_plot(tmp_path, report))[0] > 0
+
+
 def test_every_report_under_an_output_folder_gets_its_picture(run, tmp_path) -> None:
     _, report = run
     for name in ("first", "second"):
