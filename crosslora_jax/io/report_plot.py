@@ -167,9 +167,6 @@ def _median(values: np.ndarray) -> str:
 class _Panel:
     title: str
     values: Annotated[np.ndarray, "L R"]
-    cmap: str
-    norm: Any  # a matplotlib Normalize, fixed so that pictures of different runs compare
-    fmt: str
     label: str
 
 
@@ -205,19 +202,17 @@ def _nothing_to_draw(report: Mapping[str, Any]) -> Any:
 
 
 def _heat_maps(report: Mapping[str, Any], grids: ReportGrids) -> Any:
-    from matplotlib import colors
     from matplotlib.figure import Figure
 
     n_layers, n_roles = len(grids.layers), len(grids.roles)
     panels = [
-        _Panel("φ above chance (min of U, V)", grids.similarity, "viridis", colors.Normalize(0.0, 1.0), "{:.2f}",
+        _Panel("φ above chance (min of U, V)", grids.similarity,
                "0 = chance, 1 = identical subspaces\n(φ − chance)/(1 − chance); < 0 drawn as 0"),
-        _Panel("‖ΔW_t‖ / ‖ΔW_s‖", grids.norm_ratio, "viridis", colors.Normalize(0.0, 1.0), "{:.2f}",
+        _Panel("‖ΔW_t‖ / ‖ΔW_s‖", grids.norm_ratio,
                "share of the update's norm that arrives;\n1 = all (every method only projects or crops)"),
     ]  # fmt: skip
     if grids.in_subspace is not None:
-        panels.append(_Panel("ΔW_s inside the source subspaces", grids.in_subspace, "viridis",
-                             colors.Normalize(0.0, 1.0), "{:.2f}",
+        panels.append(_Panel("ΔW_s inside the source subspaces", grids.in_subspace,
                              "share of ‖ΔW_s‖ the method can carry;\nthe rest is dropped"))  # fmt: skip
     annotate = n_layers <= 40 and n_roles <= 10
     grid_h = min(24.0, max(1.5, n_layers * (0.3 if annotate else 0.16)))
@@ -248,9 +243,9 @@ def _draw_panel(fig: Any, ax: Any, bar_ax: Any, panel: _Panel, grids: ReportGrid
     from matplotlib import colormaps, colors
     from matplotlib.patches import Rectangle
 
-    cmap = colormaps[panel.cmap].with_extremes(bad=_NO_VALUE)
-    image = ax.imshow(np.ma.masked_invalid(panel.values), cmap=cmap, norm=panel.norm, aspect="auto",
-                      interpolation="nearest")  # fmt: skip
+    # One fixed 0..1 scale for every panel (1 = good), so pictures of different runs compare.
+    cmap, norm = colormaps["viridis"].with_extremes(bad=_NO_VALUE), colors.Normalize(0.0, 1.0)
+    image = ax.imshow(np.ma.masked_invalid(panel.values), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
     ax.set_title(f"{panel.title}\n{_median(panel.values)}", fontsize=9)
     bar_ax.set_axis_off()
     cax = bar_ax.inset_axes((0.03, 0.72, 0.94, 0.2))
@@ -266,9 +261,9 @@ def _draw_panel(fig: Any, ax: Any, bar_ax: Any, panel: _Panel, grids: ReportGrid
             pattern = ".." if panel.values is grids.similarity and grids.uninformative[row, col] else "///"
             ax.add_patch(Rectangle(corner, 1, 1, fill=False, hatch=pattern, edgecolor=_HATCH, linewidth=0))
         elif annotate:
-            r, g, b = colors.to_rgb(cmap(panel.norm(value)))
+            r, g, b = colors.to_rgb(cmap(norm(value)))
             ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
-            ax.text(col, row, panel.fmt.format(value), ha="center", va="center", fontsize=6, color=ink)
+            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=6, color=ink)
 
 
 def _draw_status(ax: Any, legend_ax: Any, grids: ReportGrids) -> None:
