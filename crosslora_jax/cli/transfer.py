@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 from absl import app, flags, logging
@@ -21,6 +22,7 @@ from crosslora_jax._errors import OptionsError
 from crosslora_jax._progress import Progress
 from crosslora_jax.cli._common import default_compilation_cache, flags_parser, run_guarded
 from crosslora_jax.io.report import format_summary, format_table
+from crosslora_jax.io.report_plot import require_matplotlib, write_report_plot
 from crosslora_jax.ops import METHODS, SvdSettings
 from crosslora_jax.pipeline import TransferOptions, transfer
 
@@ -62,6 +64,9 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: total process count.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
+_PLOT = flags.DEFINE_bool(
+    "plot", False, "Also write crosslora_report.png (layer × role heat maps) beside each report; needs the plot extra."
+)
 _ENERGY_WARN = flags.DEFINE_float("energy_warning", 0.25, "Warn when rank r captures less weight energy than this.")
 
 
@@ -96,6 +101,8 @@ def main(argv: Sequence[str]) -> None:
             raise OptionsError("--coordinator_address/--num_processes/--process_id", "need --distributed")
         if _DISTRIBUTED.value:
             jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        if _PLOT.value:
+            require_matplotlib()  # refuse before any work
         if _COMPILATION_CACHE.value:
             default_compilation_cache(_CACHE_DIR.value)
         started = time.perf_counter()
@@ -114,6 +121,8 @@ def main(argv: Sequence[str]) -> None:
             logging.info("adapter %s:\n%s", report["adapter"], format_table(report["modules"]))
             folder = _OUTPUT.value if len(reports) == 1 else report["output"]
             print(("\n" if n else "") + format_summary(report, folder, seconds), file=sys.stdout, flush=True)
+            if _PLOT.value:
+                print(f"  plot: {write_report_plot(Path(report['output']), report)}", flush=True)
 
     run_guarded(body)
 

@@ -43,7 +43,7 @@ def test_transfer_shows_progress_on_stderr_and_the_summary_on_stdout(tmp_path) -
     xdg = tmp_path / "xdg"
     args = [f"--source_model={paths['source']}", f"--target_model={paths['target']}", f"--adapter={paths['adapter']}",
             "--svd_rank=8", "--layers_per_chunk=2"]  # fmt: skip
-    result = run_module("transfer", *args, f"--output={paths['output']}", env={"XDG_CACHE_HOME": str(xdg)})
+    result = run_module("transfer", *args, f"--output={paths['output']}", "--plot", env={"XDG_CACHE_HOME": str(xdg)})
     assert result.returncode == 0, result.stderr
     # q and v over 3 target layers in chunks of 2: four steps, one line each (stderr is no terminal).
     steps = [line for line in result.stderr.splitlines() if line.startswith("[")]
@@ -53,8 +53,11 @@ def test_transfer_shows_progress_on_stderr_and_the_summary_on_stdout(tmp_path) -
     out = result.stdout.splitlines()
     assert out[0] == f"{paths['adapter']} -> {paths['output']}"
     assert "modules transferred" in out[1]
-    assert [line.split()[0] for line in out[3:]] == ["q", "v"]
+    assert [line.split()[0] for line in out[3:5]] == ["q", "v"]
     assert "(" in out[3] and "Traceback" not in result.stderr
+    plot = paths["output"] / "crosslora_report.png"  # --plot: the picture beside the report
+    assert out[5] == f"  plot: {plot}"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     # Compiled programs were kept in the user's cache folder, so the next run skips compiling.
     assert list((xdg / "crosslora_jax" / "xla").iterdir())
     again = run_module("transfer", *args, f"--output={tmp_path / 'again'}", "--nocompilation_cache",
