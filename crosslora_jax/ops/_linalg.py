@@ -14,6 +14,6 @@ def mm(a: Annotated[Array, "... i j"], b: Annotated[Array, "... j l"]) -> Annota
 
 
 def crop_or_pad(x: Annotated[Array, "a b"], rows: int, cols: int) -> Annotated[Array, "rows cols"]:
-    """`pad(X, rows, cols)` of DESIGN.md: keep the leading block, zero-fill the rest."""
+    """`pad(X, rows, cols)` of docs/method.md: keep the leading block, zero-fill the rest."""
     x = x[:rows, :cols]
     return jnp.pad(x, ((0, rows - x.shape[0]), (0, cols - x.shape[1])))

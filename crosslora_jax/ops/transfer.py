@@ -1,4 +1,4 @@
-"""The three transfer methods of DESIGN.md §3 in factored form, vmapped over stacked layers.
+"""The three transfer methods of docs/method.md in factored form, vmapped over stacked layers.
 
 Legend: L layers, m out, n in, k LoRA rank, r_s / r_t effective SVD ranks of source / target,
 p = min(m_s, m_t), q = min(n_s, n_t). ΔW = γ·B·A is never formed; γ is unchanged by every

@@ -1,4 +1,4 @@
-"""cross_lora / lora_x / truncate against a float64 NumPy re-derivation of DESIGN.md §3.
+"""cross_lora / lora_x / truncate against a float64 NumPy re-derivation of docs/method.md (the equations as implemented).
 
 The reference below is written from the equations, not from the code under test. Inputs have a
 spectral gap at r (or exact rank r) so the truncated subspaces are well defined; comparisons
