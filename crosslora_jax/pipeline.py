@@ -184,7 +184,7 @@ def run_transfer(
     for role in ROLES:  # headers only: fail before any compute if a file disagrees with its config
         _check_role_weights(source, source_ckpt, role)
         _check_role_weights(target, target_ckpt, role)
-    plan = []  # (role, chunk of (target layer, source layer) pairs some adapter needs)
+    plan = []  # (role, label, chunk of (target layer, source layer) pairs some adapter needs)
     for role in roles:
         _warn_about_ranks(role, source, target, adapters, options.svd.rank)
         jobs = []
@@ -195,19 +195,14 @@ def run_transfer(
             for result in results:
                 if i is None or (role, i) not in result.adapter.modules:
                     result.modules.append(_skipped(target, role, j, i, source.num_layers))
-        plan += [(role, jobs[c : c + options.layers_per_chunk]) for c in range(0, len(jobs), options.layers_per_chunk)]
-    costs = [_chunk_cost(role, chunk, source, target, options) for role, chunk in plan]
+        chunks = [jobs[c : c + options.layers_per_chunk] for c in range(0, len(jobs), options.layers_per_chunk)]
+        plan += [(role, f"role {role} chunk {number}/{len(chunks)} (target layers {chunk[0][0]}-{chunk[-1][0]})", chunk)
+                 for number, chunk in enumerate(chunks, 1)]  # fmt: skip
+    costs = [_chunk_cost(role, chunk, source, target, options) for role, _, chunk in plan]
     progress.start(sum(costs), len(plan))
-    chunk_counts = defaultdict(int)
-    for role, _ in plan:
-        chunk_counts[role] += 1
-    number = defaultdict(int)
     try:
-        for (role, chunk), cost in zip(plan, costs, strict=True):
+        for (role, label, chunk), cost in zip(plan, costs, strict=True):
             _interrupt.check()
-            number[role] += 1
-            label = (f"role {role} chunk {number[role]}/{chunk_counts[role]} "
-                     f"(target layers {chunk[0][0]}-{chunk[-1][0]})")  # fmt: skip
             progress.working(label)
             started = time.perf_counter()
             _transfer_chunk(role, chunk, source, target, source_ckpt, target_ckpt, results, options, store)
