@@ -20,6 +20,7 @@ from absl import logging
 
 from crosslora_jax import _interrupt, _mesh
 from crosslora_jax._errors import CheckpointError, OptionsError, TransferError
+from crosslora_jax._paths import absolute
 from crosslora_jax._subspace_store import SubspaceStore
 from crosslora_jax.arch import ROLES
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
@@ -88,17 +89,18 @@ def transfer(
     With one adapter `output` is the adapter folder; with several it is a parent folder with
     one adapter folder each, named after the input folders. An adapter path that is a folder of
     adapter folders stands for all of them. With `cache_dir`, base-model subspaces are kept
-    there (orbax) and reused by later runs.
+    there (orbax) and reused by later runs; a cache folder that cannot be created or written is
+    an `OutputError` before any compute. Relative paths are taken from the working directory.
     """
-    source_model, target_model, output = Path(source_model), Path(target_model), Path(output)
-    adapter_dirs = expand_adapter_dirs([Path(a) for a in adapters])
+    source_model, target_model, output = absolute(source_model), absolute(target_model), absolute(output)
+    adapter_dirs = expand_adapter_dirs([absolute(a) for a in adapters])
     if not adapter_dirs:
         raise OptionsError("--adapter", "at least one adapter folder is required")
     check_output_location(output, [source_model, target_model, *adapter_dirs], overwrite=overwrite)
     source_cfg, target_cfg = read_model_config(source_model), read_model_config(target_model)
     loaded = [read_adapter(a, source_cfg) for a in adapter_dirs]
     names = _output_names(adapter_dirs)
-    store = SubspaceStore(options.svd, Path(cache_dir) if cache_dir is not None else None)
+    store = SubspaceStore(options.svd, absolute(cache_dir) if cache_dir is not None else None)
     if jax.process_index() != 0:  # one process writes; the others compute their shards
         results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store)
         return [_report(source_cfg, target_cfg, r, options, "-", store, compute_seconds) for r in results]
