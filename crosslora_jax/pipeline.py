@@ -166,8 +166,12 @@ def run_transfer(
     for role in ROLES:  # headers only: fail before any compute if a file disagrees with its config
         _check_role_weights(source, source_ckpt, role)
         _check_role_weights(target, target_ckpt, role)
+    capped = [role for role in roles if options.svd.rank > min(*source.shapes[role], *target.shapes[role])]
+    if capped:  # the usual case on small models: one line, and the report has each module's svd_rank
+        logging.info("--svd_rank=%d exceeds a weight dimension in roles %s; those use min(r, m, n) per model",
+                     options.svd.rank, ", ".join(capped))  # fmt: skip
     for role in roles:
-        _warn_about_ranks(role, source, target, adapters, options.svd.rank)
+        _warn_about_ranks(role, target, adapters)
         jobs = []  # (target layer, source layer) pairs some adapter needs
         for j, i in enumerate(lmap):
             needed = i is not None and any((role, i) in a.modules for a in adapters)
@@ -225,14 +229,8 @@ def _role_order(role: str) -> int:
     return ROLES.index(role)
 
 
-def _warn_about_ranks(
-    role: str, source: ModelConfig, target: ModelConfig, adapters: Sequence[LoraAdapter], svd_rank: int
-) -> None:
-    (m_s, n_s), (m_t, n_t) = source.shapes[role], target.shapes[role]
-    smallest = min(m_s, n_s, m_t, n_t)
-    if svd_rank > smallest:
-        logging.warning("role %s: --svd_rank=%d exceeds a weight dimension (source %dx%d, target %dx%d); "
-                        "using min(r, m, n) per model", role, svd_rank, m_s, n_s, m_t, n_t)  # fmt: skip
+def _warn_about_ranks(role: str, target: ModelConfig, adapters: Sequence[LoraAdapter]) -> None:
+    m_t, n_t = target.shapes[role]
     ranks = {m.rank for a in adapters for m in a.modules.values() if m.role == role}
     if ranks and max(ranks) > min(m_t, n_t):
         logging.warning("role %s: LoRA rank %d exceeds the target's %dx%d weight; the update is rank-limited",
