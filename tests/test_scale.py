@@ -87,6 +87,16 @@ def test_second_adapter_with_a_warm_cache_computes_no_svd(pair, tmp_path) -> Non
     assert third["subspaces"]["cached_layers"] == 0
 
 
+def test_relative_paths_work_through_the_api(pair, tmp_path, monkeypatch) -> None:
+    """orbax refuses relative checkpoint paths; the library resolves every path it is given."""
+    monkeypatch.chdir(tmp_path)
+    rel = {k: os.path.relpath(v, tmp_path) for k, v in pair.items()}  # "../…" included
+    (report,) = transfer(rel["source"], rel["target"], [rel["a1"]], "out", OPTIONS, cache_dir="cache")
+    assert report["subspaces"]["computed_layers"] == 36
+    assert Path(report["adapter"]).is_absolute() and (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    assert len([p for p in (tmp_path / "cache").rglob("layer_*") if p.is_dir()]) == 36
+
+
 def test_damaged_and_partial_cache_entries_are_recomputed(pair, tmp_path, monkeypatch) -> None:
     cache = tmp_path / "cache"
     transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o1", OPTIONS, cache_dir=cache)
