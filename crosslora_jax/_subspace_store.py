@@ -56,7 +56,7 @@ class StoreStats:
 class SubspaceStore:
     """Truncated SVD factors of base-model weights, by (checkpoint, role, layer)."""
 
-    def __init__(self, settings: SvdSettings, cache_dir: Path | None = None) -> None:
+    def __init__(self, settings: SvdSettings, cache_dir: Path | str | None = None) -> None:
         self.settings = settings
         self.cache_dir = None if cache_dir is None else absolute(cache_dir)  # orbax refuses relative paths
         self.stats = StoreStats()
