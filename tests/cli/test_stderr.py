@@ -25,4 +25,9 @@ def test_no_platform_probe_and_no_per_role_rank_warning(tmp_path) -> None:
     assert not [line for line in lines if "tpu" in line.lower()], result.stderr
     rank_lines = [line for line in lines if "--svd_rank=320 exceeds" in line]
     assert len(rank_lines) == 1 and rank_lines[0].startswith("I"), result.stderr  # one INFO line, not per role
-    assert not [line for line in lines if line.startswith(("W", "E"))], result.stderr
+    # Our warnings only: jax may rightly warn about the machine (e.g. a GPU without a CUDA jaxlib).
+    ours = {f.name for f in (ROOT / "crosslora_jax").rglob("*.py")}
+    warnings = [
+        line for line in lines if line[:1] in ("W", "E") and line.split("] ")[0].split()[-1].split(":")[0] in ours
+    ]
+    assert not warnings, result.stderr
