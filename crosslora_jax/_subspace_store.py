@@ -3,8 +3,14 @@
 In memory for one run (every adapter of the run shares them) and, with a cache folder, on disk
 as one orbax checkpoint per layer, so later runs and interrupted runs skip finished SVDs.
 Entry path: <cache>/<checkpoint fingerprint>/<settings key>/<role>/<layer>. orbax renames an
-entry into place only when complete; an entry that fails to restore or has the wrong shapes is
+entry into place only when complete; we then record each file's size and CRC32 beside it. An
+entry whose files do not match that record, that fails to restore or has the wrong shapes is
 deleted and recomputed.
+
+The record is checked before orbax opens an entry because orbax must not be handed damaged data:
+when one of its concurrent tensorstore reads fails, its `run_sync` closes its private event loop
+while the sibling reads are still in flight, and their completions then hit the closed loop
+("RuntimeError: Event loop is closed" from tensorstore's threads, after the restore returned).
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,11 +34,13 @@ from jax.experimental import multihost_utils
 
 from crosslora_jax import _mesh
 from crosslora_jax._errors import CheckpointError, OutputError
+from crosslora_jax._paths import absolute
 from crosslora_jax.io.hf_config import ModelConfig
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
 from crosslora_jax.ops.svd import Subspace, SvdSettings, checked_truncated_svd, effective_rank
 
 _FINGERPRINTS = "fingerprints.json"
+_CHECKSUMS = "crosslora_checksums.json"  # inside each entry; its temporary copies share the prefix
 _HASH_BLOCK = 16 << 20
 
 
@@ -46,21 +56,18 @@ class StoreStats:
 class SubspaceStore:
     """Truncated SVD factors of base-model weights, by (checkpoint, role, layer)."""
 
-    def __init__(self, settings: SvdSettings, cache_dir: Path | None = None) -> None:
+    def __init__(self, settings: SvdSettings, cache_dir: Path | str | None = None) -> None:
         self.settings = settings
-        self.cache_dir = cache_dir
+        self.cache_dir = None if cache_dir is None else absolute(cache_dir)  # orbax refuses relative paths
         self.stats = StoreStats()
         self._fingerprints: dict[Path, str] = {}
         # The previous call's layers per (model, role): the linear layer map is monotone, so a
         # source layer is only ever reused by the next chunk. Keeps host memory at one chunk.
         self._last: dict[tuple[Path, str], dict[int, Subspace]] = {}
         self._svd = _mesh.sharded_jit(lambda w, ids: checked_truncated_svd(w, ids, settings))
-        self._checkpointer = ocp.PyTreeCheckpointer() if cache_dir else None
-        if cache_dir is not None:
-            try:
-                cache_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise OutputError(cache_dir, f"cannot create cache folder: {e.strerror or e}") from None
+        if self.cache_dir is not None:
+            _check_cache_folder(self.cache_dir)
+        self._checkpointer = ocp.PyTreeCheckpointer() if self.cache_dir else None
 
     def get(self, model: ModelConfig, ckpt: Checkpoint, role: str, layers: Sequence[int]) -> Subspace:
         """Host arrays [len(layers), ...] for `role` at `layers` (repeats allowed)."""
@@ -131,6 +138,14 @@ class SubspaceStore:
         r = effective_rank(self.settings.rank, m, n)
         want = {"u": (m, r), "s": (r,), "v": (n, r), "energy": ()}
         try:
+            recorded = json.loads((path / _CHECKSUMS).read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if recorded != _entry_files(path):
+            logging.warning("cache entry %s is damaged or incomplete; recomputing", path)
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        try:
             tree = self._checkpointer.restore(path)  # type: ignore[union-attr]
             entry = Subspace(**{k: np.asarray(tree[k], np.float32) for k in want})
             ok = all(getattr(entry, k).shape == shape for k, shape in want.items())
@@ -151,6 +166,11 @@ class SubspaceStore:
         path = self._entry(ckpt, role, layer)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._checkpointer.save(path, entry._asdict(), force=True)  # type: ignore[union-attr]
+        # orbax's save ends in a barrier, so the files are final on every process; each writes the
+        # same record (atomically), so none restores an entry before its record exists.
+        tmp = path / f"{_CHECKSUMS}.tmp{os.getpid()}"
+        tmp.write_text(json.dumps(_entry_files(path)))
+        tmp.replace(path / _CHECKSUMS)
         self.stats.cache_seconds += time.perf_counter() - started
 
     def _fingerprint(self, ckpt: Checkpoint) -> str:
@@ -176,6 +196,33 @@ class SubspaceStore:
         tmp.replace(memo_path)
         self._fingerprints[ckpt.folder] = digest.hexdigest()[:24]
         return self._fingerprints[ckpt.folder]
+
+
+def _check_cache_folder(cache_dir: Path) -> None:
+    """Create `cache_dir` and prove it writable now, so a bad one fails before any compute."""
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise OutputError(cache_dir, "exists and is a file, not a cache folder")
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=cache_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(cache_dir, f"cannot use as cache folder: {e.strerror or e}") from None
+
+
+def _entry_files(entry: Path) -> dict[str, list[int]]:
+    """{relative path: [size, CRC32]} of an entry's files, its checksum record excluded."""
+    files = sorted(f for f in entry.rglob("*") if f.is_file() and not f.name.startswith(_CHECKSUMS))
+    return {f.relative_to(entry).as_posix(): [f.stat().st_size, _file_crc32(f)] for f in files}
+
+
+def _file_crc32(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 def _file_sha256(path: Path) -> str:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import jax
 
+from crosslora_jax._paths import absolute
+
 
 def enable_compilation_cache(cache_dir: Path | str) -> None:
     """Store compiled XLA programs under `cache_dir/xla`, so the next run on the same shapes (the
@@ -14,5 +16,5 @@ def enable_compilation_cache(cache_dir: Path | str) -> None:
     not the library; a user's own `jax_compilation_cache_dir` is left alone."""
     if jax.config.jax_compilation_cache_dir:
         return
-    jax.config.update("jax_compilation_cache_dir", str(Path(cache_dir) / "xla"))
+    jax.config.update("jax_compilation_cache_dir", str(absolute(cache_dir) / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -20,6 +20,7 @@ from absl import logging
 
 from crosslora_jax import _interrupt, _mesh
 from crosslora_jax._errors import CheckpointError, OptionsError, TransferError
+from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
 from crosslora_jax._subspace_store import SubspaceStore
 from crosslora_jax.arch import ROLES
@@ -104,18 +105,19 @@ def transfer(
     With one adapter `output` is the adapter folder; with several it is a parent folder with
     one adapter folder each, named after the input folders. An adapter path that is a folder of
     adapter folders stands for all of them. With `cache_dir`, base-model subspaces are kept
-    there (orbax) and reused by later runs. `progress` receives one step per role chunk (by
-    default each step is logged at INFO).
+    there (orbax) and reused by later runs; a cache folder that cannot be created or written is
+    an `OutputError` before any compute. Relative paths are taken from the working directory.
+    `progress` receives one step per role chunk (by default each step is logged at INFO).
     """
-    source_model, target_model, output = Path(source_model), Path(target_model), Path(output)
-    adapter_dirs = expand_adapter_dirs([Path(a) for a in adapters])
+    source_model, target_model, output = absolute(source_model), absolute(target_model), absolute(output)
+    adapter_dirs = expand_adapter_dirs([absolute(a) for a in adapters])
     if not adapter_dirs:
         raise OptionsError("--adapter", "at least one adapter folder is required")
     check_output_location(output, [source_model, target_model, *adapter_dirs], overwrite=overwrite)
     source_cfg, target_cfg = read_model_config(source_model), read_model_config(target_model)
     loaded = [read_adapter(a, source_cfg) for a in adapter_dirs]
     names = _output_names(adapter_dirs)
-    store = SubspaceStore(options.svd, Path(cache_dir) if cache_dir is not None else None)
+    store = SubspaceStore(options.svd, absolute(cache_dir) if cache_dir is not None else None)
     if jax.process_index() != 0:  # one process writes; the others compute their shards
         results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store, progress)
         return [_report(source_cfg, target_cfg, r, options, "-", store, compute_seconds, None) for r in results]
@@ -184,9 +186,13 @@ def run_transfer(
     for role in ROLES:  # headers only: fail before any compute if a file disagrees with its config
         _check_role_weights(source, source_ckpt, role)
         _check_role_weights(target, target_ckpt, role)
+    capped = [role for role in roles if options.svd.rank > min(*source.shapes[role], *target.shapes[role])]
+    if capped and options.needs_subspaces:  # usual on small models: one line; the report has svd.effective_rank
+        logging.info("--svd_rank=%d exceeds a weight dimension in roles %s; those use min(r, m, n) per model",
+                     options.svd.rank, ", ".join(capped))  # fmt: skip
     plan = []  # (role, label, chunk of (target layer, source layer) pairs some adapter needs)
     for role in roles:
-        _warn_about_ranks(role, source, target, adapters, options.svd.rank)
+        _warn_about_ranks(role, target, adapters)
         jobs = []
         for j, i in enumerate(lmap):
             needed = i is not None and any((role, i) in a.modules for a in adapters)
@@ -253,14 +259,8 @@ def _role_order(role: str) -> int:
     return ROLES.index(role)
 
 
-def _warn_about_ranks(
-    role: str, source: ModelConfig, target: ModelConfig, adapters: Sequence[LoraAdapter], svd_rank: int
-) -> None:
-    (m_s, n_s), (m_t, n_t) = source.shapes[role], target.shapes[role]
-    smallest = min(m_s, n_s, m_t, n_t)
-    if svd_rank > smallest:
-        logging.warning("role %s: --svd_rank=%d exceeds a weight dimension (source %dx%d, target %dx%d); "
-                        "using min(r, m, n) per model", role, svd_rank, m_s, n_s, m_t, n_t)  # fmt: skip
+def _warn_about_ranks(role: str, target: ModelConfig, adapters: Sequence[LoraAdapter]) -> None:
+    m_t, n_t = target.shapes[role]
     ranks = {m.rank for a in adapters for m in a.modules.values() if m.role == role}
     if ranks and max(ranks) > min(m_t, n_t):
         logging.warning("role %s: LoRA rank %d exceeds the target's %dx%d weight; the update is rank-limited",

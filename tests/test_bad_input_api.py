@@ -105,11 +105,13 @@ def test_recoverable_problems_are_warnings_and_the_adapter_is_written(tmp_path, 
     tgt = synthetic.write_model(tmp_path / "tgt", deeper, tgt_t)
     adapter = synthetic.write_adapter(tmp_path / "lora", cfg, seed=2, roles=("q", "v"))
     options = TransferOptions(svd=SvdSettings(rank=20), layer_map="index", min_similarity=0.9, energy_warning=1.01)
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         (report,) = transfer(src, tgt, [adapter], tmp_path / "out", options)
     text = caplog.text
     assert "no source layer under the index layer map" in text
-    assert "role v: --svd_rank=20 exceeds a weight dimension" in text
+    # Expected on small models, so information, not a warning; the report has each svd_rank.
+    (capped,) = [r for r in caplog.records if "--svd_rank=20 exceeds a weight dimension in roles v;" in r.message]
+    assert capped.levelname == "INFO"
     assert "skipped by --min_similarity=0.9" in text
     assert "keeps under 101% of the weight energy" in text
     by = {m["module"]: m for m in report["modules"]}
@@ -118,8 +120,11 @@ def test_recoverable_problems_are_warnings_and_the_adapter_is_written(tmp_path, 
     assert by["model.layers.2.self_attn.q_proj"]["skipped_by"] == "layer_map"
     written = json.loads((tmp_path / "out/adapter_config.json").read_text())
     assert written["layers_to_transform"] == [0]
-    # Gating everything is an error, not an empty adapter.
+    # Gating everything is an error, not an empty adapter. An independent target at rank 4 puts every
+    # φ near its chance level r/p ≤ 0.25, far below the gate (φ of equal layers can round to ≥ 1, so a
+    # gate of 1 would sit on the edge).
+    indep = synthetic.write_model(tmp_path / "indep", cfg, synthetic.model_tensors(cfg, seed=3))
     with pytest.raises(TransferError, match="no module was transferred"):
-        transfer(src, tgt, [adapter], tmp_path / "out2", TransferOptions(svd=SvdSettings(rank=4), min_similarity=1.0))
+        transfer(src, indep, [adapter], tmp_path / "out2", TransferOptions(svd=SvdSettings(rank=4), min_similarity=0.9))
     assert not (tmp_path / "out2").exists()
     assert np.isfinite(by["model.layers.1.self_attn.q_proj"]["phi_u"])

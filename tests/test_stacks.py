@@ -52,7 +52,7 @@ def test_the_ops_inside_a_callers_jit_give_what_transfer_writes(tmp_path) -> Non
     )
     assert mine.keys() == cli.keys()
     for key in mine:
-        np.testing.assert_allclose(mine[key], cli[key], rtol=1e-4, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(mine[key], cli[key], rtol=1e-4, atol=1e-4 * np.abs(cli[key]).max(), err_msg=key)
 
 
 def test_mixed_ranks_in_one_role_are_refused_by_the_stack_loader(tmp_path) -> None:

@@ -31,6 +31,21 @@ class _QuietOrbax(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
+class _QuietPlatformProbe(std_logging.Filter):
+    """jax logs (INFO) every platform it probes and cannot load: "Unable to initialize backend
+    'tpu'" on any machine without a TPU. Nothing for a user to act on (jax warns separately when
+    an accelerator is present but unusable), so it is dropped unless --verbosity asks for debug
+    output. Platform selection is untouched: a TPU VM still loads its TPU."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        probe = (
+            record.levelno < std_logging.WARNING
+            and record.name.startswith("jax")
+            and str(record.msg).startswith("Unable to initialize backend")
+        )
+        return not probe or logging.level_debug()
+
+
 _HELP_ARGS = frozenset({"--help", "-help", "--helpshort", "-helpshort", "-h", "-?"})
 
 
@@ -85,6 +100,7 @@ def run_guarded(body: Callable[[], None]) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, _raise_interrupt)
     logging.get_absl_handler().addFilter(_QuietOrbax())
+    logging.get_absl_handler().addFilter(_QuietPlatformProbe())
     quiet_logging_by_default()
     try:
         body()

@@ -116,3 +116,20 @@ def test_a_signal_mid_run_stops_promptly_and_leaves_nothing(tmp_path, sig) -> No
         assert resumed.keys() == fresh.keys()
         for key in fresh:
             np.testing.assert_array_equal(resumed[key], fresh[key])
+
+
+@pytest.mark.parametrize("case", ["a_file", "under_a_file", "read_only"])
+def test_an_unusable_cache_folder_is_one_line_before_compute(tmp_path, case) -> None:
+    paths = make_inputs(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    cache = {"a_file": tmp_path / "afile", "under_a_file": tmp_path / "afile" / "cache", "read_only": tmp_path / "ro"}
+    if case == "read_only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        cache[case].mkdir(mode=0o555)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    started = time.monotonic()
+    result = run_cli(*args_for(paths, f"--cache_dir={cache[case]}"))
+    assert_one_line_error(result, str(cache[case]))
+    assert "Checkpoint path" not in result.stderr and time.monotonic() - started < 60
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no output, no orbax tmp

@@ -131,7 +131,8 @@ def test_logits_with_adapter_match_peft(case, tmp_path):
         theirs = peft_model(torch.tensor(tokens)).logits
     spec, params = load_model(tmp_path / "model", tmp_path / "adapter")
     _, base_params = load_model(tmp_path / "model")
-    assert not np.allclose(logits(spec, base_params, tokens), theirs.numpy(), atol=1e-3)  # the adapter matters
+    effect = np.abs(np.asarray(logits(spec, base_params, tokens)) - theirs.numpy()).max()
+    assert effect > 0.1 * np.abs(theirs.numpy()).max()  # the adapter matters (here it moves logits ~1× their size)
     _compare(theirs, logits(spec, params, tokens))
 
 

@@ -62,6 +62,19 @@ def gapped(rng: np.random.Generator, m: int, n: int, r: int, *, rank: int | None
     return (u * s) @ v.T
 
 
+def tolerance(*weights: np.ndarray, r: int) -> float:
+    """Relative error float32 may make: eps × the largest dimension × the worst condition of the
+    rank-r subspaces (s_1 / (s_r − s_{r+1}), the factor by which a perturbation turns them)."""
+    worst = 1.0
+    for w in weights:
+        s = np.linalg.svd(np.asarray(w, np.float64), compute_uv=False)
+        re = min(r, len(s))
+        gap = s[re - 1] - (s[re] if re < len(s) else 0.0)
+        worst = max(worst, s[0] / gap)
+    dims = max(max(w.shape) for w in weights)
+    return 4 * float(np.finfo(np.float32).eps) * dims * worst
+
+
 def run_ours(method: str, a_s, b_s, w_s, w_t, r: int) -> np.ndarray:
     settings = SvdSettings(rank=r, engine="exact")
     ids = np.arange(a_s.shape[0], dtype=np.int32)
@@ -98,8 +111,9 @@ def test_matches_float64_reference(method: str, case: str) -> None:
     for layer in range(layers):
         ref = ref_delta(method, a_s[layer], b_s[layer], w_s[layer], w_t[layer], r)
         err = np.linalg.norm(ours[layer] - ref) / max(np.linalg.norm(ref), 1e-30)
+        tol = tolerance(w_s[layer], w_t[layer], r=r)
         assert ours[layer].shape == (m_t, n_t)
-        assert err <= 1e-5, f"{case}/{method} layer {layer}: relative error {err:.2e}"
+        assert err <= tol, f"{case}/{method} layer {layer}: relative error {err:.2e} > {tol:.2e}"
 
 
 @pytest.mark.parametrize("k", [2, 7])
@@ -112,7 +126,7 @@ def test_per_module_ranks(k: int) -> None:
     b_s = rng.standard_normal((1, 20, k)).astype(np.float32)
     ours = run_ours("cross_lora", a_s, b_s, w_s, w_t, 5)[0]
     ref = ref_delta("cross_lora", a_s[0], b_s[0], w_s[0], w_t[0], 5)
-    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) <= 1e-5
+    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) <= tolerance(w_s[0], w_t[0], r=5)
 
 
 def test_bf16_and_f16_inputs_are_computed_in_float32() -> None:
@@ -128,4 +142,4 @@ def test_bf16_and_f16_inputs_are_computed_in_float32() -> None:
         a, b = a32.astype(dt), b32.astype(dt)
         low = run_ours("cross_lora", a, b, w_s, w_t, 4)
         wide = run_ours("cross_lora", a.astype(np.float32), b.astype(np.float32), w_s, w_t, 4)
-        np.testing.assert_allclose(low, wide, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(low, wide, rtol=0, atol=1e-6 * np.abs(wide).max())
