@@ -430,8 +430,9 @@ def run_seed(seed: int, settings: Settings, text: dict[str, np.ndarray], work: P
                 l_tr, a_tr = score(seed_dir / target, out, windows)
             seconds = time.perf_counter() - t0
             transferred = [m for m in (report or {}).get("modules", []) if m["status"] == "transferred"]
-            scored = [m for m in (report or {}).get("modules", []) if "phi_u" in m]
-            totals.setdefault(rank, len(scored))
+            computed = [m for m in (report or {}).get("modules", []) if "rank" in m]
+            scored = [m for m in computed if m["phi_u"] is not None]  # truncate computes no φ
+            totals.setdefault(rank, len(computed))
             denominator = l_base - l_trained
             rows.append(
                 {
@@ -461,6 +462,12 @@ def run_seed(seed: int, settings: Settings, text: dict[str, np.ndarray], work: P
                 f"L_trained {l_trained:.4f} recovered {rows[-1]['recovered']:+.3f} "
                 f"({len(transferred)}/{totals[rank]} modules, {seconds:.1f}s)"
             )
+        # φ is a property of the pair at rank r, not of the method: truncate's row shows the
+        # value cross_lora measured at the same rank (truncate itself needs no SVD).
+        by_label = {r["method"]: r for r in rows if r["seed"] == seed and r["target"] == target}
+        same_rank = by_label.get(method_label("cross_lora", settings.svd_ranks[0], 0.0))
+        if same_rank is not None:
+            by_label["truncate"].update(phi_min_mean=same_rank["phi_min_mean"], chance_mean=same_rank["chance_mean"])
     return rows
 
 
