@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from crosslora_jax.eval._arch import ModelSpec
+from crosslora_jax.eval._spec import ModelSpec
 
 _HI = jax.lax.Precision.HIGHEST
 

@@ -1,8 +1,9 @@
-"""What each architecture's forward pass does, as tables; `model_spec` turns a config into a spec.
+"""`model_spec`: a config and its architecture row (`crosslora_jax.arch`) become a `ModelSpec`.
 
 A `ModelSpec` is hashable (static under `jit`) and holds every number the forward pass needs:
 dimensions, norm style, activation, RoPE frequencies, per-layer attention windows, softcaps.
-Config fields that change the math and are not implemented are refused by name.
+What differs between architectures is read from `ArchSpec`; config fields that change the
+math and are not implemented are refused by name.
 """
 
 from __future__ import annotations
@@ -15,72 +16,8 @@ from typing import Any
 import numpy as np
 
 from crosslora_jax._errors import ConfigError
+from crosslora_jax.arch import ArchSpec, BlockNorms, model_dims
 from crosslora_jax.io.hf_config import CONFIG_FILE, ModelConfig
-
-ATTN_ROLES = ("q", "k", "v", "o")
-MLP_ROLES = ("gate", "up", "down")
-
-
-@dataclasses.dataclass(frozen=True)
-class ArchTraits:
-    """How one `model_type` computes, beyond the shared llama skeleton."""
-
-    norm_offset: float = 0.0  # RMSNorm multiplies by (offset + w): gemma stores w - 1
-    embed_scale: bool = False  # multiply embeddings by sqrt(hidden)
-    activation_field: str = "hidden_act"
-    default_activation: str = "silu"
-    legacy_activations: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    # residual block norms: (before attn, after attn, before mlp, after mlp); None = no norm there.
-    block_norms: tuple[str | None, str | None, str | None, str | None] = (
-        "input_layernorm",
-        None,
-        "post_attention_layernorm",
-        None,
-    )
-    fixed_biases: tuple[str, ...] = ()  # roles with a bias whatever the config says
-    honours_attention_bias: bool = False  # `attention_bias` adds q/k/v/o biases
-    honours_mlp_bias: bool = False  # `mlp_bias` adds gate/up/down biases
-    qk_norm: bool = False  # RMSNorm over head_dim on q and k before RoPE
-    query_pre_attn_scalar: bool = False  # attention scale is query_pre_attn_scalar**-0.5
-    softcaps: bool = False  # attn_logit_softcapping and final_logit_softcapping
-    default_tied: bool = False
-    # where sliding-window layers come from when config.json has no `layer_types`
-    window_rule: str = "none"  # none | all | alternate | qwen
-
-
-_GEMMA2_NORMS = (
-    "input_layernorm",
-    "post_attention_layernorm",
-    "pre_feedforward_layernorm",
-    "post_feedforward_layernorm",
-)
-
-TRAITS: Mapping[str, ArchTraits] = {
-    "llama": ArchTraits(honours_attention_bias=True, honours_mlp_bias=True),
-    "mistral": ArchTraits(window_rule="all"),
-    "qwen2": ArchTraits(fixed_biases=("q", "k", "v"), window_rule="qwen"),
-    "qwen3": ArchTraits(honours_attention_bias=True, qk_norm=True, window_rule="qwen"),
-    "gemma": ArchTraits(
-        norm_offset=1.0,
-        embed_scale=True,
-        default_activation="gelu_pytorch_tanh",
-        legacy_activations={"gelu": "gelu_pytorch_tanh"},  # transformers rewrites it the same way
-        honours_attention_bias=True,
-        default_tied=True,
-    ),
-    "gemma2": ArchTraits(
-        norm_offset=1.0,
-        embed_scale=True,
-        activation_field="hidden_activation",
-        default_activation="gelu_pytorch_tanh",
-        block_norms=_GEMMA2_NORMS,
-        honours_attention_bias=True,
-        query_pre_attn_scalar=True,
-        softcaps=True,
-        default_tied=True,
-        window_rule="alternate",
-    ),
-}
 
 ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "gelu_new", "relu")
 _ROPE_TYPES = ("default", "linear", "llama3")
@@ -111,7 +48,7 @@ class ModelSpec:
     norm_offset: float
     embed_scale: bool
     activation: str
-    block_norms: tuple[str | None, str | None, str | None, str | None]
+    block_norms: BlockNorms
     biases: tuple[str, ...]  # roles with a bias
     qk_norm: bool
     attn_scale: float
@@ -131,31 +68,21 @@ def model_spec(config: ModelConfig) -> ModelSpec:
     """The forward-pass spec of a model read by `read_model_config`; refuses what it cannot compute."""
     raw = config.raw
     where = config.folder / CONFIG_FILE
-    traits = TRAITS.get(config.model_type)
-    if traits is None:
-        raise ConfigError(where, f"model_type {config.model_type!r} has no forward pass in crosslora_jax.eval")
+    arch = config.arch
     for field, allowed in _FIELDS_WITH_ONLY_DEFAULT.items():
         if raw.get(field) not in allowed:
             raise ConfigError(where, f"field {field!r}={raw[field]!r} is not implemented by the evaluator")
-    hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
-    head_dim = int(raw.get("head_dim") or hidden // heads)
-    activation = raw.get(traits.activation_field) or traits.default_activation
-    activation = traits.legacy_activations.get(activation, activation)
+    dims = model_dims(raw)
+    activation = raw.get(arch.activation_field) or arch.default_activation
+    activation = arch.legacy_activations.get(activation, activation)
     if activation not in ACTIVATIONS:
-        raise ConfigError(
-            where, f"field {traits.activation_field!r}={activation!r} is not implemented by the evaluator"
-        )
-    biases = list(traits.fixed_biases)
-    if traits.honours_attention_bias and raw.get("attention_bias"):
-        biases += [r for r in ATTN_ROLES if r not in biases]
-    if traits.honours_mlp_bias and raw.get("mlp_bias"):
-        biases += list(MLP_ROLES)
-    if traits.query_pre_attn_scalar:
-        attn_scale = float(raw.get("query_pre_attn_scalar") or head_dim) ** -0.5
+        raise ConfigError(where, f"field {arch.activation_field!r}={activation!r} is not implemented by the evaluator")
+    if arch.query_pre_attn_scalar:
+        attn_scale = float(raw.get("query_pre_attn_scalar") or dims.head_dim) ** -0.5
     else:
-        attn_scale = head_dim**-0.5
+        attn_scale = dims.head_dim**-0.5
     attn_softcap = final_softcap = None
-    if traits.softcaps:
+    if arch.softcaps:
         attn_softcap = _optional_float(raw, "attn_logit_softcapping")
         final_softcap = _optional_float(raw, "final_logit_softcapping")
     vocab = raw.get("vocab_size")
@@ -164,25 +91,25 @@ def model_spec(config: ModelConfig) -> ModelSpec:
     return ModelSpec(
         model_type=config.model_type,
         vocab=vocab,
-        hidden=hidden,
-        inter=int(raw["intermediate_size"]),
+        hidden=dims.hidden,
+        inter=dims.inter,
         num_layers=config.num_layers,
-        heads=heads,
-        kv_heads=int(raw.get("num_key_value_heads") or heads),
-        head_dim=head_dim,
+        heads=dims.heads,
+        kv_heads=dims.kv_heads,
+        head_dim=dims.head_dim,
         norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        norm_offset=traits.norm_offset,
-        embed_scale=traits.embed_scale,
+        norm_offset=arch.norm_offset,
+        embed_scale=arch.embed_scale,
         activation=activation,
-        block_norms=traits.block_norms,
-        biases=tuple(biases),
-        qk_norm=traits.qk_norm,
+        block_norms=arch.block_norms,
+        biases=arch.biases(raw),
+        qk_norm=arch.qk_norm,
         attn_scale=attn_scale,
         attn_softcap=attn_softcap,
         final_softcap=final_softcap,
-        inv_freq=tuple(float(f) for f in _rope_inv_freq(where, raw, head_dim)),
-        windows=_windows(where, raw, traits, config.num_layers),
-        tied=bool(raw.get("tie_word_embeddings", traits.default_tied)),
+        inv_freq=tuple(float(f) for f in _rope_inv_freq(where, raw, dims.head_dim)),
+        windows=_windows(where, raw, arch, config.num_layers),
+        tied=arch.tied(raw),
         max_positions=int(raw.get("max_position_embeddings") or 2048),
     )
 
@@ -226,7 +153,7 @@ def _rope_inv_freq(where: object, raw: Mapping[str, Any], head_dim: int) -> np.n
     return inv_freq
 
 
-def _windows(where: object, raw: Mapping[str, Any], traits: ArchTraits, num_layers: int) -> tuple[int, ...]:
+def _windows(where: object, raw: Mapping[str, Any], arch: ArchSpec, num_layers: int) -> tuple[int, ...]:
     """Per-layer sliding-window size (0 = full attention), following transformers' rules."""
     window = raw.get("sliding_window")
     layer_types = raw.get("layer_types")
@@ -237,11 +164,11 @@ def _windows(where: object, raw: Mapping[str, Any], traits: ArchTraits, num_laye
         if unknown:
             raise ConfigError(where, f"layer type {unknown[0]!r} is not implemented by the evaluator")
         sliding = [t == "sliding_attention" for t in layer_types]
-    elif traits.window_rule == "all":
+    elif arch.window_rule == "all":
         sliding = [True] * num_layers
-    elif traits.window_rule == "alternate":
+    elif arch.window_rule == "alternate":
         sliding = [i % 2 == 0 for i in range(num_layers)]
-    elif traits.window_rule == "qwen" and raw.get("use_sliding_window"):
+    elif arch.window_rule == "qwen" and raw.get("use_sliding_window"):
         first = int(raw.get("max_window_layers") or 0)
         sliding = [i >= first for i in range(num_layers)]
     else:
