@@ -100,6 +100,7 @@ class ArchSpec:
 
     model_type: str
     causal_lm: str  # the transformers class, written to config.json's "architectures"
+    hf_package: str = ""  # its package under transformers.models ("" = model_type)
     layer_prefix: str = "model.layers.{layer}"  # module path of layer `{layer}`
     role_modules: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(_LLAMA_MODULES))
     embed_name: str = "model.embed_tokens.weight"
@@ -116,7 +117,9 @@ class ArchSpec:
     honours_attention_bias: bool = False  # `attention_bias` adds q/k/v/o biases
     honours_mlp_bias: bool = False  # `mlp_bias` adds gate/up/down biases
     query_pre_attn_scalar: bool = False  # attention scale is query_pre_attn_scalar**-0.5
-    softcaps: bool = False  # attn_logit_softcapping and final_logit_softcapping
+    # softcaps applied as transformers' class does (it ignores the field where False)
+    attn_softcap: bool = False  # attn_logit_softcapping
+    final_softcap: bool = False  # final_logit_softcapping
     default_tied: bool = False
     # which layers slide when config.json has no `layer_types`:
     # none | all | alternate (even layers) | qwen (use_sliding_window, from max_window_layers)
@@ -144,6 +147,12 @@ class ArchSpec:
             if m:
                 return role, int(m.group("layer"))
         return None
+
+    @property
+    def modeling_module(self) -> str:
+        """The transformers module that defines `causal_lm` (PEFT's auto_mapping names it)."""
+        package = self.hf_package or self.model_type
+        return f"transformers.models.{package}.modeling_{package}"
 
     @property
     def qk_norm(self) -> bool:
@@ -231,7 +240,8 @@ ARCHITECTURES: Mapping[str, ArchSpec] = {
             activation_field="hidden_activation",
             block_norms=_SANDWICH_NORMS,
             query_pre_attn_scalar=True,
-            softcaps=True,
+            attn_softcap=True,
+            final_softcap=True,
             window_rule="alternate",
             fixture_config={
                 "hidden_activation": "gelu_pytorch_tanh",
@@ -239,6 +249,21 @@ ARCHITECTURES: Mapping[str, ArchSpec] = {
                 "attn_logit_softcapping": 50.0,
                 "final_logit_softcapping": 30.0,
             },
+        ),
+        ArchSpec(
+            "gemma3_text",
+            "Gemma3ForCausalLM",
+            hf_package="gemma3",
+            **_GEMMA,
+            activation_field="hidden_activation",
+            block_norms=_SANDWICH_NORMS,
+            qk_norms=_QK_NORMS,
+            query_pre_attn_scalar=True,
+            final_softcap=True,  # transformers' Gemma3 attention ignores attn_logit_softcapping
+            window_rule="pattern",
+            default_rope_theta=1_000_000.0,
+            local_rope_theta_field="rope_local_base_freq",
+            fixture_config={"hidden_activation": "gelu_pytorch_tanh", "sliding_window": 256},
         ),
     )
 }

@@ -21,6 +21,7 @@ from crosslora_jax.io.hf_config import CONFIG_FILE, ModelConfig
 
 ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh", "gelu_new", "relu")
 _ROPE_TYPES = ("default", "linear", "llama3")
+_LAYER_TYPES = ("full_attention", "sliding_attention")
 # Fields that would change the math if set to anything but these values.
 _FIELDS_WITH_ONLY_DEFAULT: Mapping[str, tuple[Any, ...]] = {
     "partial_rotary_factor": (None, 1, 1.0),
@@ -54,7 +55,7 @@ class ModelSpec:
     attn_scale: float
     attn_softcap: float | None
     final_softcap: float | None
-    inv_freq: tuple[float, ...]  # RoPE inverse frequencies, head_dim / 2 of them
+    inv_freqs: tuple[tuple[float, ...], ...]  # per layer: RoPE inverse frequencies, head_dim / 2 of them
     windows: tuple[int, ...]  # per layer: sliding window size, 0 = full causal attention
     tied: bool
     max_positions: int
@@ -81,10 +82,9 @@ def model_spec(config: ModelConfig) -> ModelSpec:
         attn_scale = float(raw.get("query_pre_attn_scalar") or dims.head_dim) ** -0.5
     else:
         attn_scale = dims.head_dim**-0.5
-    attn_softcap = final_softcap = None
-    if arch.softcaps:
-        attn_softcap = _optional_float(raw, "attn_logit_softcapping")
-        final_softcap = _optional_float(raw, "final_logit_softcapping")
+    sliding = _sliding_layers(where, raw, arch, config.num_layers)
+    window = raw.get("sliding_window")
+    rope = _rope_by_layer_kind(where, raw, arch, dims.head_dim)
     vocab = raw.get("vocab_size")
     if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0:
         raise ConfigError(where, f"field 'vocab_size' must be a positive integer, found {vocab!r}")
@@ -105,10 +105,10 @@ def model_spec(config: ModelConfig) -> ModelSpec:
         biases=arch.biases(raw),
         qk_norm=arch.qk_norm,
         attn_scale=attn_scale,
-        attn_softcap=attn_softcap,
-        final_softcap=final_softcap,
-        inv_freq=tuple(float(f) for f in _rope_inv_freq(where, raw, dims.head_dim)),
-        windows=_windows(where, raw, arch, config.num_layers),
+        attn_softcap=_optional_float(raw, "attn_logit_softcapping") if arch.attn_softcap else None,
+        final_softcap=_optional_float(raw, "final_logit_softcapping") if arch.final_softcap else None,
+        inv_freqs=tuple(rope[s] for s in sliding),
+        windows=tuple(int(window) if s and window else 0 for s in sliding),
         tied=arch.tied(raw),
         max_positions=int(raw.get("max_position_embeddings") or 2048),
     )
@@ -119,24 +119,53 @@ def _optional_float(raw: Mapping[str, Any], field: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _rope_inv_freq(where: object, raw: Mapping[str, Any], head_dim: int) -> np.ndarray:
-    """RoPE inverse frequencies [head_dim/2] from `rope_theta`/`rope_scaling` (4.x) or `rope_parameters` (5.x)."""
-    params: dict[str, Any] = {}
+def _rope_by_layer_kind(
+    where: object, raw: Mapping[str, Any], arch: ArchSpec, head_dim: int
+) -> dict[bool, tuple[float, ...]]:
+    """RoPE inverse frequencies [head_dim/2] of full (False) and sliding (True) layers, from
+    `rope_theta`/`rope_scaling` (4.x) or `rope_parameters` (5.x, per layer type for rows with
+    `local_rope_theta_field`: there sliding layers rotate with their own unscaled theta)."""
+    flat: dict[str, Any] = {}
+    per_type: dict[str, dict[str, Any]] = {}
     for field in ("rope_scaling", "rope_parameters"):
         value = raw.get(field)
         if value is None:
             continue
         if not isinstance(value, dict):
             raise ConfigError(where, f"field {field!r} must be an object")
-        if any(isinstance(v, dict) for v in value.values()):
+        if not any(isinstance(v, dict) for v in value.values()):
+            flat.update(value)
+            continue
+        if arch.local_rope_theta_field is None:
             raise ConfigError(where, f"per-layer-type {field!r} is not implemented by the evaluator")
-        params.update(value)
+        for kind, params in value.items():
+            if kind not in _LAYER_TYPES or not isinstance(params, dict):
+                raise ConfigError(where, f"field {field!r}: {kind!r} is not a layer type with RoPE parameters")
+            per_type.setdefault(kind, {}).update(params)
+    full = {
+        "rope_theta": raw.get("rope_theta") or arch.default_rope_theta,
+        **flat,
+        **per_type.get("full_attention", {}),
+    }
+    if arch.local_rope_theta_field is None:
+        local = full
+    else:
+        theta = raw.get(arch.local_rope_theta_field) or arch.default_local_rope_theta
+        local = {"rope_type": "default", "rope_theta": theta, **per_type.get("sliding_attention", {})}
+    return {
+        False: tuple(float(f) for f in _inv_freq(where, raw, full, head_dim)),
+        True: tuple(float(f) for f in _inv_freq(where, raw, local, head_dim)),
+    }
+
+
+def _inv_freq(where: object, raw: Mapping[str, Any], params: Mapping[str, Any], head_dim: int) -> np.ndarray:
+    """RoPE inverse frequencies [head_dim/2] of one set of RoPE parameters."""
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type not in _ROPE_TYPES:
         raise ConfigError(
             where, f"RoPE type {rope_type!r} is not implemented by the evaluator (supported: {', '.join(_ROPE_TYPES)})"
         )
-    theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    theta = float(params["rope_theta"])
     inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float64) / head_dim)
     if rope_type == "linear":
         return inv_freq / float(params["factor"])
@@ -153,26 +182,26 @@ def _rope_inv_freq(where: object, raw: Mapping[str, Any], head_dim: int) -> np.n
     return inv_freq
 
 
-def _windows(where: object, raw: Mapping[str, Any], arch: ArchSpec, num_layers: int) -> tuple[int, ...]:
-    """Per-layer sliding-window size (0 = full attention), following transformers' rules."""
-    window = raw.get("sliding_window")
+def _sliding_layers(where: object, raw: Mapping[str, Any], arch: ArchSpec, num_layers: int) -> list[bool]:
+    """Per layer: whether it is a sliding-attention layer, following transformers' rules."""
     layer_types = raw.get("layer_types")
     if layer_types is not None:
         if not isinstance(layer_types, list) or len(layer_types) != num_layers:
             raise ConfigError(where, f"field 'layer_types' must list {num_layers} layer types")
-        unknown = sorted(set(layer_types) - {"full_attention", "sliding_attention"})
+        unknown = sorted(set(layer_types) - set(_LAYER_TYPES))
         if unknown:
             raise ConfigError(where, f"layer type {unknown[0]!r} is not implemented by the evaluator")
-        sliding = [t == "sliding_attention" for t in layer_types]
-    elif arch.window_rule == "all":
-        sliding = [True] * num_layers
-    elif arch.window_rule == "alternate":
-        sliding = [i % 2 == 0 for i in range(num_layers)]
-    elif arch.window_rule == "qwen" and raw.get("use_sliding_window"):
+        return [t == "sliding_attention" for t in layer_types]
+    if arch.window_rule == "all":
+        return [True] * num_layers
+    if arch.window_rule == "alternate":
+        return [i % 2 == 0 for i in range(num_layers)]
+    if arch.window_rule == "pattern":  # every pattern-th layer is global (transformers' default 6)
+        pattern = raw.get("sliding_window_pattern") or 6
+        if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern <= 0:
+            raise ConfigError(where, f"field 'sliding_window_pattern' must be a positive integer, found {pattern!r}")
+        return [(i + 1) % pattern != 0 for i in range(num_layers)]
+    if arch.window_rule == "qwen" and raw.get("use_sliding_window"):
         first = int(raw.get("max_window_layers") or 0)
-        sliding = [i >= first for i in range(num_layers)]
-    else:
-        sliding = [False] * num_layers
-    if not window:
-        return (0,) * num_layers
-    return tuple(int(window) if s else 0 for s in sliding)
+        return [i >= first for i in range(num_layers)]
+    return [False] * num_layers
