@@ -165,6 +165,9 @@ def _inv_freq(where: object, raw: Mapping[str, Any], params: Mapping[str, Any], 
         raise ConfigError(
             where, f"RoPE type {rope_type!r} is not implemented by the evaluator (supported: {', '.join(_ROPE_TYPES)})"
         )
+    if params.get("partial_rotary_factor") not in (None, 1, 1.0):  # transformers 5 keeps it here too
+        factor = params["partial_rotary_factor"]
+        raise ConfigError(where, f"RoPE 'partial_rotary_factor'={factor!r} is not implemented by the evaluator")
     theta = float(params["rope_theta"])
     inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float64) / head_dim)
     if rope_type == "linear":

@@ -188,6 +188,7 @@ def test_gemma3_config_in_the_older_form(tmp_path, rope):
     [
         ("rope_scaling", {"rope_type": "yarn", "factor": 4.0}, "yarn"),
         ("partial_rotary_factor", 0.5, "partial_rotary_factor"),
+        ("rope_parameters", {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}, "partial_rotary"),
         ("hidden_act", "swish_glu", "swish_glu"),
         ("layer_types", ["chunked_attention"] * 3, "chunked_attention"),
     ],
