@@ -1,8 +1,12 @@
-"""Architecture knowledge as tables: which weights a LoRA role lives in, and their shapes.
+"""Every fact about a `model_type`, in one table: `ARCHITECTURES`.
 
-Roles are the seven projections Cross-LoRA transfers. Shapes are derived from `config.json`
-fields through `ROLE_DIMS`; module paths through `ArchSpec.module_template`. Adding an
-architecture whose projections use the llama naming is one row in `ARCHITECTURES`.
+A row (`ArchSpec`) says where the seven LoRA roles live, every tensor name of the checkpoint,
+and how the forward pass differs from the llama skeleton (block norms, qk-norm, biases, tying,
+activation, attention scale, softcaps, sliding-window layers, per-layer-type RoPE), plus the
+transformers class and the extra config fields synthetic fixtures need. The checkpoint reader
+(`io.hf_config`), the evaluator (`eval`) and the fixtures (`synthetic`) all read this table;
+dimensions come from `config.json` through `model_dims`, the one place head_dim and
+kv_heads are derived. Adding an architecture is one row plus its transformers-equality test.
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
+from typing import Any
 
 ROLES: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+ATTN_ROLES: tuple[str, ...] = ("q", "k", "v", "o")
+MLP_ROLES: tuple[str, ...] = ("gate", "up", "down")
 
-# role -> (out-feature dim name, in-feature dim name); names resolved by `role_shapes`.
+# role -> (out-feature dim name, in-feature dim name); names are `Dims` attributes.
 ROLE_DIMS: Mapping[str, tuple[str, str]] = {
     "q": ("q_dim", "hidden"),
     "k": ("kv_dim", "hidden"),
@@ -33,15 +40,98 @@ _LLAMA_MODULES: Mapping[str, str] = {
     "up": "mlp.up_proj",
     "down": "mlp.down_proj",
 }
+# Residual block norms: (before attn, after attn, before mlp, after mlp); None = no norm there.
+BlockNorms = tuple[str | None, str | None, str | None, str | None]
+_LLAMA_NORMS: BlockNorms = ("input_layernorm", None, "post_attention_layernorm", None)
+_SANDWICH_NORMS: BlockNorms = (
+    "input_layernorm",
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+)
+_QK_NORMS: Mapping[str, str] = {"q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+    """Projection dimensions of one model, from its config."""
+
+    hidden: int
+    inter: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+
+def model_dims(config: Mapping[str, Any]) -> Dims:
+    """Dimensions from config.json fields; kv_heads defaults to heads, head_dim to hidden / heads."""
+    hidden = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    return Dims(
+        hidden=hidden,
+        inter=int(config["intermediate_size"]),
+        heads=heads,
+        kv_heads=int(config.get("num_key_value_heads") or heads),
+        head_dim=int(config.get("head_dim") or hidden // heads),
+    )
+
+
+def role_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """(out, in) = (m, n) of every role's weight, from the config's dimension fields."""
+    dims = model_dims(config)
+    return {role: (getattr(dims, o), getattr(dims, i)) for role, (o, i) in ROLE_DIMS.items()}
+
+
+# A tensor's key in the evaluator's canonical layout: (name, layer), layer None for global tensors.
+TensorKey = tuple[str, int | None]
 
 
 @dataclasses.dataclass(frozen=True)
 class ArchSpec:
-    """Where one architecture keeps its per-layer projection weights."""
+    """One `model_type`: its tensor names and how its forward pass differs from llama's."""
 
     model_type: str
-    layer_prefix: str  # module path of layer `{layer}`, e.g. "model.layers.{layer}"
-    role_modules: Mapping[str, str]  # role -> module path inside a layer
+    causal_lm: str  # the transformers class, written to config.json's "architectures"
+    hf_package: str = ""  # its package under transformers.models ("" = model_type)
+    layer_prefix: str = "model.layers.{layer}"  # module path of layer `{layer}`
+    role_modules: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(_LLAMA_MODULES))
+    embed_name: str = "model.embed_tokens.weight"
+    final_norm_name: str = "model.norm.weight"
+    lm_head_name: str = "lm_head.weight"
+    block_norms: BlockNorms = _LLAMA_NORMS
+    qk_norms: Mapping[str, str] = dataclasses.field(default_factory=dict)  # RMSNorm over head_dim of q, k
+    norm_offset: float = 0.0  # RMSNorm multiplies by (offset + w): gemma stores w - 1
+    embed_scale: bool = False  # multiply embeddings by sqrt(hidden)
+    activation_field: str = "hidden_act"
+    default_activation: str = "silu"
+    legacy_activations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    fixed_biases: tuple[str, ...] = ()  # roles with a bias whatever the config says
+    honours_attention_bias: bool = False  # `attention_bias` adds q/k/v/o biases
+    honours_mlp_bias: bool = False  # `mlp_bias` adds gate/up/down biases
+    query_pre_attn_scalar: bool = False  # attention scale is query_pre_attn_scalar**-0.5
+    # softcaps applied as transformers' class does (it ignores the field where False)
+    attn_softcap: bool = False  # attn_logit_softcapping
+    final_softcap: bool = False  # final_logit_softcapping
+    default_tied: bool = False
+    # which layers slide when config.json has no `layer_types`:
+    # none | all | alternate (even layers) | qwen (use_sliding_window, from max_window_layers)
+    # | pattern (every `sliding_window_pattern`-th layer is global, the rest slide)
+    window_rule: str = "none"
+    default_rope_theta: float = 10000.0
+    # When set, sliding layers rotate with this field's theta (unscaled) and `rope_scaling`
+    # applies to full-attention layers only; `rope_parameters` may then be per layer type.
+    local_rope_theta_field: str | None = None
+    default_local_rope_theta: float = 10000.0
+    # extra config.json fields of synthetic fixtures (besides query_pre_attn_scalar = head_dim)
+    fixture_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def module_path(self, role: str, layer: int) -> str:
         return f"{self.layer_prefix.format(layer=layer)}.{self.role_modules[role]}"
@@ -58,10 +148,124 @@ class ArchSpec:
                 return role, int(m.group("layer"))
         return None
 
+    @property
+    def modeling_module(self) -> str:
+        """The transformers module that defines `causal_lm` (PEFT's auto_mapping names it)."""
+        package = self.hf_package or self.model_type
+        return f"transformers.models.{package}.modeling_{package}"
+
+    @property
+    def qk_norm(self) -> bool:
+        return bool(self.qk_norms)
+
+    @property
+    def norm_names(self) -> tuple[str, ...]:
+        return tuple(n for n in self.block_norms if n is not None)
+
+    def biases(self, config: Mapping[str, Any]) -> tuple[str, ...]:
+        """Roles whose projection has a bias in a model with this config."""
+        biases = list(self.fixed_biases)
+        if self.honours_attention_bias and config.get("attention_bias"):
+            biases += [r for r in ATTN_ROLES if r not in biases]
+        if self.honours_mlp_bias and config.get("mlp_bias"):
+            biases += list(MLP_ROLES)
+        return tuple(biases)
+
+    def tied(self, config: Mapping[str, Any]) -> bool:
+        """Whether the LM head is the embedding matrix (no lm_head tensor stored)."""
+        return bool(config.get("tie_word_embeddings", self.default_tied))
+
+    def tensor_names(self, num_layers: int, *, tied: bool, biases: tuple[str, ...]) -> dict[TensorKey, str]:
+        """Canonical key -> HF tensor name, for every tensor of the checkpoint.
+
+        Keys: ("embed" | "norm" | "lm_head", None) and per layer (role | "<role>_bias" |
+        block norm name | "q_norm" | "k_norm", layer).
+        """
+        names: dict[TensorKey, str] = {("embed", None): self.embed_name, ("norm", None): self.final_norm_name}
+        if not tied:
+            names["lm_head", None] = self.lm_head_name
+        for layer in range(num_layers):
+            prefix = self.layer_prefix.format(layer=layer)
+            for role in ROLES:
+                names[role, layer] = self.weight_name(role, layer)
+            for role in biases:
+                names[f"{role}_bias", layer] = f"{self.module_path(role, layer)}.bias"
+            for norm in self.norm_names:
+                names[norm, layer] = f"{prefix}.{norm}.weight"
+            for key, module in self.qk_norms.items():
+                names[key, layer] = f"{prefix}.{module}.weight"
+        return names
+
+
+def tensor_shape(key: str, dims: Dims, vocab: int) -> tuple[int, ...]:
+    """Shape of the tensor with canonical key `key` (see `ArchSpec.tensor_names`)."""
+    if key in ("embed", "lm_head"):
+        return (vocab, dims.hidden)
+    if key in ROLE_DIMS:
+        out, inp = ROLE_DIMS[key]
+        return (getattr(dims, out), getattr(dims, inp))
+    if key.endswith("_bias"):
+        return (getattr(dims, ROLE_DIMS[key.removesuffix("_bias")][0]),)
+    if key in _QK_NORMS:
+        return (dims.head_dim,)
+    return (dims.hidden,)  # final and block norms
+
+
+_GEMMA: Mapping[str, Any] = dict(
+    norm_offset=1.0,
+    embed_scale=True,
+    default_activation="gelu_pytorch_tanh",
+    honours_attention_bias=True,
+    default_tied=True,
+)
 
 ARCHITECTURES: Mapping[str, ArchSpec] = {
-    name: ArchSpec(name, "model.layers.{layer}", _LLAMA_MODULES)
-    for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2")
+    spec.model_type: spec
+    for spec in (
+        ArchSpec("llama", "LlamaForCausalLM", honours_attention_bias=True, honours_mlp_bias=True),
+        ArchSpec("mistral", "MistralForCausalLM", window_rule="all"),
+        ArchSpec("qwen2", "Qwen2ForCausalLM", fixed_biases=("q", "k", "v"), window_rule="qwen"),
+        ArchSpec("qwen3", "Qwen3ForCausalLM", qk_norms=_QK_NORMS, honours_attention_bias=True, window_rule="qwen"),
+        ArchSpec(
+            "gemma",
+            "GemmaForCausalLM",
+            **_GEMMA,
+            legacy_activations={"gelu": "gelu_pytorch_tanh"},  # transformers rewrites it the same way
+            fixture_config={"hidden_activation": "gelu_pytorch_tanh"},
+        ),
+        ArchSpec(
+            "gemma2",
+            "Gemma2ForCausalLM",
+            **_GEMMA,
+            activation_field="hidden_activation",
+            block_norms=_SANDWICH_NORMS,
+            query_pre_attn_scalar=True,
+            attn_softcap=True,
+            final_softcap=True,
+            window_rule="alternate",
+            fixture_config={
+                "hidden_activation": "gelu_pytorch_tanh",
+                "sliding_window": 256,
+                "attn_logit_softcapping": 50.0,
+                "final_logit_softcapping": 30.0,
+            },
+        ),
+        ArchSpec(
+            "gemma3_text",
+            "Gemma3ForCausalLM",
+            hf_package="gemma3",
+            **_GEMMA,
+            activation_field="hidden_activation",
+            block_norms=_SANDWICH_NORMS,
+            qk_norms=_QK_NORMS,
+            query_pre_attn_scalar=True,
+            final_softcap=True,  # transformers' Gemma3 attention ignores attn_logit_softcapping
+            window_rule="pattern",
+            default_rope_theta=1_000_000.0,
+            local_rope_theta_field="rope_local_base_freq",
+            fixture_config={"hidden_activation": "gelu_pytorch_tanh", "sliding_window": 256},
+        ),
+    )
 }
 
 # model_type -> why it is refused rather than guessed at.
@@ -78,18 +282,3 @@ REFUSED_CONFIG_FIELDS: Mapping[str, str] = {
     "num_local_experts": "mixture-of-experts MLPs have no single gate/up/down projection",
     "num_experts": "mixture-of-experts MLPs have no single gate/up/down projection",
 }
-
-
-def role_shapes(config: Mapping[str, object]) -> dict[str, tuple[int, int]]:
-    """(out, in) = (m, n) of every role's weight, from the config's dimension fields."""
-    hidden = int(config["hidden_size"])  # type: ignore[arg-type]
-    heads = int(config["num_attention_heads"])  # type: ignore[arg-type]
-    kv_heads = int(config.get("num_key_value_heads") or heads)  # type: ignore[arg-type]
-    head_dim = int(config.get("head_dim") or hidden // heads)  # type: ignore[arg-type]
-    dims = {
-        "hidden": hidden,
-        "inter": int(config["intermediate_size"]),  # type: ignore[arg-type]
-        "q_dim": heads * head_dim,
-        "kv_dim": kv_heads * head_dim,
-    }
-    return {role: (dims[o], dims[i]) for role, (o, i) in ROLE_DIMS.items()}

@@ -18,25 +18,9 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from crosslora_jax.arch import ARCHITECTURES, ROLES, role_shapes
+from crosslora_jax.arch import ARCHITECTURES, ROLES, model_dims, role_shapes, tensor_shape
 from crosslora_jax.io.peft_adapter import CONFIG_FILE as ADAPTER_CONFIG
 from crosslora_jax.io.peft_adapter import KEY_PREFIX, NUMPY_DTYPES, WEIGHTS_FILE
-
-# Per-layer tensors other than the projections, by architecture: name -> dim field.
-_LAYER_NORMS: Mapping[str, tuple[str, ...]] = {
-    "llama": ("input_layernorm", "post_attention_layernorm"),
-    "mistral": ("input_layernorm", "post_attention_layernorm"),
-    "qwen2": ("input_layernorm", "post_attention_layernorm"),
-    "qwen3": ("input_layernorm", "post_attention_layernorm"),
-    "gemma": ("input_layernorm", "post_attention_layernorm"),
-    "gemma2": (
-        "input_layernorm",
-        "post_attention_layernorm",
-        "pre_feedforward_layernorm",
-        "post_feedforward_layernorm",
-    ),
-}
-_TIED = frozenset({"gemma", "gemma2"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +48,10 @@ def model_config(
     vocab: int = 256,
 ) -> dict[str, Any]:
     """A config.json dict transformers accepts for `model_type` at these sizes."""
+    arch = ARCHITECTURES[model_type]
     config: dict[str, Any] = {
         "model_type": model_type,
-        "architectures": [_CAUSAL_LM[model_type]],
+        "architectures": [arch.causal_lm],
         "hidden_size": hidden,
         "intermediate_size": intermediate,
         "num_attention_heads": heads,
@@ -77,26 +62,14 @@ def model_config(
         "max_position_embeddings": 512,
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
-        "tie_word_embeddings": model_type in _TIED,
+        "tie_word_embeddings": arch.default_tied,
         "torch_dtype": "float32",
         "attention_bias": False,
     }
-    if model_type == "gemma2":
-        config.update(query_pre_attn_scalar=config["head_dim"], sliding_window=256,
-                      attn_logit_softcapping=50.0, final_logit_softcapping=30.0)  # fmt: skip
-    if model_type in ("gemma", "gemma2"):
-        config["hidden_activation"] = "gelu_pytorch_tanh"
+    if arch.query_pre_attn_scalar:  # transformers' default (256) is not head_dim at these sizes
+        config["query_pre_attn_scalar"] = config["head_dim"]
+    config.update(arch.fixture_config)
     return config
-
-
-_CAUSAL_LM = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-    "gemma": "GemmaForCausalLM",
-    "gemma2": "Gemma2ForCausalLM",
-}
 
 
 def _haar(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
@@ -175,27 +148,24 @@ def write_model_by_layer(
 def model_tensors(
     config: Mapping[str, Any], *, seed: int, spectrum: Spectrum = Spectrum(), roles: Sequence[str] = ROLES
 ) -> dict[str, np.ndarray]:
-    """Every tensor of a synthetic checkpoint for `config`, float32."""
+    """Every tensor of a synthetic checkpoint for `config`, float32: projections of `roles` with
+    `spectrum`, embeddings and head N(0, 0.02²), norm weights 1, biases 0."""
     rng = np.random.default_rng(seed)
     arch = ARCHITECTURES[config["model_type"]]
-    shapes = role_shapes(config)
-    hidden, vocab = config["hidden_size"], config["vocab_size"]
-    tensors = {"model.embed_tokens.weight": (rng.standard_normal((vocab, hidden)) * 0.02).astype(np.float32),
-               "model.norm.weight": np.ones(hidden, np.float32)}  # fmt: skip
-    if not config.get("tie_word_embeddings"):
-        tensors["lm_head.weight"] = (rng.standard_normal((vocab, hidden)) * 0.02).astype(np.float32)
-    for layer in range(config["num_hidden_layers"]):
-        prefix = arch.layer_prefix.format(layer=layer)
-        for role in roles:
-            tensors[arch.weight_name(role, layer)] = spectral_weight(rng, *shapes[role], spectrum)
-        for norm in _LAYER_NORMS[config["model_type"]]:
-            tensors[f"{prefix}.{norm}.weight"] = np.ones(hidden, np.float32)
-        if config["model_type"] == "qwen3":
-            for norm in ("q_norm", "k_norm"):
-                tensors[f"{prefix}.self_attn.{norm}.weight"] = np.ones(config["head_dim"], np.float32)
-        if config["model_type"] == "qwen2":
-            for role in ("q", "k", "v"):
-                tensors[f"{arch.module_path(role, layer)}.bias"] = np.zeros(shapes[role][0], np.float32)
+    dims, vocab = model_dims(config), config["vocab_size"]
+    names = arch.tensor_names(config["num_hidden_layers"], tied=arch.tied(config), biases=arch.biases(config))
+    tensors = {}
+    for (key, _), name in names.items():  # table order: embed, head, then each layer's roles: seeded draws
+        shape = tensor_shape(key, dims, vocab)
+        if key in ("embed", "lm_head"):
+            tensors[name] = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+        elif key in ROLES:
+            if key in roles:
+                tensors[name] = spectral_weight(rng, *shape, spectrum)
+        elif key.endswith("_bias"):
+            tensors[name] = np.zeros(shape, np.float32)
+        else:
+            tensors[name] = np.ones(shape, np.float32)
     return tensors
 
 

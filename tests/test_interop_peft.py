@@ -36,6 +36,7 @@ CONFIGS = {
     "qwen3": transformers.Qwen3Config,
     "gemma": transformers.GemmaConfig,
     "gemma2": transformers.Gemma2Config,
+    "gemma3_text": transformers.Gemma3TextConfig,
 }
 
 
@@ -142,6 +143,15 @@ def test_every_target_architecture_loads_in_peft(models, tmp_path, target) -> No
     transfer(models[source], models[target], [adapter], out, OPTIONS)
     ours = check_loads_and_matches(models[target], out)
     # 4 target layers from 3 source layers (linear map), all seven projections.
+    assert len(ours) == 4 * 7
+
+
+def test_adapter_trained_on_gemma3_moves_to_another_architecture(models, tmp_path) -> None:
+    """gemma3_text as the source: its adapter is read, its weights' subspaces computed."""
+    adapter = make_adapter(tmp_path / "lora", models["gemma3_text"], seed=7)
+    out = tmp_path / "out"
+    transfer(models["gemma3_text"], models["llama"], [adapter], out, OPTIONS)
+    ours = check_loads_and_matches(models["llama"], out)
     assert len(ours) == 4 * 7
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from crosslora_jax.eval._arch import ModelSpec, model_spec
 from crosslora_jax.eval._model import Lora, hidden_states, logits, token_logprobs
 from crosslora_jax.eval._params import Params, from_hf, load_params, to_hf
+from crosslora_jax.eval._spec import ModelSpec, model_spec
 from crosslora_jax.eval._tasks import (
     Progress,
     Question,

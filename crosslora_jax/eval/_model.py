@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from crosslora_jax.eval._arch import ModelSpec
+from crosslora_jax.eval._spec import ModelSpec
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -57,9 +57,10 @@ def _linear(x: jax.Array, layer: Mapping[str, jax.Array], role: str, lora: Mappi
 
 
 def _attention(
-    spec: ModelSpec, x: jax.Array, layer: Mapping[str, jax.Array], window: jax.Array, lora: Lora
+    spec: ModelSpec, x: jax.Array, layer: Mapping[str, jax.Array], window: jax.Array, inv_freq: jax.Array, lora: Lora
 ) -> jax.Array:
-    """Causal (optionally sliding-window) grouped-query attention: x [B, T, D] -> [B, T, D]."""
+    """Causal (optionally sliding-window) grouped-query attention: x [B, T, D] -> [B, T, D];
+    `window` 0 = full attention, `inv_freq` [hd/2] this layer's RoPE frequencies."""
     b, t, _ = x.shape
     groups = spec.heads // spec.kv_heads
     q = _linear(x, layer, "q", lora.get("q")).reshape(b, t, spec.heads, spec.head_dim)
@@ -68,7 +69,6 @@ def _attention(
     if spec.qk_norm:
         q = rms_norm(q, layer["q_norm"], spec.norm_eps, spec.norm_offset)
         k = rms_norm(k, layer["k_norm"], spec.norm_eps, spec.norm_offset)
-    inv_freq = jnp.asarray(spec.inv_freq, jnp.float32)
     q, k = _rope(q, inv_freq), _rope(k, inv_freq)
     q = q.reshape(b, t, spec.kv_heads, groups, spec.head_dim)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, precision=_HI) * spec.attn_scale
@@ -89,14 +89,16 @@ def _mlp(spec: ModelSpec, x: jax.Array, layer: Mapping[str, jax.Array], lora: Lo
     return _linear(h, layer, "down", lora.get("down"))
 
 
-def _block(spec: ModelSpec, x: jax.Array, layer: Mapping[str, jax.Array], window: jax.Array, lora: Lora) -> jax.Array:
+def _block(
+    spec: ModelSpec, x: jax.Array, layer: Mapping[str, jax.Array], window: jax.Array, inv_freq: jax.Array, lora: Lora
+) -> jax.Array:
     """One decoder layer; `spec.block_norms` says where the (pre, post) norms sit around each half."""
     pre_attn, post_attn, pre_mlp, post_mlp = spec.block_norms
 
     def norm(h: jax.Array, name: str | None) -> jax.Array:
         return h if name is None else rms_norm(h, layer[name], spec.norm_eps, spec.norm_offset)
 
-    x = x + norm(_attention(spec, norm(x, pre_attn), layer, window, lora), post_attn)
+    x = x + norm(_attention(spec, norm(x, pre_attn), layer, window, inv_freq, lora), post_attn)
     return x + norm(_mlp(spec, norm(x, pre_mlp), layer, lora), post_mlp)
 
 
@@ -108,13 +110,14 @@ def hidden_states(
     x = jnp.take(embed, tokens, axis=0)  # type: ignore[arg-type]
     if spec.embed_scale:
         x = x * jnp.asarray(spec.hidden**0.5, jnp.float32)
-    windows = jnp.asarray(spec.windows, jnp.int32)
+    windows = jnp.asarray(spec.windows, jnp.int32)  # [L]
+    inv_freqs = jnp.asarray(spec.inv_freqs, jnp.float32)  # [L, hd/2]
 
-    def step(h: jax.Array, xs: tuple[Mapping[str, jax.Array], jax.Array, Lora]) -> tuple[jax.Array, None]:
-        layer, window, layer_lora = xs
-        return _block(spec, h, layer, window, layer_lora), None
+    def step(h: jax.Array, xs: tuple[Mapping[str, jax.Array], jax.Array, jax.Array, Lora]) -> tuple[jax.Array, None]:
+        layer, window, inv_freq, layer_lora = xs
+        return _block(spec, h, layer, window, inv_freq, layer_lora), None
 
-    x, _ = jax.lax.scan(step, x, (params["layers"], windows, lora or {}))
+    x, _ = jax.lax.scan(step, x, (params["layers"], windows, inv_freqs, lora or {}))
     return rms_norm(x, params["norm"], spec.norm_eps, spec.norm_offset)  # type: ignore[arg-type]
 
 

@@ -6,7 +6,9 @@ Layout (float32, HF weight orientation W [out, in]; L layers, V vocab, D hidden)
      "layers": {"q": [L, H·hd, D], "k", "v": [L, KV·hd, D], "o": [L, D, H·hd],
                 "gate", "up": [L, I, D], "down": [L, D, I],
                 "<role>_bias": [L, out] for roles with a bias,
-                "<norm name>": [L, D] per block norm, "q_norm", "k_norm": [L, hd] (qwen3)}}
+                "<norm name>": [L, D] per block norm, "q_norm", "k_norm": [L, hd] (qk-norm rows)}}
+
+The HF names of these keys come from the architecture table, `ArchSpec.tensor_names`.
 """
 
 from __future__ import annotations
@@ -16,34 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslora_jax.arch import ARCHITECTURES, ROLES
-from crosslora_jax.eval._arch import ModelSpec
+from crosslora_jax.arch import ARCHITECTURES, TensorKey
+from crosslora_jax.eval._spec import ModelSpec
 from crosslora_jax.io.hf_config import ModelConfig
 from crosslora_jax.io.peft_adapter import read_adapter
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
 
 Params = dict[str, object]
-_EMBED, _NORM, _HEAD = "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"
 
 
-def hf_names(spec: ModelSpec) -> dict[tuple[str, int | None], str]:
+def hf_names(spec: ModelSpec) -> dict[TensorKey, str]:
     """(canonical key, layer or None) -> HF tensor name, for every tensor the model has."""
     arch = ARCHITECTURES[spec.model_type]
-    names: dict[tuple[str, int | None], str] = {("embed", None): _EMBED, ("norm", None): _NORM}
-    if not spec.tied:
-        names["lm_head", None] = _HEAD
-    for layer in range(spec.num_layers):
-        prefix = arch.layer_prefix.format(layer=layer)
-        for role in ROLES:
-            names[role, layer] = arch.weight_name(role, layer)
-        for role in spec.biases:
-            names[f"{role}_bias", layer] = f"{arch.module_path(role, layer)}.bias"
-        for norm in spec.norm_names:
-            names[norm, layer] = f"{prefix}.{norm}.weight"
-        if spec.qk_norm:
-            for norm in ("q_norm", "k_norm"):
-                names[norm, layer] = f"{prefix}.self_attn.{norm}.weight"
-    return names
+    return arch.tensor_names(spec.num_layers, tied=spec.tied, biases=spec.biases)
 
 
 def from_hf(spec: ModelSpec, read: object) -> Params:

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from crosslora_jax._errors import ConfigError, OptionsError, TaskError
-from crosslora_jax.eval._arch import ModelSpec
 from crosslora_jax.eval._model import token_logprobs
+from crosslora_jax.eval._spec import ModelSpec
 
 TOKENIZER_FILE = "tokenizer.json"
 TARGET_DELIMITER = " "

@@ -324,8 +324,7 @@ def adapter_config_for_target(
     # PEFT's AutoPeftModel builds the base with this class when task_type is unset: name the target's.
     architectures = target.raw.get("architectures")
     if source_config.get("auto_mapping") and isinstance(architectures, list) and architectures:
-        library = f"transformers.models.{target.model_type}.modeling_{target.model_type}"
-        config["auto_mapping"] = {"base_model_class": architectures[0], "parent_library": library}
+        config["auto_mapping"] = {"base_model_class": architectures[0], "parent_library": target.arch.modeling_module}
     config["r"], config["lora_alpha"] = r, alpha
     config["rank_pattern"] = {m.path: m.rank for m in written if m.rank != r}
     config["alpha_pattern"] = {m.path: m.alpha for m in written if m.alpha != alpha}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
 import pytest
 
 from crosslora_jax._errors import ConfigError
+from crosslora_jax.arch import ARCHITECTURES
 from crosslora_jax.eval import load_model, logits
 
 torch = pytest.importorskip("torch")
@@ -51,6 +53,18 @@ CASES = {
         query_pre_attn_scalar=12,
         sliding_window=4,
         attn_logit_softcapping=2.0,
+        final_logit_softcapping=3.0,
+    ),
+    # qk-norm, sandwich norms, local/global layers (sliding, full, sliding), local layers with their
+    # own unscaled theta, linear RoPE scaling on the global layer only
+    "gemma3_text": dict(
+        head_dim=16,
+        query_pre_attn_scalar=12,
+        sliding_window=4,
+        sliding_window_pattern=2,
+        rope_theta=5000.0,
+        rope_local_base_freq=100.0,
+        rope_scaling=dict(rope_type="linear", factor=4.0),
         final_logit_softcapping=3.0,
     ),
 }
@@ -136,11 +150,46 @@ def test_logits_with_adapter_match_peft(case, tmp_path):
     _compare(theirs, logits(spec, params, tokens))
 
 
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
+def test_table_names_the_transformers_class(model_type):
+    """Every row's class exists where its modeling_module says (PEFT's auto_mapping names both),
+    and AutoModelForCausalLM maps the model_type to it."""
+    arch = ARCHITECTURES[model_type]
+    module = importlib.import_module(arch.modeling_module)
+    assert getattr(module, arch.causal_lm).__name__ == arch.causal_lm
+    config_class = transformers.CONFIG_MAPPING[model_type]
+    assert transformers.MODEL_FOR_CAUSAL_LM_MAPPING[config_class].__name__ == arch.causal_lm
+
+
+@pytest.mark.parametrize("rope", ["explicit", "defaults"])
+def test_gemma3_config_in_the_older_form(tmp_path, rope):
+    """A gemma3_text config.json as transformers 4.x wrote it (rope_theta, rope_local_base_freq,
+    rope_scaling, sliding_window_pattern; no layer_types, no per-layer-type rope_parameters):
+    transformers reads it, and our logits equal its (defaults: global theta 1e6, local 1e4)."""
+    _build("gemma3_text", tmp_path)
+    path = tmp_path / "model" / "config.json"
+    config = json.loads(path.read_text())
+    for field in ("layer_types", "rope_parameters", "rope_theta", "rope_local_base_freq", "rope_scaling"):
+        config.pop(field, None)
+    if rope == "explicit":
+        config.update(rope_theta=5000.0, rope_local_base_freq=100.0, rope_scaling=dict(rope_type="linear", factor=4.0))
+    path.write_text(json.dumps(config))
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "model", attn_implementation="eager")
+    model = model.float().eval()
+    assert model.config.layer_types == ["sliding_attention", "full_attention", "sliding_attention"]
+    tokens = _tokens(_COMMON["vocab_size"], seed=5)
+    with torch.no_grad():
+        theirs = model(torch.tensor(tokens)).logits
+    spec, params = load_model(tmp_path / "model")
+    _compare(theirs, logits(spec, params, tokens))
+
+
 @pytest.mark.parametrize(
     ("field", "value", "named"),
     [
         ("rope_scaling", {"rope_type": "yarn", "factor": 4.0}, "yarn"),
         ("partial_rotary_factor", 0.5, "partial_rotary_factor"),
+        ("rope_parameters", {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}, "partial_rotary"),
         ("hidden_act", "swish_glu", "swish_glu"),
         ("layer_types", ["chunked_attention"] * 3, "chunked_attention"),
     ],

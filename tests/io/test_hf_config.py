@@ -63,7 +63,7 @@ def test_name_or_path(tmp_path):
     ("overrides", "message"),
     [
         ({"model_type": "phi3"}, "'phi3' is not supported: fused qkv_proj"),
-        ({"model_type": "gpt2"}, "unknown model_type 'gpt2'; supported: gemma, gemma2, llama"),
+        ({"model_type": "gpt2"}, "unknown model_type 'gpt2'; supported: gemma, gemma2, gemma3_text, llama"),
         ({"model_type": None}, "missing string field 'model_type'"),
         ({"quantization_config": {"bits": 4}}, "'quantization_config' is set"),
         ({"num_local_experts": 8}, "'num_local_experts' is set"),
