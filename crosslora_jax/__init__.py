@@ -2,7 +2,9 @@
 
 Public API:
 - `transfer(source_model, target_model, adapters, output, options)`: the whole job, files in
-  and PEFT adapter folders out (what `python -m crosslora_jax.transfer` runs).
+  and PEFT adapter folders out (what `python -m crosslora_jax.transfer` runs); returns one
+  `TransferReport` per adapter (`ModuleReport` per target module; `to_json()` is the
+  `crosslora_report.json` written beside the adapter).
 - `TransferOptions`, `SvdSettings`: how to transfer.
 - `read_model_config`, `Checkpoint`, `read_adapter`: lazy readers of HF models and adapters.
 - `load_weight_stacks`, `load_lora_stacks`, `save_lora_stacks`: stacked [L, ...] pytrees of
@@ -38,6 +40,7 @@ from crosslora_jax.ops import (
 )
 from crosslora_jax.pipeline import TransferOptions, run_transfer, subspaces, transfer
 from crosslora_jax.stacks import LoraStack, load_lora_stacks, load_weight_stacks, save_lora_stacks
+from crosslora_jax.transfer_report import ModuleReport, TransferReport
 
 __version__ = "0.1.0"
 
@@ -52,12 +55,14 @@ __all__ = [
     "LoraAdapter",
     "LoraStack",
     "ModelConfig",
+    "ModuleReport",
     "OptionsError",
     "OutputError",
     "Subspace",
     "SvdSettings",
     "TransferError",
     "TransferOptions",
+    "TransferReport",
     "align",
     "layer_map",
     "load_lora_stacks",

@@ -10,9 +10,8 @@ import dataclasses
 import functools
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
@@ -46,6 +45,7 @@ from crosslora_jax.ops import (
     truncate_stack,
 )
 from crosslora_jax.ops.svd import effective_rank
+from crosslora_jax.transfer_report import LayerMap, ModuleFigures, ModuleReport, SidePair, Timings, TransferReport
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,14 +78,27 @@ class TransferOptions:
         return self.method != "truncate" or self.min_similarity > 0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class TransferResult:
-    """One transferred adapter: target factors by module path, and the per-module report."""
+    """One adapter mapped onto the target, not yet written: target factors by module path, the
+    modules they are (target paths and layers), and the report line of every target module."""
 
     adapter: LoraAdapter
-    factors: dict[str, tuple[np.ndarray, np.ndarray]]
-    written: list[LoraModule]
-    modules: list[dict[str, Any]]
+    factors: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    written: tuple[LoraModule, ...]
+    module_reports: tuple[ModuleReport, ...]  # sorted by target layer, then role
+    layer_map: LayerMap
+    project_seconds: float
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """What the chunks of one adapter add up to while `run_transfer` works through them."""
+
+    adapter: LoraAdapter
+    factors: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+    written: list[LoraModule] = dataclasses.field(default_factory=list)
+    module_reports: list[ModuleReport] = dataclasses.field(default_factory=list)
     project_seconds: float = 0.0
 
 
@@ -99,8 +112,9 @@ def transfer(
     overwrite: bool = False,
     cache_dir: Path | str | None = None,
     progress: Progress | None = None,
-) -> list[dict[str, Any]]:
-    """Transfer each adapter and write it under `output`; returns one report per adapter.
+) -> list[TransferReport]:
+    """Transfer each adapter and write it under `output`; returns one report per adapter (what
+    each folder's `crosslora_report.json` holds: `report.to_json()`).
 
     With one adapter `output` is the adapter folder; with several it is a parent folder with
     one adapter folder each, named after the input folders. An adapter path that is a folder of
@@ -120,7 +134,7 @@ def transfer(
     store = SubspaceStore(options.svd, absolute(cache_dir) if cache_dir is not None else None)
     if jax.process_index() != 0:  # one process writes; the others compute their shards
         results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store, progress)
-        return [_report(source_cfg, target_cfg, r, options, "-", store, compute_seconds, None) for r in results]
+        return [_report(source_cfg, target_cfg, r, options, store, compute_seconds) for r in results]
     # The staging folder is made before computing, so an unwritable --output fails in seconds.
     with staged_output(output) as staging:
         results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store, progress)
@@ -134,8 +148,8 @@ def transfer(
             config = adapter_config_for_target(result.adapter.config, target_cfg, result.written)
             write_adapter(folder, result.factors, config, dtype)
             final = output if len(results) == 1 else output / name
-            report = _report(source_cfg, target_cfg, result, options, dtype, store, compute_seconds, final)
-            report["timings"]["write_seconds"] = time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            report = _report(source_cfg, target_cfg, result, options, store, compute_seconds, final, dtype, seconds)
             write_report(folder, report)
             reports.append(report)
     return reports
@@ -176,10 +190,11 @@ def run_transfer(
     store = store or SubspaceStore(options.svd)
     progress = progress or Progress()
     source_ckpt, target_ckpt = Checkpoint(source.folder), Checkpoint(target.folder)
-    lmap = layer_map(options.layer_map, source.num_layers, target.num_layers)
-    results = [TransferResult(a, {}, [], []) for a in adapters]
+    kind = resolve_layer_map(options.layer_map, source.num_layers, target.num_layers)
+    lmap = LayerMap(kind, tuple(layer_map(kind, source.num_layers, target.num_layers)))
+    outcomes = [_Outcome(a) for a in adapters]
     roles = sorted({role for a in adapters for role in a.roles()}, key=_role_order)
-    unmapped = [j for j, i in enumerate(lmap) if i is None]
+    unmapped = [j for j, i in enumerate(lmap.target_to_source) if i is None]
     if unmapped:
         logging.warning("target layers %s have no source layer under the index layer map; they get no adapter "
                         "(--layer_map=linear maps every target layer)", unmapped)  # fmt: skip
@@ -194,13 +209,13 @@ def run_transfer(
     for role in roles:
         _warn_about_ranks(role, target, adapters)
         jobs = []
-        for j, i in enumerate(lmap):
+        for j, i in enumerate(lmap.target_to_source):
             needed = i is not None and any((role, i) in a.modules for a in adapters)
             if needed:
                 jobs.append((j, i))
-            for result in results:
-                if i is None or (role, i) not in result.adapter.modules:
-                    result.modules.append(_skipped(target, role, j, i, source.num_layers))
+            for outcome in outcomes:
+                if i is None or (role, i) not in outcome.adapter.modules:
+                    outcome.module_reports.append(_skipped(target, role, j, i, source.num_layers))
         chunks = [jobs[c : c + options.layers_per_chunk] for c in range(0, len(jobs), options.layers_per_chunk)]
         plan += [(role, f"role {role} chunk {number}/{len(chunks)} (target layers {chunk[0][0]}-{chunk[-1][0]})", chunk)
                  for number, chunk in enumerate(chunks, 1)]  # fmt: skip
@@ -211,19 +226,22 @@ def run_transfer(
             _interrupt.check()
             progress.working(label)
             started = time.perf_counter()
-            _transfer_chunk(role, chunk, source, target, source_ckpt, target_ckpt, results, options, store)
+            _transfer_chunk(role, chunk, source, target, source_ckpt, target_ckpt, outcomes, options, store)
             progress.step(cost, f"{label} done in {time.perf_counter() - started:.1f}s")
     finally:
         progress.close()
-    for result in results:
-        _warn_about_report(result.adapter.folder, result.modules, options)
-        if not result.factors:
+    results = []
+    for outcome in outcomes:
+        _warn_about_report(outcome.adapter.folder, outcome.module_reports, options)
+        if not outcome.factors:
             raise TransferError(
-                result.adapter.folder,
+                outcome.adapter.folder,
                 "no module was transferred (all were gated out or had no source layer); "
                 "lower --min_similarity or change --layer_map",
             )
-        result.modules.sort(key=lambda r: (r["target_layer"], _role_order(r["role"])))
+        reports = sorted(outcome.module_reports, key=lambda r: (r.target_layer, _role_order(r.role)))
+        results.append(TransferResult(outcome.adapter, outcome.factors, tuple(outcome.written), tuple(reports), lmap,
+                                      outcome.project_seconds))  # fmt: skip
     return results
 
 
@@ -236,23 +254,23 @@ def _chunk_cost(
     return float(sum(m * n * min(m, n) for m, n in (source.shapes[role], target.shapes[role])) * len(chunk))
 
 
-def _warn_about_report(folder: Path, modules: Sequence[dict[str, Any]], options: TransferOptions) -> None:
+def _warn_about_report(folder: Path, modules: Sequence[ModuleReport], options: TransferOptions) -> None:
     """One line per kind of trouble, not one per module."""
-    gated = [m["module"] for m in modules if m.get("skipped_by") == "gate"]
+    gated = [m.module for m in modules if m.skipped_by == "gate"]
     if gated:
         logging.warning("%s: %d modules skipped by --min_similarity=%g (see the report), e.g. %s",
                         folder, len(gated), options.min_similarity, gated[0])  # fmt: skip
-    low = [
-        m
+    energies = {
+        m.module: (m.figures.energy_source, m.figures.energy_target)
         for m in modules
-        if m.get("energy_source") is not None and min(m["energy_source"], m["energy_target"]) < options.energy_warning
-    ]
+        if m.figures is not None and m.figures.energy_source is not None and m.figures.energy_target is not None
+    }
+    low = {module: e for module, e in energies.items() if min(e) < options.energy_warning}
     if low:
-        worst = min(low, key=lambda m: min(m["energy_source"], m["energy_target"]))
+        worst = min(low, key=lambda module: min(low[module]))
         logging.warning("%s: in %d modules the rank-r SVD keeps under %.0f%% of the weight energy (lowest: %s, "
                         "%.0f%% source / %.0f%% target); consider a larger --svd_rank", folder, len(low),
-                        100 * options.energy_warning, worst["module"], 100 * worst["energy_source"],
-                        100 * worst["energy_target"])  # fmt: skip
+                        100 * options.energy_warning, worst, 100 * low[worst][0], 100 * low[worst][1])  # fmt: skip
 
 
 def _role_order(role: str) -> int:
@@ -298,7 +316,7 @@ def _transfer_chunk(
     target: ModelConfig,
     source_ckpt: Checkpoint,
     target_ckpt: Checkpoint,
-    results: Sequence[TransferResult],
+    outcomes: Sequence[_Outcome],
     options: TransferOptions,
     store: SubspaceStore,
 ) -> None:
@@ -308,14 +326,14 @@ def _transfer_chunk(
     if options.needs_subspaces:
         src = store.get(source, source_ckpt, role, src_layers)
         tgt = store.get(target, target_ckpt, role, [j for j, _ in chunk])
-    for result in results:
+    for outcome in outcomes:
         by_rank: dict[int, list[tuple[int, int, int, LoraModule]]] = defaultdict(list)
         for t_pos, (j, i) in enumerate(chunk):
-            module = result.adapter.modules.get((role, i))
+            module = outcome.adapter.modules.get((role, i))
             if module is not None:
                 by_rank[module.rank].append((t_pos, j, i, module))
         for group in by_rank.values():
-            a, b = result.adapter.read_factors([g[3] for g in group])
+            a, b = outcome.adapter.read_factors([g[3] for g in group])
             n = len(group)
             started = time.perf_counter()
             if src is None or tgt is None:
@@ -332,21 +350,21 @@ def _transfer_chunk(
                 )
                 diag = {k: _mesh.to_host(v, n) for k, v in stats._asdict().items()}
             a_t, b_t = _mesh.to_host(a_t, n), _mesh.to_host(b_t, n)
-            result.project_seconds += time.perf_counter() - started
+            outcome.project_seconds += time.perf_counter() - started
             for row, (t, j, i, module) in enumerate(group):
                 subspace = None
                 if src is not None and tgt is not None:
                     subspace = _SubspaceFacts(
                         energy=(float(src.energy[src_pos[i]]), float(tgt.energy[t])),
-                        svd_rank=(int(src.u.shape[2]), int(tgt.u.shape[2])),
+                        svd_rank=SidePair(int(src.u.shape[2]), int(tgt.u.shape[2])),
                     )
                 entry = _module_entry(
                     role, j, module, source, target, options, {k: float(v[row]) for k, v in diag.items()}, subspace
                 )
-                if entry["status"] == "transferred":
-                    result.factors[entry["module"]] = (a_t[row], b_t[row])
-                    result.written.append(dataclasses.replace(module, path=entry["module"], layer=j))
-                result.modules.append(entry)
+                if entry.status == "transferred":
+                    outcome.factors[entry.module] = (a_t[row], b_t[row])
+                    outcome.written.append(dataclasses.replace(module, path=entry.module, layer=j))
+                outcome.module_reports.append(entry)
 
 
 @functools.cache
@@ -357,7 +375,7 @@ def _sharded_truncate(m_t: int, n_t: int):  # noqa: ANN202
 @dataclasses.dataclass(frozen=True)
 class _SubspaceFacts:
     energy: tuple[float, float]  # share of ‖W‖_F² kept by rank r: source, target
-    svd_rank: tuple[int, int]  # effective rank used: source, target
+    svd_rank: SidePair  # effective rank used
 
 
 def _module_entry(
@@ -369,7 +387,7 @@ def _module_entry(
     options: TransferOptions,
     stats: dict[str, float],
     subspace: _SubspaceFacts | None,
-) -> dict[str, Any]:
+) -> ModuleReport:
     """The report line of one computed target module, with the similarity gate's verdict.
 
     Without subspaces (`truncate`, gate off) the subspace figures are None: nothing measured them.
@@ -378,55 +396,55 @@ def _module_entry(
     scored = subspace is not None
     similarity = min(stats["phi_u"], stats["phi_v"]) if scored else None
     gated = similarity is not None and similarity < options.min_similarity
-    return {
-        "module": target.arch.module_path(role, j),
-        "role": role,
-        "target_layer": j,
-        "source_layer": module.layer,
-        "source_module": module.path,
-        "method": options.method,
-        "rank": module.rank,
-        "alpha": module.alpha,
-        "source_shape": list(source.shapes[role]),
-        "target_shape": list(target.shapes[role]),
-        "svd_rank": list(subspace.svd_rank) if scored else None,
-        "energy_source": subspace.energy[0] if scored else None,
-        "energy_target": subspace.energy[1] if scored else None,
-        "phi_u": stats.get("phi_u"),
-        "phi_v": stats.get("phi_v"),
-        "chance_u": stats.get("chance_u"),
-        "chance_v": stats.get("chance_v"),
-        "norm_ratio": stats["target_norm"] / source_norm if source_norm > 0 else None,
-        "in_subspace": stats["in_subspace_norm"] / source_norm if scored and source_norm > 0 else None,
-        "status": "skipped" if gated else "transferred",
-        "skipped_by": "gate" if gated else None,
-        "reason": f"similarity {similarity:.3f} < --min_similarity {options.min_similarity}" if gated else None,
-    }
+    figures = ModuleFigures(
+        source_module=module.path,
+        method=options.method,
+        rank=module.rank,
+        alpha=module.alpha,
+        source_shape=source.shapes[role],
+        target_shape=target.shapes[role],
+        svd_rank=subspace.svd_rank if scored else None,
+        energy_source=subspace.energy[0] if scored else None,
+        energy_target=subspace.energy[1] if scored else None,
+        phi_u=stats.get("phi_u"),
+        phi_v=stats.get("phi_v"),
+        chance_u=stats.get("chance_u"),
+        chance_v=stats.get("chance_v"),
+        norm_ratio=stats["target_norm"] / source_norm if source_norm > 0 else None,
+        in_subspace=stats["in_subspace_norm"] / source_norm if scored and source_norm > 0 else None,
+    )
+    return ModuleReport(
+        module=target.arch.module_path(role, j),
+        role=role,
+        target_layer=j,
+        source_layer=module.layer,
+        skipped_by="gate" if gated else None,
+        reason=f"similarity {similarity:.3f} < --min_similarity {options.min_similarity}" if gated else None,
+        figures=figures,
+    )
 
 
-def _skipped(target: ModelConfig, role: str, j: int, i: int | None, source_layers: int) -> dict[str, Any]:
+def _skipped(target: ModelConfig, role: str, j: int, i: int | None, source_layers: int) -> ModuleReport:
     why = (
         f"no source layer (index layer map; the source has {source_layers} layers)"
         if i is None
         else f"the adapter has no {role} module in source layer {i}"
     )
-    return {"module": target.arch.module_path(role, j), "role": role, "target_layer": j, "source_layer": i,
-            "status": "skipped", "skipped_by": "layer_map" if i is None else "adapter", "reason": why}  # fmt: skip
+    return ModuleReport(
+        target.arch.module_path(role, j), role, j, i, "layer_map" if i is None else "adapter", why, None
+    )
 
 
 def _effective_ranks(
     source: ModelConfig, target: ModelConfig, result: TransferResult, options: TransferOptions
-) -> dict[str, dict[str, int] | None]:
+) -> dict[str, SidePair | None]:
     """Per role, r_e = min(r, m, n) of each model; None where no SVD was needed (truncate)."""
-    roles = sorted({m["role"] for m in result.modules if "rank" in m}, key=_role_order)
+    roles = sorted({m.role for m in result.module_reports if m.figures is not None}, key=_role_order)
     if not options.needs_subspaces:
         return dict.fromkeys(roles)
     rank = options.svd.rank
     return {
-        role: {
-            "source": effective_rank(rank, *source.shapes[role]),
-            "target": effective_rank(rank, *target.shapes[role]),
-        }
+        role: SidePair(effective_rank(rank, *source.shapes[role]), effective_rank(rank, *target.shapes[role]))
         for role in roles
     }
 
@@ -436,36 +454,34 @@ def _report(
     target: ModelConfig,
     result: TransferResult,
     options: TransferOptions,
-    dtype: str,
     store: SubspaceStore,
     compute_seconds: float,
-    output: Path | None,
-) -> dict[str, Any]:
-    counts = defaultdict(int)
-    for m in result.modules:
-        counts[m["status"]] += 1
-    return {
-        "adapter": str(result.adapter.folder),
-        "output": None if output is None else str(output),
-        "source_model": str(source.folder),
-        "target_model": str(target.folder),
-        "method": options.method,
-        "svd": {**dataclasses.asdict(options.svd), "effective_rank": _effective_ranks(source, target, result, options)},
-        "layer_map": {
-            "kind": resolve_layer_map(options.layer_map, source.num_layers, target.num_layers),
-            "target_to_source": layer_map(options.layer_map, source.num_layers, target.num_layers),
-        },
-        "min_similarity": options.min_similarity,
-        "output_dtype": dtype,
-        "devices": [str(d) for d in jax.devices()],
-        "summary": dict(counts),
-        "subspaces": {"computed_layers": store.stats.computed, "cached_layers": store.stats.cached},
-        "timings": {
-            "compute_seconds": compute_seconds,
-            "svd_seconds": store.stats.svd_seconds,
-            "read_seconds": store.stats.read_seconds,
-            "cache_seconds": store.stats.cache_seconds,
-            "project_seconds": result.project_seconds,
-        },
-        "modules": result.modules,
-    }
+    output: Path | None = None,
+    dtype: str = "-",
+    write_seconds: float | None = None,
+) -> TransferReport:
+    """The report of one adapter; without `output` (processes that write nothing) dtype is "-"."""
+    return TransferReport(
+        adapter=result.adapter.folder,
+        output=output,
+        source_model=source.folder,
+        target_model=target.folder,
+        method=options.method,
+        svd=options.svd,
+        effective_rank=_effective_ranks(source, target, result, options),
+        layer_map=result.layer_map,
+        min_similarity=options.min_similarity,
+        output_dtype=dtype,
+        devices=tuple(str(d) for d in jax.devices()),
+        computed_layers=store.stats.computed,
+        cached_layers=store.stats.cached,
+        timings=Timings(
+            compute_seconds=compute_seconds,
+            svd_seconds=store.stats.svd_seconds,
+            read_seconds=store.stats.read_seconds,
+            cache_seconds=store.stats.cache_seconds,
+            project_seconds=result.project_seconds,
+            write_seconds=write_seconds,
+        ),
+        modules=result.module_reports,
+    )

@@ -3,6 +3,7 @@ truncate without SVDs, and the printed summary."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def test_table_and_summary_show_each_sides_chance(tmp_path) -> None:
     paths = make_inputs(tmp_path)
     (report,) = transfer(*(paths[k] for k in ("source", "target")), [paths["adapter"]], tmp_path / "o",
                          TransferOptions(svd=SvdSettings(rank=6)))  # fmt: skip
-    table = format_table(report["modules"]).splitlines()
+    table = format_table(report.modules).splitlines()
     assert table[0].split()[5:10] == ["phi_U", "chanceU", "phi_V", "chanceV", "in_sub"]
     v0 = next(m for m in report["modules"] if m["module"] == "model.layers.0.self_attn.v_proj")
     assert v0["chance_u"] != pytest.approx(v0["chance_v"])  # v: 12 rows vs 32 columns in common
@@ -111,3 +112,34 @@ def test_summary_counts_skips_by_reason(tmp_path) -> None:
     assert "2 modules transferred, 1 skipped (1 by layer_map)" in summary
     q_line = next(line for line in summary.splitlines() if line.split()[0] == "q")
     assert q_line.split()[1] == "2/3" and q_line.split()[2] == "-"  # truncate: no φ measured
+
+
+_TOP_KEYS = ["adapter", "output", "source_model", "target_model", "method", "svd", "layer_map", "min_similarity",
+             "output_dtype", "devices", "summary", "subspaces", "timings", "modules"]  # fmt: skip
+_WHERE = ["module", "role", "target_layer", "source_layer"]
+_VERDICT = ["status", "skipped_by", "reason"]
+_FIGURES = ["source_module", "method", "rank", "alpha", "source_shape", "target_shape", "svd_rank", "energy_source",
+            "energy_target", "phi_u", "phi_v", "chance_u", "chance_v", "norm_ratio", "in_subspace"]  # fmt: skip
+
+
+def test_the_report_file_is_the_returned_reports_json_with_its_keys_in_order(tmp_path) -> None:
+    """crosslora_report.json is a user-facing format: its keys and their order are pinned here."""
+    paths = make_inputs(tmp_path)
+    # Source layer 1 only: target layer 0 (source 0) is not in the adapter; of layers 1-2 (source 1)
+    # the gate drops the modules whose min(φ_U, φ_V) is ~0.17 and keeps those at ~0.22.
+    adapter = synthetic.write_adapter(tmp_path / "one", SRC_CFG, seed=2, roles=("q", "v"), layers=[1])
+    options = TransferOptions(svd=SvdSettings(rank=6), min_similarity=0.19)
+    (report,) = transfer(paths["source"], paths["target"], [adapter], paths["output"], options)
+    written = json.loads((paths["output"] / "crosslora_report.json").read_text())
+    assert written == json.loads(json.dumps(report.to_json()))
+    assert list(written) == _TOP_KEYS and dict(report) == report.to_json()  # the mapping view is the JSON
+    assert list(written["timings"]) == ["compute_seconds", "svd_seconds", "read_seconds", "cache_seconds",
+                                        "project_seconds", "write_seconds"]  # fmt: skip
+    assert list(written["svd"])[-1] == "effective_rank" and list(written["layer_map"]) == ["kind", "target_to_source"]
+    assert list(written["subspaces"]) == ["computed_layers", "cached_layers"]
+    kinds = {m["skipped_by"]: list(m) for m in written["modules"]}
+    assert kinds[None] == kinds["gate"] == _WHERE + _FIGURES + _VERDICT  # computed: transferred or gated out
+    assert kinds["adapter"] == _WHERE + _VERDICT  # never computed: no figures
+    assert written["summary"] == {s: sum(m.status == s for m in report.modules) for s in ("transferred", "skipped")}
+    for typed, entry in zip(report.modules, written["modules"], strict=True):
+        assert typed.status == entry["status"] and (typed.figures is None) == ("rank" not in entry)

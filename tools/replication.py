@@ -429,9 +429,10 @@ def run_seed(seed: int, settings: Settings, text: dict[str, np.ndarray], work: P
             else:
                 l_tr, a_tr = score(seed_dir / target, out, windows)
             seconds = time.perf_counter() - t0
-            transferred = [m for m in (report or {}).get("modules", []) if m["status"] == "transferred"]
-            computed = [m for m in (report or {}).get("modules", []) if "rank" in m]
-            scored = [m for m in computed if m["phi_u"] is not None]  # truncate computes no φ
+            modules = report.modules if report is not None else ()
+            transferred = [m for m in modules if m.status == "transferred"]
+            computed = [m.figures for m in modules if m.figures is not None]
+            scored = [f for f in computed if f.phi_u is not None and f.phi_v is not None]  # truncate computes no φ
             totals.setdefault(rank, len(computed))
             denominator = l_base - l_trained
             rows.append(
@@ -450,10 +451,8 @@ def run_seed(seed: int, settings: Settings, text: dict[str, np.ndarray], work: P
                     "recovered": (l_base - l_tr) / denominator if denominator > 0 else float("nan"),
                     "modules_transferred": len(transferred),
                     "modules_total": totals[rank],
-                    "phi_min_mean": float(np.mean([min(m["phi_u"], m["phi_v"]) for m in scored])) if scored else None,
-                    "chance_mean": float(np.mean([max(m["chance_u"], m["chance_v"]) for m in scored]))
-                    if scored
-                    else None,
+                    "phi_min_mean": float(np.mean([min(f.phi_u, f.phi_v) for f in scored])) if scored else None,
+                    "chance_mean": float(np.mean([max(f.chance_u, f.chance_v) for f in scored])) if scored else None,
                     "seconds": seconds,
                 }
             )

@@ -65,8 +65,8 @@ def _demo(work: Path, kept: bool) -> None:
     options = TransferOptions(method=_METHOD.value, svd=SvdSettings(rank=_SVD_RANK.value))
     (report,) = transfer(src, tgt, [adapter], output, options, overwrite=True)
     print(f"source: {src} (llama, 4 layers)\ntarget: {tgt} (gemma2, 6 layers, 2 shards)")
-    print(f"layer map: {report['layer_map']['kind']} {report['layer_map']['target_to_source']}")
-    print(format_table(report["modules"]))
+    print(f"layer map: {report.layer_map.kind} {list(report.layer_map.target_to_source)}")
+    print(format_table(report.modules))
     print(format_summary(report, output, time.perf_counter() - started))
     if kept:
         print(f"adapter written to {output} (report: {output / REPORT_FILE})")

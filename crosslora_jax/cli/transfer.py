@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import jax
 from absl import app, flags, logging
@@ -118,11 +117,11 @@ def main(argv: Sequence[str]) -> None:
         )
         seconds = time.perf_counter() - started
         for n, report in enumerate(reports if jax.process_index() == 0 else []):
-            logging.info("adapter %s:\n%s", report["adapter"], format_table(report["modules"]))
-            folder = _OUTPUT.value if len(reports) == 1 else report["output"]
+            logging.info("adapter %s:\n%s", report.adapter, format_table(report.modules))
+            folder = _OUTPUT.value if len(reports) == 1 else report.output
             print(("\n" if n else "") + format_summary(report, folder, seconds), file=sys.stdout, flush=True)
-            if _PLOT.value:
-                print(f"  plot: {write_report_plot(Path(report['output']), report)}", flush=True)
+            if _PLOT.value and report.output is not None:
+                print(f"  plot: {write_report_plot(report.output, report)}", flush=True)
 
     run_guarded(body)
 

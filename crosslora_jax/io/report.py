@@ -1,15 +1,17 @@
-"""The transfer report: `crosslora_report.json` in each output folder, a per-module table and the
-run's summary (what the CLI prints as its result)."""
+"""The transfer report as text: `crosslora_report.json` in each output folder, a per-module table
+and the run's summary (what the CLI prints as its result). The report types are in
+`crosslora_jax.transfer_report`."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from crosslora_jax.arch import ROLES
+from crosslora_jax.transfer_report import ModuleFigures, ModuleReport, TransferReport
 
 REPORT_FILE = "crosslora_report.json"
 
@@ -28,16 +30,22 @@ _COLUMNS = (
 )
 
 
-def write_report(folder: Path, report: Mapping[str, Any]) -> None:
-    (folder / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+def write_report(folder: Path, report: TransferReport) -> None:
+    (folder / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=2) + "\n")
 
 
-def _cells(m: Mapping[str, Any]) -> list[Any]:
-    keys = ("energy_source", "energy_target", "phi_u", "chance_u", "phi_v", "chance_v", "in_subspace", "norm_ratio")
-    return [m["module"], m["source_layer"], m["status"], *(m.get(k) for k in keys)]
+_FIGURES = ("energy_source", "energy_target", "phi_u", "chance_u", "phi_v", "chance_v", "in_subspace", "norm_ratio")
 
 
-def format_table(modules: Sequence[Mapping[str, Any]]) -> str:
+def _cells(m: ModuleReport) -> list[Any]:
+    return [m.module, m.source_layer, m.status, *(_figure(m.figures, k) for k in _FIGURES)]
+
+
+def _figure(figures: ModuleFigures | None, name: str) -> float | None:
+    return None if figures is None else getattr(figures, name)
+
+
+def format_table(modules: Sequence[ModuleReport]) -> str:
     """One line per target module; '-' where a value does not apply (skipped modules)."""
     header = " ".join(name.rjust(width) if i else name.ljust(width) for i, (name, _, width) in enumerate(_COLUMNS))
     lines = [header]
@@ -61,34 +69,34 @@ def _span(values: Sequence[float]) -> str:
     return f"{low:.3f}" if abs(high - low) < 5e-4 else f"{low:.3f}-{high:.3f}"
 
 
-def format_summary(report: Mapping[str, Any], output: Path | str, seconds: float) -> str:
+def format_summary(report: TransferReport, output: Path | str, seconds: float) -> str:
     """The command's result: counts, skips by reason, and per role φ beside its own chance
     level (means over the role's computed modules), the share of ΔW_s inside the source
     subspaces, and the range of ‖ΔW_t‖/‖ΔW_s‖."""
-    modules = report["modules"]
-    status = Counter(m["status"] for m in modules)
-    skipped = Counter(m["skipped_by"] for m in modules if m["status"] == "skipped")
+    modules = report.modules
+    status = Counter(m.status for m in modules)
+    skipped = Counter(m.skipped_by for m in modules if m.skipped_by is not None)
     lines = [
-        f"{report['adapter']} -> {output}",
-        f"  {report['method']}, layer map {report['layer_map']['kind']}, {seconds:.1f}s: "
+        f"{report.adapter} -> {output}",
+        f"  {report.method}, layer map {report.layer_map.kind}, {seconds:.1f}s: "
         f"{status['transferred']} modules transferred, {status['skipped']} skipped"
         + (f" ({', '.join(f'{n} by {why}' for why, n in sorted(skipped.items()))})" if skipped else ""),
         f"  {'role':<5} {'moved':>7} {'phi_U (chance)':>15} {'phi_V (chance)':>15} {'in_subspace':>11} "
         f"{'|dWt|/|dWs|':>13}",
     ]
     for role in ROLES:
-        rows = [m for m in modules if m["role"] == role]
-        computed = [m for m in rows if "rank" in m]
+        rows = [m for m in modules if m.role == role]
+        computed = [m for m in rows if m.figures is not None]
         if not computed:
             continue
-        moved = sum(m["status"] == "transferred" for m in rows)
+        moved = sum(m.status == "transferred" for m in rows)
 
-        def values(key: str, rows: Sequence[Mapping[str, Any]] = computed) -> list[float]:
-            return [m[key] for m in rows if m.get(key) is not None]
+        def values(key: str, rows: Sequence[ModuleReport] = computed) -> list[float]:
+            return [v for v in (_figure(m.figures, key) for m in rows) if v is not None]
 
         phi_u = f"{_mean(values('phi_u'))} ({_mean(values('chance_u'))})" if values("phi_u") else "-"
         phi_v = f"{_mean(values('phi_v'))} ({_mean(values('chance_v'))})" if values("phi_v") else "-"
-        ratio = _span(values("norm_ratio", [m for m in computed if m["status"] == "transferred"]))
+        ratio = _span(values("norm_ratio", [m for m in computed if m.status == "transferred"]))
         lines.append(
             f"  {role:<5} {f'{moved}/{len(rows)}':>7} {phi_u:>15} {phi_v:>15} {_mean(values('in_subspace')):>11} "
             f"{ratio:>13}"

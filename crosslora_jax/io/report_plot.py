@@ -21,6 +21,7 @@ from crosslora_jax._errors import OptionsError, OutputError
 from crosslora_jax.arch import ROLES
 from crosslora_jax.io._json import read_json_object
 from crosslora_jax.io.report import REPORT_FILE
+from crosslora_jax.transfer_report import TransferReport
 
 PLOT_FILE = "crosslora_report.png"
 
@@ -170,8 +171,9 @@ class _Panel:
     label: str
 
 
-def write_report_plot(folder: Path, report: Mapping[str, Any]) -> Path:
-    """Draw `report` (one adapter's, as `transfer` returns it) to `folder/crosslora_report.png`.
+def write_report_plot(folder: Path, report: TransferReport | Mapping[str, Any]) -> Path:
+    """Draw `report` (one adapter's, as `transfer` returns it, or a `crosslora_report.json`
+    object) to `folder/crosslora_report.png`.
 
     Raises OptionsError when matplotlib is not installed. The file is written under a temporary
     name and renamed, so a failed plot leaves no partial PNG.
@@ -179,6 +181,8 @@ def write_report_plot(folder: Path, report: Mapping[str, Any]) -> Path:
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    if isinstance(report, TransferReport):
+        report = report.to_json()  # drawn from the JSON, so a report file draws the same
     grids = report_grids(report)
     fig = _heat_maps(report, grids) if grids.layers and grids.roles else _nothing_to_draw(report)
     FigureCanvasAgg(fig)

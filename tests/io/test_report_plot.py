@@ -169,7 +169,7 @@ def test_every_report_under_an_output_folder_gets_its_picture(run, tmp_path) -> 
     _, report = run
     for name in ("first", "second"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / REPORT_FILE).write_text(json.dumps(report))
+        (tmp_path / name / REPORT_FILE).write_text(json.dumps(report.to_json()))
     assert write_report_plots(tmp_path) == [tmp_path / "first" / PLOT_FILE, tmp_path / "second" / PLOT_FILE]
     assert all(_png_size(tmp_path / n / PLOT_FILE)[0] > 0 for n in ("first", "second"))
     (tmp_path / "first" / REPORT_FILE).write_text("{not json")
