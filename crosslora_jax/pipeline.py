@@ -363,7 +363,7 @@ def _transfer_chunk(
                 )
                 if entry.status == "transferred":
                     outcome.factors[entry.module] = (a_t[row], b_t[row])
-                    outcome.written.append(dataclasses.replace(module, path=entry.module, layer=j))
+                    outcome.written.append(LoraModule(entry.module, role, j, module.rank, module.alpha))
                 outcome.module_reports.append(entry)
 
 

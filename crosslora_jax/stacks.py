@@ -81,7 +81,7 @@ def save_lora_stacks(
             path = target.arch.module_path(role, layer)
             factors[path] = (np.asarray(stack.a[n]), np.asarray(stack.b[n]))
             rank = int(stack.a.shape[1])
-            written.append(LoraModule(path, role, layer, rank, float(stack.alpha[n]), "", ""))
+            written.append(LoraModule(path, role, layer, rank, float(stack.alpha[n])))
     config = adapter_config_for_target(base_config, target, written)
     with staged_output(Path(folder)) as staging:
         write_adapter(staging, factors, config, dtype)

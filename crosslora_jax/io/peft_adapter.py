@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -92,15 +92,21 @@ _KNOWN_FIELDS = frozenset(
 
 @dataclasses.dataclass(frozen=True)
 class LoraModule:
-    """One adapted projection: where its factors are stored and its rank and alpha."""
+    """One adapted projection of a base model: which one, and its rank and alpha. Where a file
+    stores its factors is that file's business (`LoraAdapter.factor_names`)."""
 
     path: str  # module path in the base model, e.g. "model.layers.3.self_attn.q_proj"
     role: str
     layer: int
     rank: int  # k
     alpha: float
-    a_name: str
-    b_name: str
+
+
+class FactorNames(NamedTuple):
+    """The tensor names of one module's factors in an adapter file."""
+
+    a: str  # lora_A [k, n]
+    b: str  # lora_B [m, k]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +118,7 @@ class LoraAdapter:
     use_rslora: bool
     dtype: str  # NUMPY_DTYPES key of the stored factors
     modules: Mapping[tuple[str, int], LoraModule]  # (role, layer) -> module
+    factor_names: Mapping[LoraModule, FactorNames]  # each module's tensors in `weights`
     weights: SafetensorsFile
 
     def roles(self) -> list[str]:
@@ -122,9 +129,10 @@ class LoraAdapter:
         return module.alpha / (math.sqrt(module.rank) if self.use_rslora else module.rank)
 
     def read_factors(self, modules: Sequence[LoraModule]) -> tuple[np.ndarray, np.ndarray]:
-        """Float32 (A [L, k, n], B [L, m, k]) of modules that share one rank."""
-        a = np.stack([self._read(m.a_name) for m in modules])
-        b = np.stack([self._read(m.b_name) for m in modules])
+        """Float32 (A [L, k, n], B [L, m, k]) of this adapter's modules that share one rank."""
+        names = [self.factor_names[m] for m in modules]
+        a = np.stack([self._read(n.a) for n in names])
+        b = np.stack([self._read(n.b) for n in names])
         return a, b
 
     def _read(self, name: str) -> np.ndarray:
@@ -153,13 +161,13 @@ def read_adapter(folder: Path | str, model: ModelConfig) -> LoraAdapter:
         weights = SafetensorsFile(weights_path)
     except CheckpointError as e:
         raise AdapterError(e.where, e.problem) from None
-    modules = _modules(config, weights, model)
-    dtypes = {weights.dtype(m.a_name) for m in modules.values()} | {weights.dtype(m.b_name) for m in modules.values()}
+    modules, factor_names = _modules(config, weights, model)
+    dtypes = {weights.dtype(name) for names in factor_names.values() for name in names}
     unknown = dtypes - set(_TAG_TO_NAME)
     if unknown:
         raise AdapterError(weights_path, f"LoRA factors have non-float dtype {sorted(unknown)[0]}")
     dtype = _TAG_TO_NAME[sorted(dtypes)[0]] if len(dtypes) == 1 else "float32"
-    return LoraAdapter(folder, config, bool(config.get("use_rslora")), dtype, modules, weights)
+    return LoraAdapter(folder, config, bool(config.get("use_rslora")), dtype, modules, factor_names, weights)
 
 
 def _check_config(path: Path, config: Mapping[str, Any]) -> None:
@@ -240,7 +248,7 @@ def selected_by_config(config: Mapping[str, Any], module_path: str, layer: int) 
 
 def _modules(
     config: Mapping[str, Any], weights: SafetensorsFile, model: ModelConfig
-) -> dict[tuple[str, int], LoraModule]:
+) -> tuple[dict[tuple[str, int], LoraModule], dict[LoraModule, FactorNames]]:
     where = weights.path
     found: dict[str, dict[str, str]] = {}
     for name in sorted(weights.names()):
@@ -251,6 +259,7 @@ def _modules(
     if not found:
         raise AdapterError(where, "no LoRA factors found")
     modules: dict[tuple[str, int], LoraModule] = {}
+    names: dict[LoraModule, FactorNames] = {}
     for path, factors in found.items():
         if set(factors) != {"lora_A", "lora_B"}:
             missing = ({"lora_A", "lora_B"} - set(factors)).pop()
@@ -282,8 +291,10 @@ def _modules(
         if rank != want_rank:
             raise AdapterError(where, f"module {path!r} has rank {rank} but {CONFIG_FILE} says {want_rank}")
         alpha = float(pattern_value(config.get("alpha_pattern") or {}, path, config["lora_alpha"]))
-        modules[(role, layer)] = LoraModule(path, role, layer, rank, alpha, factors["lora_A"], factors["lora_B"])
-    return modules
+        module = LoraModule(path, role, layer, rank, alpha)
+        modules[(role, layer)] = module
+        names[module] = FactorNames(factors["lora_A"], factors["lora_B"])
+    return modules, names
 
 
 def adapter_config_for_target(

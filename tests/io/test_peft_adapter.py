@@ -274,7 +274,7 @@ def test_weight_file_problems(tmp_path):
 
 
 def _written(model, modules):
-    return [LoraModule(model.arch.module_path(role, layer), role, layer, k, a, "", "") for role, layer, k, a in modules]
+    return [LoraModule(model.arch.module_path(role, layer), role, layer, k, a) for role, layer, k, a in modules]
 
 
 def test_adapter_config_for_target_full_grid(tmp_path):
