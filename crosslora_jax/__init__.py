@@ -11,6 +11,9 @@ Public API:
   base weights and LoRA factors, for the caller's own JAX code (see `crosslora_jax.stacks`).
 - `truncated_svd`, `transfer_stack`, `truncate_stack`, `align`, `similarity`, `layer_map`: the pure ops, jittable
   inside a caller's own computation.
+- `Progress`: what `transfer(progress=...)` reports each layer chunk to (subclass it to watch a run).
+- `enable_compilation_cache(cache_dir)`: keep XLA's compiled programs under `cache_dir/xla`
+  (process-global; the CLI turns it on, the library never does by itself).
 - `CrossLoraError` and its subclasses: one per class of bad input.
 """
 
@@ -23,6 +26,8 @@ from crosslora_jax._errors import (
     OutputError,
     TransferError,
 )
+from crosslora_jax._progress import Progress
+from crosslora_jax._xla_cache import enable_compilation_cache
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.peft_adapter import LoraAdapter, read_adapter, write_adapter
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
@@ -58,12 +63,14 @@ __all__ = [
     "ModuleReport",
     "OptionsError",
     "OutputError",
+    "Progress",
     "Subspace",
     "SvdSettings",
     "TransferError",
     "TransferOptions",
     "TransferReport",
     "align",
+    "enable_compilation_cache",
     "layer_map",
     "load_lora_stacks",
     "load_weight_stacks",

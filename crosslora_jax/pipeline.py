@@ -23,10 +23,10 @@ from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
 from crosslora_jax._subspace_store import SubspaceStore
 from crosslora_jax.arch import ROLES
+from crosslora_jax.io.dtypes import NUMPY_DTYPES
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.output_folder import check_output_location, staged_output
 from crosslora_jax.io.peft_adapter import (
-    NUMPY_DTYPES,
     LoraAdapter,
     LoraModule,
     adapter_config_for_target,

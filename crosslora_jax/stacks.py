@@ -17,10 +17,15 @@ from typing import Annotated, Any, NamedTuple
 import numpy as np
 
 from crosslora_jax._errors import AdapterError
-from crosslora_jax.io._json import read_json_object
 from crosslora_jax.io.hf_config import read_model_config
 from crosslora_jax.io.output_folder import staged_output
-from crosslora_jax.io.peft_adapter import LoraModule, adapter_config_for_target, read_adapter, write_adapter
+from crosslora_jax.io.peft_adapter import (
+    LoraModule,
+    adapter_config_for_target,
+    read_adapter,
+    read_adapter_config,
+    write_adapter,
+)
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
 
 
@@ -71,10 +76,7 @@ def save_lora_stacks(
     """Write `stacks` as a PEFT adapter for the target; `like` gives the other config fields
     (an adapter folder, or an adapter_config dict) and the lora_alpha/use_rslora semantics."""
     target = read_model_config(target_model_dir)
-    if isinstance(like, Mapping):
-        base_config = dict(like)
-    else:
-        base_config = read_json_object(Path(like) / "adapter_config.json", AdapterError)
+    base_config = dict(like) if isinstance(like, Mapping) else read_adapter_config(like)
     factors, written = {}, []
     for role, stack in stacks.items():
         for n, layer in enumerate(stack.layers):

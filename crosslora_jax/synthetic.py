@@ -19,8 +19,9 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from crosslora_jax.arch import ARCHITECTURES, ROLES, model_dims, role_shapes, tensor_shape
+from crosslora_jax.io.dtypes import NUMPY_DTYPES
 from crosslora_jax.io.peft_adapter import CONFIG_FILE as ADAPTER_CONFIG
-from crosslora_jax.io.peft_adapter import KEY_PREFIX, NUMPY_DTYPES, WEIGHTS_FILE
+from crosslora_jax.io.peft_adapter import KEY_PREFIX, WEIGHTS_FILE
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,7 @@ import pytest
 from _xla_env import xla_flags
 from safetensors.numpy import load_file
 
-from crosslora_jax import SvdSettings, TransferOptions, synthetic, transfer
-from crosslora_jax import _subspace_store as store_module
+from crosslora_jax import Progress, SvdSettings, TransferOptions, synthetic, transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,22 +135,24 @@ def test_damaged_and_partial_cache_entries_are_recomputed(pair, tmp_path, monkey
         np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_an_interrupted_run_resumes_from_the_cache(pair, tmp_path, monkeypatch) -> None:
-    cache = tmp_path / "cache"
-    real = store_module.SubspaceStore._compute
-    calls = {"n": 0}
+class _CtrlCAtThirdChunk(Progress):
+    """Ctrl-C as the third layer chunk starts (the CLI turns signals into KeyboardInterrupt)."""
 
-    def failing(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
+    chunks = 0
+
+    def working(self, label: str) -> None:
+        self.chunks += 1
+        if self.chunks == 3:
             raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
+        super().working(label)
 
-    monkeypatch.setattr(store_module.SubspaceStore, "_compute", failing)
+
+def test_an_interrupted_run_resumes_from_the_cache(pair, tmp_path) -> None:
+    cache = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
-        transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "out", OPTIONS, cache_dir=cache)
+        transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "out", OPTIONS, cache_dir=cache,
+                 progress=_CtrlCAtThirdChunk())  # fmt: skip
     assert not (tmp_path / "out").exists()
-    monkeypatch.setattr(store_module.SubspaceStore, "_compute", real)
     (report,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "out", OPTIONS, cache_dir=cache)
     done_before = report["subspaces"]["cached_layers"]
     assert 0 < done_before < 36 and report["subspaces"]["computed_layers"] == 36 - done_before

@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from crosslora_jax._errors import OptionsError
 from crosslora_jax._progress import Progress
 from crosslora_jax.cli._common import default_compilation_cache, flags_parser, run_guarded
+from crosslora_jax.io.dtypes import OUTPUT_CHOICES
 from crosslora_jax.io.report import format_summary, format_table
 from crosslora_jax.io.report_plot import require_matplotlib, write_report_plot
 from crosslora_jax.ops import METHODS, SvdSettings
@@ -45,9 +46,7 @@ _POWER_ITERS = flags.DEFINE_integer("svd_power_iters", 2, "Randomized SVD: power
 _SEED = flags.DEFINE_integer("svd_seed", 0, "Randomized SVD: seed (results are deterministic per seed).")
 _LAYER_MAP = flags.DEFINE_enum("layer_map", "auto", ["auto", "index", "linear"], "Target→source layer map.")
 _MIN_SIM = flags.DEFINE_float("min_similarity", 0.0, "Transfer a module only if min(φ_U, φ_V) reaches this.")
-_DTYPE = flags.DEFINE_enum(
-    "output_dtype", "auto", ["auto", "float32", "bfloat16", "float16"], "dtype of the written factors."
-)
+_DTYPE = flags.DEFINE_enum("output_dtype", "auto", ["auto", *OUTPUT_CHOICES], "dtype of the written factors.")
 _CHUNK = flags.DEFINE_integer("layers_per_chunk", 8, "Layers of one role processed (and held) at once.")
 _CACHE_DIR = flags.DEFINE_string(
     "cache_dir", None, "Keep base-model subspaces (orbax) and compiled XLA programs here and reuse them."

@@ -16,12 +16,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import ml_dtypes
 import numpy as np
 from safetensors.numpy import save_file
 
 from crosslora_jax._errors import AdapterError, CheckpointError
 from crosslora_jax.io._json import read_json_object, require_dir
+from crosslora_jax.io.dtypes import BY_TAG, NUMPY_DTYPES
 from crosslora_jax.io.hf_config import ModelConfig
 from crosslora_jax.io.safetensors_checkpoint import SafetensorsFile
 
@@ -29,14 +29,6 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"
 KEY_PREFIX = "base_model.model."
-
-NUMPY_DTYPES: Mapping[str, Any] = {
-    "bfloat16": ml_dtypes.bfloat16,
-    "float16": np.float16,
-    "float32": np.float32,
-    "float64": np.float64,
-}
-_TAG_TO_NAME = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 
 # Fields whose non-default value changes the meaning of the stored weights: refused by name.
 _REFUSED_FIELDS: Mapping[str, str] = {
@@ -145,9 +137,8 @@ class LoraAdapter:
 def read_adapter(folder: Path | str, model: ModelConfig) -> LoraAdapter:
     """Read and validate a PEFT LoRA adapter written for `model` (the source base model)."""
     folder = require_dir(Path(folder), AdapterError, "adapter")
-    config_path = folder / CONFIG_FILE
-    config = read_json_object(config_path, AdapterError)
-    _check_config(config_path, config)
+    config = read_adapter_config(folder)
+    _check_config(folder / CONFIG_FILE, config)
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.exists():
         if (folder / PICKLE_FILE).exists():
@@ -163,11 +154,17 @@ def read_adapter(folder: Path | str, model: ModelConfig) -> LoraAdapter:
         raise AdapterError(e.where, e.problem) from None
     modules, factor_names = _modules(config, weights, model)
     dtypes = {weights.dtype(name) for names in factor_names.values() for name in names}
-    unknown = dtypes - set(_TAG_TO_NAME)
+    unknown = dtypes - set(BY_TAG)
     if unknown:
         raise AdapterError(weights_path, f"LoRA factors have non-float dtype {sorted(unknown)[0]}")
-    dtype = _TAG_TO_NAME[sorted(dtypes)[0]] if len(dtypes) == 1 else "float32"
+    dtype = BY_TAG[sorted(dtypes)[0]].name if len(dtypes) == 1 else "float32"
     return LoraAdapter(folder, config, bool(config.get("use_rslora")), dtype, modules, factor_names, weights)
+
+
+def read_adapter_config(folder: Path | str) -> dict[str, Any]:
+    """An adapter folder's `adapter_config.json` as read, not yet checked (AdapterError when it is
+    missing or not a JSON object)."""
+    return read_json_object(Path(folder) / CONFIG_FILE, AdapterError)
 
 
 def _check_config(path: Path, config: Mapping[str, Any]) -> None:

@@ -11,16 +11,15 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
-import ml_dtypes
 import numpy as np
 
 from crosslora_jax._errors import CheckpointError
 from crosslora_jax.io._json import read_json_object, require_dir
 from crosslora_jax.io._safetensors_format import FormatError, TensorEntry, header_length, parse_header
+from crosslora_jax.io.dtypes import BY_TAG
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-NUMPY_FLOATS = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 
 
 class SafetensorsFile:
@@ -64,11 +63,12 @@ class SafetensorsFile:
     def read(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
         """The tensor in its stored dtype, into `out` (same shape and dtype) when given."""
         entry = self._entry(name)
-        if entry.dtype not in NUMPY_FLOATS:
+        if entry.dtype not in BY_TAG:
             raise CheckpointError(self.path, f"tensor {name!r} has dtype {entry.dtype}, expected a float")
+        stored = BY_TAG[entry.dtype].numpy
         if out is None:
-            out = np.empty(entry.shape, NUMPY_FLOATS[entry.dtype])
-        assert out.shape == entry.shape and out.dtype == NUMPY_FLOATS[entry.dtype] and out.flags.c_contiguous
+            out = np.empty(entry.shape, stored)
+        assert out.shape == entry.shape and out.dtype == stored and out.flags.c_contiguous
         view = memoryview(out.reshape(-1).view(np.uint8))
         try:
             with open(self.path, "rb", buffering=0) as f:
@@ -125,19 +125,11 @@ class Checkpoint:
             raise CheckpointError(handle.path, f"tensor {name!r} is listed in the index but missing")
         return handle
 
-    def has(self, name: str) -> bool:
-        if self._where is not None:
-            return name in self._where
-        return name in self._open(SINGLE_FILE).names()
-
     def file_of(self, name: str) -> Path:
         return self._file_for(name).path
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._file_for(name).shape(name)
-
-    def dtype(self, name: str) -> str:
-        return self._file_for(name).dtype(name)
 
     def read_f32(self, name: str) -> np.ndarray:
         return self._file_for(name).read_f32(name)
@@ -155,7 +147,7 @@ class Checkpoint:
         if len(dtypes) > 1:
             return np.stack([f.read_f32(n, check_finite=False) for f, n in zip(files, names, strict=True)])
         first = files[0].shape(names[0])
-        out = np.empty((len(names), *first), NUMPY_FLOATS[dtypes.pop()])
+        out = np.empty((len(names), *first), BY_TAG[dtypes.pop()].numpy)
         for row, (f, n) in enumerate(zip(files, names, strict=True)):
             if f.shape(n) != first:
                 raise CheckpointError(f.path, f"tensor {n!r} has shape {f.shape(n)}, expected {first}")

@@ -14,6 +14,7 @@ from safetensors.numpy import save_file
 
 from crosslora_jax import AdapterError, read_adapter, read_model_config, synthetic
 from crosslora_jax.io import peft_adapter
+from crosslora_jax.io.dtypes import NUMPY_DTYPES
 from crosslora_jax.io.peft_adapter import KEY_PREFIX, LoraModule, adapter_config_for_target, write_adapter
 
 LAYERS = 3
@@ -343,6 +344,6 @@ def test_written_adapter_reads_back_as_written(tmp_path, modules, dtype):
     }
     for m in written:
         a, b = adapter.read_factors([adapter.modules[(m.role, m.layer)]])
-        want_a, want_b = (x.astype(peft_adapter.NUMPY_DTYPES[dtype]).astype(np.float32) for x in factors[m.path])
+        want_a, want_b = (x.astype(NUMPY_DTYPES[dtype]).astype(np.float32) for x in factors[m.path])
         np.testing.assert_array_equal(a[0], want_a)
         np.testing.assert_array_equal(b[0], want_b)
