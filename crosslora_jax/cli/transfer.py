@@ -12,6 +12,7 @@ from crosslora_jax._xla_cache import enable_compilation_cache
 from crosslora_jax.cli._common import parse_flags, run_guarded
 from crosslora_jax.io.report import format_table
 from crosslora_jax.ops import METHODS, SvdSettings
+from crosslora_jax.ops.svd import ENGINES
 from crosslora_jax.pipeline import TransferOptions, transfer
 
 _SOURCE = flags.DEFINE_string("source_model", None, "HF model folder the adapter was trained on.")
@@ -21,7 +22,13 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output adapter folder (a parent f
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output.")
 _METHOD = flags.DEFINE_enum("method", "cross_lora", METHODS, "Transfer method (DESIGN.md §3).")
 _SVD_RANK = flags.DEFINE_integer("svd_rank", 320, "Rank r of the truncated SVD of each base weight.")
-_SVD = flags.DEFINE_enum("svd", "exact", ["exact", "randomized"], "SVD engine.")
+_SVD = flags.DEFINE_enum(
+    "svd",
+    "gram",
+    list(ENGINES),
+    "SVD engine: gram (eigh of the smaller Gram matrix, refined against W; "
+    "accurate and fastest on CPUs), exact (full SVD), randomized (fast, inaccurate at its defaults).",
+)
 _OVERSAMPLE = flags.DEFINE_integer("svd_oversample", 16, "Randomized SVD: extra sketch columns.")
 _POWER_ITERS = flags.DEFINE_integer("svd_power_iters", 2, "Randomized SVD: power iterations.")
 _SEED = flags.DEFINE_integer("svd_seed", 0, "Randomized SVD: seed (results are deterministic per seed).")
