@@ -97,6 +97,8 @@ def make_inputs(work: Path, pair: str, layers: int) -> dict[str, Path]:
 
 
 def child_ours(args: argparse.Namespace) -> dict:
+    import jax
+
     from crosslora_jax import SvdSettings, TransferOptions, transfer
     from crosslora_jax._xla_cache import enable_compilation_cache
 
@@ -105,8 +107,12 @@ def child_ours(args: argparse.Namespace) -> dict:
     svd = SvdSettings(rank=args.svd_rank, engine=args.engine, power_iters=args.power_iters, oversample=args.oversample)
     options = TransferOptions(method="cross_lora", svd=svd, layers_per_chunk=args.chunk)
     started = time.perf_counter()
+    if args.trace:  # a jax.profiler trace of this whole row (TensorBoard / Perfetto)
+        jax.profiler.start_trace(args.trace)
     (report,) = transfer(args.source, args.target, [args.adapter], args.output, options, overwrite=True,
                          cache_dir=args.cache_dir)  # fmt: skip
+    if args.trace:
+        jax.profiler.stop_trace()
     return {"wall": time.perf_counter() - started, **report["timings"], **report["subspaces"]}
 
 
@@ -250,28 +256,31 @@ def main() -> None:
                         help="the 'baseline' row's SVDs (torch_baseline always uses torch)")  # fmt: skip
     parser.add_argument("--baseline_layers", type=int, default=0, help="time the baseline on this many layers")
     parser.add_argument("--drop_caches", action="store_true")
+    parser.add_argument("--trace_warm", default=None, help="write a jax.profiler trace of the warm row here")
     parser.add_argument("--work", default="tools/out/bench")
     parser.add_argument("--out", default=None, help="also write the markdown table here (after every row)")
     parser.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
-    for name in ("source", "target", "adapter", "output", "cache_dir", "engine", "backend"):
+    for name in ("source", "target", "adapter", "output", "cache_dir", "engine", "backend", "trace"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child_ours(args) if args.child == "ours" else child_baseline(args)))
         return
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if v]  # none: only write the inputs
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     settings = args.randomized or [(args.power_iters, args.oversample)]
 
+    COMMIT[:] = [_commit()]  # at the start: the code every row runs
     work = Path(args.work).resolve()
     started = time.perf_counter()
     small = make_inputs(work, args.pair, args.layers)
     input_seconds = time.perf_counter() - started
     common = [f"--svd_rank={args.svd_rank}"]
 
-    def ours(paths, engine, out, adapter="a1", cache=None, chunk=args.chunk, setting=settings[0]):
+    def ours(paths, engine, out, adapter="a1", cache=None, chunk=args.chunk, setting=settings[0], trace=None):
         extra = [f"--cache_dir={cache}"] if cache else []
+        extra += [f"--trace={trace}"] if trace else []
         return run_child(["--child=ours", f"--source={paths['source']}", f"--target={paths['target']}",
                           f"--adapter={paths[adapter]}", f"--output={work / out}", f"--engine={engine}",
                           f"--chunk={chunk}", f"--power_iters={setting[0]}", f"--oversample={setting[1]}",
@@ -305,7 +314,7 @@ def main() -> None:
         elif variant == "warm":
             if GRAM not in rows:
                 parser.error("--variants: 'warm' needs 'gram' before it")
-            record(WARM, ours(small, "gram", "o_warm", adapter="a2", cache=caches["gram"]))
+            record(WARM, ours(small, "gram", "o_warm", adapter="a2", cache=caches["gram"], trace=args.trace_warm))
         elif variant == "exact":
             record(EXACT, ours(small, "exact", "o_exact", cache=caches["exact"]))
         elif variant == "randomized":
@@ -337,7 +346,7 @@ def render(args: argparse.Namespace, rows: dict[str, dict], layers_of: dict[str,
         f"page cache {'dropped before each row' if args.drop_caches else 'not dropped'}; "
         f"inputs written in {input_seconds:.0f} s (not counted).",
         "",
-        f"Code at commit {_commit()}; CPU: {_cpu_model()}; load average at the end: "
+        f"Code at commit {COMMIT[0]}; CPU: {_cpu_model()}; load average at the end: "
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         "",
         "| variant | wall s | s / layer | SVD s | project s | read s | peak RSS MB | vs faster baseline | ΔW_t vs exact |",
@@ -363,6 +372,9 @@ def render(args: argparse.Namespace, rows: dict[str, dict], layers_of: dict[str,
         lines += ["", f"Warm cache: the second adapter took {100 * warm['wall'] / cold['wall']:.1f} % of the first "
                   f"({warm.get('computed_layers')} SVD layers computed, {warm.get('cached_layers')} read from the cache)."]  # fmt: skip
     return "\n".join(lines)
+
+
+COMMIT = ["unknown"]
 
 
 def _commit() -> str:
