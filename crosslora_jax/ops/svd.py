@@ -101,6 +101,11 @@ def _randomized(
 _GRAM_OVERSAMPLE = 64
 
 
+def engine_constants(settings: SvdSettings) -> dict[str, int]:
+    """Fixed parameters of `settings.engine` that change its results: part of the cache key."""
+    return {"gram_oversample": _GRAM_OVERSAMPLE} if settings.engine == "gram" else {}
+
+
 def _gram(w: Annotated[Array, "m n"], rank: int) -> tuple[Array, Array, Array]:
     """Top-r SVD from the Gram matrix of the smaller side, refined against W.
 
