@@ -118,7 +118,11 @@ def _gram(w: Annotated[Array, "m n"], rank: int) -> tuple[Array, Array, Array]:
     columns of aᵀ Q), so null directions get orthonormal vectors, as from LAPACK.
     """
     m, n = w.shape
-    a = w if m <= n else w.T
+    # Scale by a power of two near max|W| (exact in float32): the Gram matrix of weights near
+    # 1e20 would overflow and of weights near 1e-20 underflow.
+    scale = jnp.ldexp(jnp.float32(1.0), jnp.frexp(jnp.max(jnp.abs(w)))[1])
+    scale = jnp.where(scale > 0, scale, 1.0)  # all-zero W, or subnormals flushed to zero
+    a = (w if m <= n else w.T) / scale
     d = a.shape[0]
     r = effective_rank(rank, m, n)
     s = min(r + _GRAM_OVERSAMPLE, d)
@@ -126,7 +130,7 @@ def _gram(w: Annotated[Array, "m n"], rank: int) -> tuple[Array, Array, Array]:
     q = vecs[:, d - s :]
     y = _orthonormal(mm(a.T, q))  # [N, s]
     ux, sx, zt = jnp.linalg.svd(mm(a, y), full_matrices=False)  # [d, s], [s], [s, s]
-    u, sigma, v = ux[:, :r], sx[:r], mm(y, zt[:r].T)
+    u, sigma, v = ux[:, :r], sx[:r] * scale, mm(y, zt[:r].T)
     return (u, sigma, v) if m <= n else (v, sigma, u)
 
 

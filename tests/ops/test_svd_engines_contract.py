@@ -207,3 +207,19 @@ def test_cluster_split_by_the_cut_lies_between_the_defined_subspaces(engine: str
             x = np.asarray(ours, np.float64)
             assert np.linalg.norm(inner - x @ (x.T @ inner)) < CONTRACT  # top r−3 ⊆ ours
             assert np.linalg.norm(x - outer @ (outer.T @ x)) < CONTRACT  # ours ⊆ top r+3
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("scale", [1e-20, 1e20])
+def test_huge_and_tiny_weights_give_the_subspaces_of_unit_ones(engine: str, scale: float) -> None:
+    """A Gram matrix of weights near 1e20 overflows float32 and near 1e-20 underflows: the engine
+    must scale first. Projectors and σ/scale must match the unit-scale weights' float64 SVD."""
+    rng = np.random.default_rng(11)
+    w = _weight(rng, *SHAPES[1], _slow(min(SHAPES[1])))
+    sub = _subspace((w.astype(np.float64) * scale).astype(np.float32), R, engine)
+    u64, v64 = _svd64(w, R)
+    for ours, ref in ((sub.u[0], u64), (sub.v[0], v64)):
+        x = np.asarray(ours, np.float64)
+        assert np.linalg.norm(x @ x.T - ref @ ref.T) < CONTRACT
+    s64 = np.linalg.svd(w.astype(np.float64), compute_uv=False)[:R]
+    np.testing.assert_allclose(np.asarray(sub.s[0], np.float64) / scale, s64, rtol=1e-4)

@@ -57,3 +57,11 @@ def test_svd_timing_tiny(tmp_path) -> None:
     assert any("truncated_svd exact" in r for r in rows)
     gram = next(r for r in rows if "eigh of Gram" in r)
     assert float(gram.split("|")[-2]) < 1e-2  # well-separated top of the spectrum: Gram is accurate
+
+
+def test_svd_timing_projection_only_tiny(tmp_path) -> None:
+    out = tmp_path / "p.md"
+    _run(["tools/svd_timing.py", "--shapes=tiny", "--layers=1", "--rank=24", "--repeats=1", "--projection_only",
+          f"--out={out}"])  # fmt: skip
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| gate")]
+    assert len(rows) == 3 and all(float(r.split("|")[3]) > 0 for r in rows), rows
