@@ -57,6 +57,8 @@ def test_svd_timing_tiny(tmp_path) -> None:
     assert any("truncated_svd exact" in r for r in rows)
     gram = next(r for r in rows if "eigh of Gram" in r)
     assert float(gram.split("|")[-2]) < 1e-2  # well-separated top of the spectrum: Gram is accurate
+    engine = next(r for r in rows if "truncated_svd gram" in r)
+    assert float(engine.split("|")[-2]) < 1e-2  # the gram engine agrees with exact
 
 
 def test_svd_timing_projection_only_tiny(tmp_path) -> None:
