@@ -118,8 +118,10 @@ def test_recoverable_problems_are_warnings_and_the_adapter_is_written(tmp_path, 
     assert by["model.layers.2.self_attn.q_proj"]["skipped_by"] == "layer_map"
     written = json.loads((tmp_path / "out/adapter_config.json").read_text())
     assert written["layers_to_transform"] == [0]
-    # Gating everything is an error, not an empty adapter.
+    # Gating everything is an error, not an empty adapter. An independent target (no shared layer
+    # 0, whose φ = 1 up to rounding would sit on the threshold's edge) scores near chance level.
+    other = synthetic.write_model(tmp_path / "tgt_other", deeper, synthetic.model_tensors(deeper, seed=1))
     with pytest.raises(TransferError, match="no module was transferred"):
-        transfer(src, tgt, [adapter], tmp_path / "out2", TransferOptions(svd=SvdSettings(rank=4), min_similarity=1.0))
+        transfer(src, other, [adapter], tmp_path / "out2", TransferOptions(svd=SvdSettings(rank=4), min_similarity=1.0))
     assert not (tmp_path / "out2").exists()
     assert np.isfinite(by["model.layers.1.self_attn.q_proj"]["phi_u"])
