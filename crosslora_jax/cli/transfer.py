@@ -26,8 +26,8 @@ _SVD = flags.DEFINE_enum(
     "svd",
     "gram",
     list(ENGINES),
-    "SVD engine: gram (eigh of the smaller Gram matrix, refined against W; "
-    "accurate and fastest on CPUs), exact (full SVD), randomized (fast, inaccurate at its defaults).",
+    "SVD engine: gram (eigh of the smaller Gram matrix, refined against W; as accurate as exact), "
+    "exact (full SVD), randomized (fast, inaccurate at its defaults).",
 )
 _OVERSAMPLE = flags.DEFINE_integer("svd_oversample", 16, "Randomized SVD: extra sketch columns.")
 _POWER_ITERS = flags.DEFINE_integer("svd_power_iters", 2, "Randomized SVD: power iterations.")
