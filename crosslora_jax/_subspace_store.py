@@ -37,7 +37,7 @@ from crosslora_jax._errors import CheckpointError, OutputError
 from crosslora_jax._paths import absolute
 from crosslora_jax.io.hf_config import ModelConfig
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
-from crosslora_jax.ops.svd import Subspace, SvdSettings, checked_truncated_svd, effective_rank
+from crosslora_jax.ops.svd import Subspace, SvdSettings, checked_truncated_svd, effective_rank, engine_constants
 
 _FINGERPRINTS = "fingerprints.json"
 _CHECKSUMS = "crosslora_checksums.json"  # inside each entry; its temporary copies share the prefix
@@ -126,7 +126,8 @@ class SubspaceStore:
 
     def _entry(self, ckpt: Checkpoint, role: str, layer: int) -> Path:
         assert self.cache_dir is not None
-        settings = json.dumps({**dataclasses.asdict(self.settings), "compute": "float32"}, sort_keys=True)
+        key = {**dataclasses.asdict(self.settings), **engine_constants(self.settings), "compute": "float32"}
+        settings = json.dumps(key, sort_keys=True)
         settings_key = hashlib.sha256(settings.encode()).hexdigest()[:16]
         return self.cache_dir / self._fingerprint(ckpt) / settings_key / role / f"layer_{layer:05d}"
 

@@ -96,6 +96,20 @@ def test_relative_paths_work_through_the_api(pair, tmp_path, monkeypatch) -> Non
     assert len([p for p in (tmp_path / "cache").rglob("layer_*") if p.is_dir()]) == 36
 
 
+def test_a_cache_filled_by_one_engine_is_not_read_by_another(pair, tmp_path) -> None:
+    cache = tmp_path / "cache"
+    exact = TransferOptions(method="cross_lora", svd=SvdSettings(rank=12, engine="exact"), layers_per_chunk=3)
+    (first,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o1", exact, cache_dir=cache)
+    assert first["subspaces"] == {"computed_layers": 36, "cached_layers": 0}
+    (gram,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o2", OPTIONS, cache_dir=cache)
+    assert OPTIONS.svd.engine == "gram" and gram["subspaces"] == {"computed_layers": 36, "cached_layers": 0}
+    # Both engines' entries now live side by side; each run reads its own.
+    for options in (exact, OPTIONS):
+        (again,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o3", options,
+                            overwrite=True, cache_dir=cache)  # fmt: skip
+        assert again["subspaces"] == {"computed_layers": 0, "cached_layers": 36}
+
+
 def test_damaged_and_partial_cache_entries_are_recomputed(pair, tmp_path, monkeypatch) -> None:
     cache = tmp_path / "cache"
     transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o1", OPTIONS, cache_dir=cache)

@@ -1,8 +1,8 @@
 """End-to-end benchmark: crosslora_jax against a reference-style baseline, same inputs, one run.
 
-    python tools/bench_transfer.py --layers=2 --out=table.md                     # the 2-core CPU table
-    python tools/bench_transfer.py --pair=8b --layers=32 --variants=exact,warm,randomized,baseline \\
-        --baseline_backend=jax --baseline_layers=1 --power_iters=4 --oversample=320 --drop_caches  # GPU
+    python tools/bench_transfer.py --layers=1 --out=table.md                     # the 2-core CPU table
+    python tools/bench_transfer.py --pair=8b --layers=32 --variants=gram,warm,exact,baseline \\
+        --baseline_backend=jax --baseline_layers=1 --drop_caches                   # GPU (tools/gpu_8b.sh)
 
 Writes paper-shaped synthetic checkpoints (`--pair=1.5b-3b`: Qwen2.5-1.5B → Llama-3.2-3B per-layer
 shapes; `--pair=8b`: Llama-3-8B → Llama-3.1-8B shapes), all 7 roles, bf16, one shard per layer,
@@ -11,11 +11,16 @@ bf16 LoRAs on every projection. Then runs each variant in its own process, so pe
 
 - baseline: what the public reference code does — load both whole models as float32, then for
   each lora_A and lora_B tensor separately a full SVD of both base matrices and a least-squares
-  alignment that is then discarded, and pad/truncate (4 SVDs per module). `--baseline_backend=jax`
-  runs those SVDs with jnp.linalg.svd on the default device (what the reference does on a GPU
-  with torch); `--baseline_layers=N` times only the first N layers and extrapolates (marked).
-- exact: `crosslora_jax.transfer`, cross_lora, SVD rank 320, exact engine; it also fills a cache.
+  alignment that is then discarded, and pad/truncate (4 SVDs per module), its SVDs by NumPy.
+  `--baseline_backend=jax` runs those SVDs with jnp.linalg.svd on the default device (what the
+  reference does on a GPU with torch); `--baseline_layers=N` times only the first N layers and
+  extrapolates (marked).
+- torch_baseline: the same with torch.linalg.svd (torch's LAPACK, on the CPU), as the reference
+  code itself calls it. Ratios are taken against the FASTER of the baseline rows present.
+- gram: `crosslora_jax.transfer`, cross_lora, SVD rank 320, the default gram engine; fills a cache.
 - warm: the second adapter with that cache: no SVD is computed.
+- exact: the same with the exact engine (its own cache); "ΔW_t vs exact" of the other rows is
+  measured against it.
 - randomized: the randomized engine with `--power_iters`/`--oversample`, or one row per
   `P:O` in `--randomized=P:O,P:O,...` (power iterations : oversampling); its "ΔW_t vs exact"
   column is ‖ΔW_rand − ΔW_exact‖_F / ‖ΔW_exact‖_F over all modules (max per module in brackets).
@@ -57,7 +62,14 @@ PAIRS = {
         ("llama", dict(hidden=96, intermediate=128, heads=4, kv_heads=2, head_dim=24)),
     ),
 }
-VARIANTS = ("baseline", "exact", "warm", "randomized", "depth")
+VARIANTS = ("baseline", "torch_baseline", "gram", "warm", "exact", "randomized", "depth")
+BASELINES = {
+    "baseline": "baseline (reference-style, NumPy SVD)",
+    "torch_baseline": "baseline (reference-style, torch SVD)",
+}
+GRAM = "ours, gram SVD (default; 1st adapter, fills cache)"
+WARM = "ours, gram, warm cache (2nd adapter)"
+EXACT = "ours, exact SVD (1st adapter, fills its cache)"
 
 
 def make_inputs(work: Path, pair: str, layers: int) -> dict[str, Path]:
@@ -85,6 +97,8 @@ def make_inputs(work: Path, pair: str, layers: int) -> dict[str, Path]:
 
 
 def child_ours(args: argparse.Namespace) -> dict:
+    import jax
+
     from crosslora_jax import SvdSettings, TransferOptions, transfer
     from crosslora_jax._xla_cache import enable_compilation_cache
 
@@ -93,8 +107,12 @@ def child_ours(args: argparse.Namespace) -> dict:
     svd = SvdSettings(rank=args.svd_rank, engine=args.engine, power_iters=args.power_iters, oversample=args.oversample)
     options = TransferOptions(method="cross_lora", svd=svd, layers_per_chunk=args.chunk)
     started = time.perf_counter()
+    if args.trace:  # a jax.profiler trace of this whole row (TensorBoard / Perfetto)
+        jax.profiler.start_trace(args.trace)
     (report,) = transfer(args.source, args.target, [args.adapter], args.output, options, overwrite=True,
                          cache_dir=args.cache_dir)  # fmt: skip
+    if args.trace:
+        jax.profiler.stop_trace()
     return {"wall": time.perf_counter() - started, **report["timings"], **report["subspaces"]}
 
 
@@ -104,7 +122,12 @@ def child_baseline(args: argparse.Namespace) -> dict:
 
     from crosslora_jax import read_adapter, read_model_config
 
-    if args.backend == "jax":
+    if args.backend == "torch":
+        import torch  # test extra only: imported here so the tool runs without it otherwise
+
+        def factors(w):
+            return tuple(x.numpy() for x in torch.linalg.svd(torch.from_numpy(w), full_matrices=False))
+    elif args.backend == "jax":
         import jax
         import jax.numpy as jnp
 
@@ -229,41 +252,45 @@ def main() -> None:
     parser.add_argument("--oversample", type=int, default=16, help="randomized rows")
     parser.add_argument("--randomized", type=randomized_settings, default=[], help="P:O[,P:O...]: one randomized "
                         "row per setting (overrides --power_iters/--oversample for those rows)")  # fmt: skip
-    parser.add_argument("--baseline_backend", choices=["numpy", "jax"], default="numpy")
+    parser.add_argument("--baseline_backend", choices=["numpy", "jax"], default="numpy",
+                        help="the 'baseline' row's SVDs (torch_baseline always uses torch)")  # fmt: skip
     parser.add_argument("--baseline_layers", type=int, default=0, help="time the baseline on this many layers")
     parser.add_argument("--drop_caches", action="store_true")
+    parser.add_argument("--trace_warm", default=None, help="write a jax.profiler trace of the warm row here")
     parser.add_argument("--work", default="tools/out/bench")
     parser.add_argument("--out", default=None, help="also write the markdown table here (after every row)")
     parser.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
-    for name in ("source", "target", "adapter", "output", "cache_dir", "engine", "backend"):
+    for name in ("source", "target", "adapter", "output", "cache_dir", "engine", "backend", "trace"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child_ours(args) if args.child == "ours" else child_baseline(args)))
         return
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if v]  # none: only write the inputs
     if unknown := set(variants) - set(VARIANTS):
         parser.error(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
     settings = args.randomized or [(args.power_iters, args.oversample)]
 
+    COMMIT[:] = [_commit()]  # at the start: the code every row runs
     work = Path(args.work).resolve()
     started = time.perf_counter()
     small = make_inputs(work, args.pair, args.layers)
     input_seconds = time.perf_counter() - started
     common = [f"--svd_rank={args.svd_rank}"]
 
-    def ours(paths, engine, out, adapter="a1", cache=None, chunk=args.chunk, setting=settings[0]):
+    def ours(paths, engine, out, adapter="a1", cache=None, chunk=args.chunk, setting=settings[0], trace=None):
         extra = [f"--cache_dir={cache}"] if cache else []
+        extra += [f"--trace={trace}"] if trace else []
         return run_child(["--child=ours", f"--source={paths['source']}", f"--target={paths['target']}",
                           f"--adapter={paths[adapter]}", f"--output={work / out}", f"--engine={engine}",
                           f"--chunk={chunk}", f"--power_iters={setting[0]}", f"--oversample={setting[1]}",
                           *common, *extra], args.drop_caches)  # fmt: skip
 
-    cache = work / "cache"
-    if cache.exists():
-        import shutil
+    import shutil
 
-        shutil.rmtree(cache)
+    caches = {"gram": work / "cache", "exact": work / "cache_exact"}
+    for folder in caches.values():
+        shutil.rmtree(folder, ignore_errors=True)
     rows: dict[str, dict] = {}
     layers_of: dict[str, int] = {}
 
@@ -276,17 +303,20 @@ def main() -> None:
 
     randomized = {(p, o): f"ours, randomized SVD (p={p}, oversample={o})" for p, o in settings}
     for variant in variants:  # in the order given, so a time limit cuts the last ones
-        if variant == "baseline":
-            record("baseline (reference-style)", run_child(["--child=baseline", f"--source={small['source']}",
-                   f"--target={small['target']}", f"--adapter={small['a1']}", f"--output={work / 'o_base'}",
-                   f"--backend={args.baseline_backend}", f"--baseline_layers={args.baseline_layers}", *common],
+        if variant in BASELINES:
+            backend = "torch" if variant == "torch_baseline" else args.baseline_backend
+            record(BASELINES[variant], run_child(["--child=baseline", f"--source={small['source']}",
+                   f"--target={small['target']}", f"--adapter={small['a1']}", f"--output={work / f'o_{variant}'}",
+                   f"--backend={backend}", f"--baseline_layers={args.baseline_layers}", *common],
                    args.drop_caches))  # fmt: skip
-        elif variant == "exact":
-            record("ours, exact SVD (1st adapter, fills cache)", ours(small, "exact", "o_exact", cache=cache))
+        elif variant == "gram":
+            record(GRAM, ours(small, "gram", "o_gram", cache=caches["gram"]))
         elif variant == "warm":
-            if "ours, exact SVD (1st adapter, fills cache)" not in rows:
-                parser.error("--variants: 'warm' needs 'exact' before it")
-            record("ours, exact, warm cache (2nd adapter)", ours(small, "exact", "o_warm", adapter="a2", cache=cache))
+            if GRAM not in rows:
+                parser.error("--variants: 'warm' needs 'gram' before it")
+            record(WARM, ours(small, "gram", "o_warm", adapter="a2", cache=caches["gram"], trace=args.trace_warm))
+        elif variant == "exact":
+            record(EXACT, ours(small, "exact", "o_exact", cache=caches["exact"]))
         elif variant == "randomized":
             for (p, o), name in randomized.items():
                 record(name, ours(small, "randomized", f"o_rand_p{p}_o{o}", setting=(p, o)))
@@ -295,10 +325,10 @@ def main() -> None:
             for paths, layers in ((small, args.layers), (deep, 2 * args.layers)):
                 record(f"ours, randomized, chunk {args.depth_chunk}, {layers} layers",
                        ours(paths, "randomized", f"o_depth{layers}", chunk=args.depth_chunk), layers)  # fmt: skip
-    for (p, o), name in randomized.items():
-        if name in rows and "ours, exact SVD (1st adapter, fills cache)" in rows:
-            error = delta_error(work / f"o_rand_p{p}_o{o}", work / "o_exact")
-            record(name, {**rows[name], "delta_vs_exact": error})
+    compared = {GRAM: "o_gram", **{name: f"o_rand_p{p}_o{o}" for (p, o), name in randomized.items()}}
+    for name, folder in compared.items():
+        if name in rows and EXACT in rows:
+            record(name, {**rows[name], "delta_vs_exact": delta_error(work / folder, work / "o_exact")})
     print(render(args, rows, layers_of, input_seconds))
 
 
@@ -316,10 +346,14 @@ def render(args: argparse.Namespace, rows: dict[str, dict], layers_of: dict[str,
         f"page cache {'dropped before each row' if args.drop_caches else 'not dropped'}; "
         f"inputs written in {input_seconds:.0f} s (not counted).",
         "",
-        "| variant | wall s | s / layer | SVD s | project s | read s | peak RSS MB | vs baseline | ΔW_t vs exact |",
+        f"Code at commit {COMMIT[0]}; CPU: {_cpu_model()}; load average at the end: "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}.",
+        "",
+        "| variant | wall s | s / layer | SVD s | project s | read s | peak RSS MB | vs faster baseline | ΔW_t vs exact |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    base = rows.get("baseline (reference-style)", {}).get("wall")
+    walls = [rows[name]["wall"] for name in BASELINES.values() if name in rows]
+    base = min(walls) if walls else None
     for name, r in rows.items():
         layers = layers_of[name]
         label = name
@@ -333,14 +367,36 @@ def render(args: argparse.Namespace, rows: dict[str, dict], layers_of: dict[str,
             f"{ratio} | "
             f"{f'{delta[0]:.4f} (max {delta[1]:.4f})' if delta else '—'} |"
         )
-    cold, warm = (
-        rows.get("ours, exact SVD (1st adapter, fills cache)"),
-        rows.get("ours, exact, warm cache (2nd adapter)"),
-    )
+    cold, warm = rows.get(GRAM), rows.get(WARM)
     if cold and warm:
         lines += ["", f"Warm cache: the second adapter took {100 * warm['wall'] / cold['wall']:.1f} % of the first "
                   f"({warm.get('computed_layers')} SVD layers computed, {warm.get('cached_layers')} read from the cache)."]  # fmt: skip
     return "\n".join(lines)
+
+
+COMMIT = ["unknown"]
+
+
+def _commit() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" + uncommitted changes" if dirty else "")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def main() -> None:
                     w_t = w_s + 0.1 * noise * np.linalg.norm(w_s) / np.linalg.norm(noise)
                 a = (rng.standard_normal((1, 16, n_s)) / np.sqrt(n_s)).astype(np.float32)
                 b = (rng.standard_normal((1, m_s, 16)) * 0.05).astype(np.float32)
-                exact = SvdSettings(rank=rank)
+                exact = SvdSettings(rank=rank, engine="exact")
                 (src_e, t_src_e), (tgt_e, t_tgt_e) = timed_svd(w_s, exact), timed_svd(w_t, exact)
                 energies.append(float(src_e.energy[0]))
                 ref = {m: delta(m, a, b, src_e, tgt_e) for m in ("cross_lora", "lora_x")}

@@ -2,6 +2,7 @@
 
     python tools/svd_timing.py --shapes=8b --layers=4        # what docs/benchmark.md's GPU section quotes
     python tools/svd_timing.py --shapes=tiny --layers=2      # seconds, any machine
+    python tools/svd_timing.py --shapes=1.5b-3b --layers=1 --repeats=2 --projection_only  # unequal widths
 
 For each weight shape of the pair (source and target, all 7 roles; equal shapes counted once) it
 times, on a stack of `--layers` matrices, compiled beforehand (compile time is its own column),
@@ -36,6 +37,12 @@ SHAPES = {
     "1.5b-3b": {"q": (1536, 1536), "k": (256, 1536), "gate": (8960, 1536), "down": (1536, 8960),
                 "q_t": (3072, 3072), "k_t": (1024, 3072), "gate_t": (8192, 3072), "down_t": (3072, 8192)},
     "tiny": {"q": (96, 96), "gate": (256, 96), "down": (96, 256)},
+}  # fmt: skip
+# Source → target shapes per role where widths differ: cross_lora crops and orthonormalises.
+PAIRS = {
+    "1.5b-3b": {"q": ((1536, 1536), (3072, 3072)), "k": ((256, 1536), (1024, 3072)),
+                "gate": ((8960, 1536), (8192, 3072)), "down": ((1536, 8960), (3072, 8192))},
+    "tiny": {"gate": ((256, 96), (192, 128))},
 }  # fmt: skip
 
 
@@ -99,6 +106,8 @@ def main() -> None:
         "--randomized", type=randomized_settings, default="2:16,4:320,8:320", help="power_iters:oversample pairs"
     )
     parser.add_argument("--out", default=None)
+    parser.add_argument("--projection_only", action="store_true",
+                        help="only the projection on unequal widths (--shapes=1.5b-3b or tiny), split into its parts")  # fmt: skip
     parser.add_argument("--lax_routes", action=argparse.BooleanOptionalAction, default=True,
                         help="also time every jax.lax.linalg.svd algorithm and the Gram eigh")  # fmt: skip
     args = parser.parse_args()
@@ -113,14 +122,24 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     key = jax.random.key(0)
+    if args.projection_only:
+        lines += projection_rows(PAIRS[args.shapes], args.layers, args.rank, args.repeats)
+        print("\n".join(lines))
+        if args.out:
+            Path(args.out).write_text("\n".join(lines) + "\n")
+        return
     for name, (m, n) in SHAPES[args.shapes].items():
         key, sub = jax.random.split(key)
         w = spectral_stack(sub, args.layers, m, n, Spectrum())
         ids = jnp.arange(args.layers, dtype=jnp.int32)
-        exact, t = best_time(lambda x, ids=ids: truncated_svd(x, ids, SvdSettings(rank=args.rank)), w,
+        exact, t = best_time(lambda x, ids=ids: truncated_svd(x, ids, SvdSettings(rank=args.rank, engine="exact")), w,
                              repeats=args.repeats)  # fmt: skip
         lines.append(f"| {name} {m}×{n} | truncated_svd exact (this backend's route) | {t / args.layers:.3f} | "
                      f"{COMPILE_S[0]:.1f} | 0 |")  # fmt: skip
+        gram, t = best_time(lambda x, ids=ids: truncated_svd(x, ids, SvdSettings(rank=args.rank, engine="gram")), w,
+                            repeats=args.repeats)  # fmt: skip
+        lines.append(f"| {name} {m}×{n} | truncated_svd gram (the default engine) | {t / args.layers:.3f} | "
+                     f"{COMPILE_S[0]:.1f} | {distance(exact.u, gram.u):.3f} |")  # fmt: skip
         a = jax.random.normal(key, (args.layers, 16, n)) / np.sqrt(n)
         b = jax.random.normal(key, (args.layers, m, 16)) * 0.05
         _, t = best_time(lambda a, b, u, v: transfer_stack("cross_lora", a, b, u, v, u, v), a, b, exact.u, exact.v,
@@ -148,6 +167,42 @@ def main() -> None:
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n")
+
+
+def projection_rows(pairs: dict, layers: int, rank: int, repeats: int) -> list[str]:
+    """transfer_stack cross_lora on unequal source/target shapes (random orthonormal bases), and the
+    orthonormalisation of one cropped block it does: LAPACK's SVD of the tall p×r crop (what
+    `_range_basis` runs) against an eigh of its r×r Gram matrix (the cheaper alternative)."""
+    from crosslora_jax.ops._linalg import mm
+
+    rng = np.random.default_rng(0)
+
+    def bases(m: int) -> jax.Array:
+        return jnp.asarray(np.stack([np.linalg.qr(rng.standard_normal((m, rank)))[0] for _ in range(layers)]),
+                           jnp.float32)  # fmt: skip
+
+    out = []
+    for role, ((m_s, n_s), (m_t, n_t)) in pairs.items():
+        r_s, r_t = min(rank, m_s, n_s), min(rank, m_t, n_t)
+        us, vs = bases(m_s)[..., :r_s], bases(n_s)[..., :r_s]
+        ut, vt = bases(m_t)[..., :r_t], bases(n_t)[..., :r_t]
+        a = jnp.asarray(rng.standard_normal((layers, 16, n_s)), jnp.float32)
+        b = jnp.asarray(rng.standard_normal((layers, m_s, 16)), jnp.float32)
+        label = f"{role} {m_s}×{n_s} → {m_t}×{n_t}"
+        _, t = best_time(lambda *x: transfer_stack("cross_lora", *x), a, b, us, vs, ut, vt, repeats=repeats)
+        out.append(
+            f"| {label} | transfer_stack cross_lora (whole projection) | {t / layers:.3f} | {COMPILE_S[0]:.1f} | — |"
+        )
+        p = min(m_s, m_t)
+        crop = (us if m_s > p else ut)[:, :p]  # the cropped side of the output basis
+        _, t = best_time(jax.vmap(lambda x: jnp.linalg.svd(x, full_matrices=False)), crop, repeats=repeats)
+        out.append(f"| {label} | SVD of the cropped {p}×{crop.shape[-1]} block (_range_basis) | {t / layers:.3f} | "
+                   f"{COMPILE_S[0]:.1f} | — |")  # fmt: skip
+        _, t = best_time(jax.vmap(lambda x: jnp.linalg.eigh(mm(x.T, x))), crop, repeats=repeats)
+        out.append(f"| {label} | eigh of that block's {crop.shape[-1]}×{crop.shape[-1]} Gram matrix | "
+                   f"{t / layers:.3f} | {COMPILE_S[0]:.1f} | — |")  # fmt: skip
+        print(out[-1], flush=True)
+    return out
 
 
 def distance(u1: jax.Array, u2: jax.Array) -> float:

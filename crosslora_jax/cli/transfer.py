@@ -24,6 +24,7 @@ from crosslora_jax.io.dtypes import OUTPUT_CHOICES
 from crosslora_jax.io.report import format_summary, format_table
 from crosslora_jax.io.report_plot import require_matplotlib, write_report_plot
 from crosslora_jax.ops import METHODS, SvdSettings
+from crosslora_jax.ops.svd import ENGINES
 from crosslora_jax.pipeline import TransferOptions, transfer
 
 _SOURCE = flags.DEFINE_string("source_model", None, "HF model folder the adapter was trained on.")
@@ -40,7 +41,13 @@ _METHOD = flags.DEFINE_enum(
     "effective behaviour). Equations in docs/method.md.",
 )
 _SVD_RANK = flags.DEFINE_integer("svd_rank", 320, "Rank r of the truncated SVD of each base weight.")
-_SVD = flags.DEFINE_enum("svd", "exact", ["exact", "randomized"], "SVD engine.")
+_SVD = flags.DEFINE_enum(
+    "svd",
+    "gram",
+    list(ENGINES),
+    "SVD engine: gram (eigh of the smaller Gram matrix, refined against W; as accurate as exact), "
+    "exact (full SVD), randomized (fast, inaccurate at its defaults).",
+)
 _OVERSAMPLE = flags.DEFINE_integer("svd_oversample", 16, "Randomized SVD: extra sketch columns.")
 _POWER_ITERS = flags.DEFINE_integer("svd_power_iters", 2, "Randomized SVD: power iterations.")
 _SEED = flags.DEFINE_integer("svd_seed", 0, "Randomized SVD: seed (results are deterministic per seed).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hypothesis.strategies as st
 import jax
 import numpy as np
+import pytest
 from hypothesis import given, settings
 
 from crosslora_jax.ops import SvdSettings, transfer_stack, truncated_svd
@@ -108,20 +109,21 @@ def test_outputs_are_finite_for_finite_inputs(m_s, n_s, m_t, n_t, k, r, scale, s
         assert (np.asarray(phi) >= -1e-6).all() and (np.asarray(phi) <= 1 + 1e-5).all()
 
 
-def test_each_op_traces_once_for_a_stack_of_layers(monkeypatch) -> None:
+@pytest.mark.parametrize("engine", ["gram", "exact"])
+def test_each_op_traces_once_for_a_stack_of_layers(monkeypatch, engine: str) -> None:
     """The per-layer bodies run once at trace time for a whole stack, not once per layer."""
     calls = {"svd": 0, "transfer": 0}
-    real_exact, real_layer = svd_module._exact, transfer_module.transfer_layer
+    real_svd, real_layer = getattr(svd_module, f"_{engine}"), transfer_module.transfer_layer
 
-    def counting_exact(*args, **kwargs):
+    def counting_svd(*args, **kwargs):
         calls["svd"] += 1
-        return real_exact(*args, **kwargs)
+        return real_svd(*args, **kwargs)
 
     def counting_layer(*args, **kwargs):
         calls["transfer"] += 1
         return real_layer(*args, **kwargs)
 
-    monkeypatch.setattr(svd_module, "_exact", counting_exact)
+    monkeypatch.setattr(svd_module, f"_{engine}", counting_svd)
     monkeypatch.setattr(transfer_module, "transfer_layer", counting_layer)
     jax.clear_caches()
     rng = np.random.default_rng(3)
@@ -130,7 +132,7 @@ def test_each_op_traces_once_for_a_stack_of_layers(monkeypatch) -> None:
     a = rng.standard_normal((layers, 2, 11)).astype(np.float32)
     b = rng.standard_normal((layers, 13, 2)).astype(np.float32)
     for _ in range(3):  # repeated calls at the same shape reuse the compiled function
-        s = truncated_svd(w, np.arange(layers, dtype=np.int32), SvdSettings(rank=3))
+        s = truncated_svd(w, np.arange(layers, dtype=np.int32), SvdSettings(rank=3, engine=engine))
         transfer_stack("cross_lora", a, b, s.u, s.v, s.u, s.v)
     assert calls == {"svd": 1, "transfer": 1}
     assert truncated_svd._cache_size() == 1 and transfer_stack._cache_size() == 1

@@ -21,19 +21,31 @@ def test_bench_transfer_tiny_pair(tmp_path) -> None:
     # oversample covers the whole width, so the randomized engine must agree with the exact one.
     # A second setting with no oversampling and no power iterations must show a visible error.
     _run(["tools/bench_transfer.py", "--pair=tiny", "--layers=1", "--svd_rank=16", "--randomized=2:200,0:0",
-          "--variants=exact,warm,randomized,baseline,depth", f"--work={tmp_path / 'w'}", f"--out={out}"])  # fmt: skip
+          "--variants=gram,warm,exact,randomized,baseline,torch_baseline,depth", f"--work={tmp_path / 'w'}",
+          f"--out={out}"])  # fmt: skip
     text = out.read_text()
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ours") or
             line.startswith("| baseline")}  # fmt: skip
-    assert len(rows) == 7, text
+    assert len(rows) == 9, text
+
+    def cell(name: str, column: int) -> str:
+        return rows[name].split("|")[column].strip()
 
     def error(name: str) -> float:
         return float(re.findall(r"(\d+\.\d+) \(max", rows[name])[0])
 
     assert error("ours, randomized SVD (p=2, oversample=200)") < 1e-4, text
     assert error("ours, randomized SVD (p=0, oversample=0)") > 1e-3, text
+    # The tiny spectra have no gap at r = 16: float32 engines agree to ~1e-4 there, not to eps.
+    assert error("ours, gram SVD (default; 1st adapter, fills cache)") < 1e-3, text
     assert "0 SVD layers computed, 14 read from the cache" in text
-    assert (tmp_path / "w" / "o_exact" / "adapter_model.safetensors").exists()
+    # Ratios are against the faster baseline: that row reads 1.0×, the other at most that.
+    numpy_base, torch_base = "baseline (reference-style, NumPy SVD)", "baseline (reference-style, torch SVD)"
+    ratios = sorted(float(cell(name, 8).rstrip("×")) for name in (numpy_base, torch_base))
+    assert ratios[1] == 1.0 and ratios[0] <= 1.0, text
+    assert "Code at commit" in text and "CPU:" in text
+    for folder in ("o_gram", "o_exact", "o_baseline", "o_torch_baseline"):
+        assert (tmp_path / "w" / folder / "adapter_model.safetensors").exists(), folder
 
 
 def test_svd_timing_tiny(tmp_path) -> None:
@@ -45,3 +57,13 @@ def test_svd_timing_tiny(tmp_path) -> None:
     assert any("truncated_svd exact" in r for r in rows)
     gram = next(r for r in rows if "eigh of Gram" in r)
     assert float(gram.split("|")[-2]) < 1e-2  # well-separated top of the spectrum: Gram is accurate
+    engine = next(r for r in rows if "truncated_svd gram" in r)
+    assert float(engine.split("|")[-2]) < 1e-2  # the gram engine agrees with exact
+
+
+def test_svd_timing_projection_only_tiny(tmp_path) -> None:
+    out = tmp_path / "p.md"
+    _run(["tools/svd_timing.py", "--shapes=tiny", "--layers=1", "--rank=24", "--repeats=1", "--projection_only",
+          f"--out={out}"])  # fmt: skip
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| gate")]
+    assert len(rows) == 3 and all(float(r.split("|")[3]) > 0 for r in rows), rows
