@@ -99,8 +99,7 @@ def make_inputs(work: Path, pair: str, layers: int) -> dict[str, Path]:
 def child_ours(args: argparse.Namespace) -> dict:
     import jax
 
-    from crosslora_jax import SvdSettings, TransferOptions, transfer
-    from crosslora_jax._xla_cache import enable_compilation_cache
+    from crosslora_jax import SvdSettings, TransferOptions, enable_compilation_cache, transfer
 
     if args.cache_dir:  # as the CLI does with --cache_dir
         enable_compilation_cache(args.cache_dir)
