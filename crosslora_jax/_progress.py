@@ -58,6 +58,16 @@ class Progress:
         if self._tty:
             self._draw(label)
 
+    def note(self, text: str) -> None:
+        """Long work outside the steps (e.g. hashing a checkpoint once): shown in the bar on a
+        terminal, one line on other streams, INFO when there is no stream."""
+        if self._tty:
+            self._draw(text)
+        elif self._stream is not None:
+            print(text, file=self._stream, flush=True)
+        else:
+            logging.info("%s", text)
+
     def step(self, cost: float, label: str) -> None:
         """One step of `cost` finished."""
         self._done += cost

@@ -35,6 +35,7 @@ from jax.experimental import multihost_utils
 from crosslora_jax import _mesh
 from crosslora_jax._errors import CheckpointError, OutputError
 from crosslora_jax._paths import absolute
+from crosslora_jax._progress import Progress
 from crosslora_jax.io.hf_config import ModelConfig
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
 from crosslora_jax.ops.svd import Subspace, SvdSettings, checked_truncated_svd, effective_rank, engine_constants
@@ -56,8 +57,11 @@ class StoreStats:
 class SubspaceStore:
     """Truncated SVD factors of base-model weights, by (checkpoint, role, layer)."""
 
-    def __init__(self, settings: SvdSettings, cache_dir: Path | str | None = None) -> None:
+    def __init__(
+        self, settings: SvdSettings, cache_dir: Path | str | None = None, progress: Progress | None = None
+    ) -> None:
         self.settings = settings
+        self._progress = progress or Progress()  # says when a first-time checkpoint hash takes a while
         self.cache_dir = None if cache_dir is None else absolute(cache_dir)  # orbax refuses relative paths
         self.stats = StoreStats()
         self._fingerprints: dict[Path, str] = {}
@@ -189,7 +193,7 @@ class SubspaceStore:
             st = path.stat()
             key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
             if key not in memo:
-                logging.info("fingerprinting %s (%.1f GB; once per file version)", path, st.st_size / 1e9)
+                self._progress.note(f"fingerprinting {path} ({st.st_size / 1e9:.1f} GB; once per file version)")
                 memo[key] = _file_sha256(path)
             digest.update(f"{path.name}:{memo[key]};".encode())
         tmp = memo_path.with_suffix(f".tmp{os.getpid()}")

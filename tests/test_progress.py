@@ -45,6 +45,16 @@ def test_eta_weighs_steps_by_cost() -> None:
     ]
 
 
+def test_a_note_is_one_line_between_steps() -> None:
+    out = io.StringIO()
+    progress = Progress(out, clock=FakeClock())
+    progress.start(total=1.0, steps=1)
+    progress.note("fingerprinting model.safetensors (9.9 GB; once per file version)")
+    progress.step(1.0, "only step")
+    assert out.getvalue().splitlines()[0] == "fingerprinting model.safetensors (9.9 GB; once per file version)"
+    assert out.getvalue().splitlines()[1].startswith("[1/1 100%] only step")
+
+
 def test_a_terminal_gets_one_redrawn_line() -> None:
     clock, out = FakeClock(), Terminal()
     progress = Progress(out, clock=clock)

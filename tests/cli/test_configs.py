@@ -59,14 +59,17 @@ def test_the_readme_flagfile_runs_twice_from_a_working_directory(tmp_path) -> No
     synthetic.write_adapter(tmp_path / paths["adapter"], src, seed=2, roles=("q", "v"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
 
-    def run(*extra: str) -> None:
+    def run(*extra: str) -> str:
         result = subprocess.run([sys.executable, "-m", "crosslora_jax.transfer", f"--flagfile=configs/{name}", *extra],
                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert result.returncode == 0, result.stderr
+        return result.stderr
 
     first, second = tmp_path / paths["output"], tmp_path / "adapters" / "second"
-    run()
-    run("--output=adapters/second")  # a later flag overrides the flagfile's
+    # Hashing a checkpoint for the cache can take minutes on large models: the first run says so
+    # on stderr; the second finds the hashes memoised in the cache folder and hashes nothing.
+    assert "fingerprinting " in run()
+    assert "fingerprinting " not in run("--output=adapters/second")  # a later flag overrides the flagfile's
     reports = [json.loads((out / "crosslora_report.json").read_text()) for out in (first, second)]
     assert reports[0]["subspaces"] == {"computed_layers": 2 * (2 + 3), "cached_layers": 0}
     assert reports[1]["subspaces"] == {"computed_layers": 0, "cached_layers": 2 * (2 + 3)}
