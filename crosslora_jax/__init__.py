@@ -12,8 +12,8 @@ Public API:
 - `truncated_svd`, `transfer_stack`, `truncate_stack`, `align`, `similarity`, `layer_map`: the pure ops, jittable
   inside a caller's own computation.
 - `Progress`: what `transfer(progress=...)` reports each layer chunk to (subclass it to watch a run).
-- `enable_compilation_cache(cache_dir)`: keep XLA's compiled programs under `cache_dir/xla`
-  (process-global; the CLI turns it on, the library never does by itself).
+- `enable_compilation_cache(cache_dir=None)`: keep XLA's compiled programs under `cache_dir/xla`, by default
+  the user's cache folder (process-global; the CLI turns it on, the library never does by itself).
 - `CrossLoraError` and its subclasses: one per class of bad input.
 """
 

@@ -131,7 +131,7 @@ def transfer(
     source_cfg, target_cfg = read_model_config(source_model), read_model_config(target_model)
     loaded = [read_adapter(a, source_cfg) for a in adapter_dirs]
     names = _output_names(adapter_dirs)
-    store = SubspaceStore(options.svd, absolute(cache_dir) if cache_dir is not None else None, progress)
+    store = SubspaceStore(options.svd, cache_dir, progress)  # it makes cache_dir absolute
     if jax.process_index() != 0:  # one process writes; the others compute their shards
         results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store, progress)
         return [_report(source_cfg, target_cfg, r, options, store, compute_seconds) for r in results]

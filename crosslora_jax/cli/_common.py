@@ -7,14 +7,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import NoReturn
 
 from absl import flags, logging
 
 from crosslora_jax import _interrupt
 from crosslora_jax._errors import CrossLoraError
-from crosslora_jax._xla_cache import enable_compilation_cache
 
 EXIT_BAD_INPUT = 2
 
@@ -72,17 +70,6 @@ def flags_parser(module: str, usage: str) -> Callable[[list[str]], list[str]]:
             sys.exit(EXIT_BAD_INPUT)
 
     return parse
-
-
-def default_compilation_cache(cache_dir: str | None) -> None:
-    """Keep XLA's compiled programs between runs: under `cache_dir/xla`, else in the user's cache
-    folder ($XDG_CACHE_HOME or ~/.cache)/crosslora_jax/xla. A second run on the same shapes then
-    loads instead of compiling, which is most of a small pair's time."""
-    if cache_dir:
-        enable_compilation_cache(Path(cache_dir))
-        return
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    enable_compilation_cache(Path(base) / "crosslora_jax")
 
 
 def quiet_logging_by_default() -> None:

@@ -20,7 +20,9 @@ from pathlib import Path
 from absl import app, flags
 
 from crosslora_jax import synthetic
-from crosslora_jax.cli._common import default_compilation_cache, flags_parser, run_guarded
+from crosslora_jax._paths import absolute
+from crosslora_jax._xla_cache import enable_compilation_cache
+from crosslora_jax.cli._common import flags_parser, run_guarded
 from crosslora_jax.io.report import REPORT_FILE, format_summary, format_table
 from crosslora_jax.ops import METHODS, SvdSettings
 from crosslora_jax.pipeline import TransferOptions, transfer
@@ -38,7 +40,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        default_compilation_cache(None)
+        enable_compilation_cache()
         with _workdir(_WORKDIR.value) as work:
             _demo(work, kept=_WORKDIR.value is not None)
 
@@ -48,7 +50,7 @@ def main(argv: Sequence[str]) -> None:
 @contextlib.contextmanager
 def _workdir(given: str | None) -> Iterator[Path]:
     if given:
-        yield Path(given).absolute()
+        yield absolute(given)
         return
     with tempfile.TemporaryDirectory(prefix="crosslora-demo-") as tmp:
         yield Path(tmp)

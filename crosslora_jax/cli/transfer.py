@@ -19,7 +19,8 @@ from absl import app, flags, logging
 
 from crosslora_jax._errors import OptionsError
 from crosslora_jax._progress import Progress
-from crosslora_jax.cli._common import default_compilation_cache, flags_parser, run_guarded
+from crosslora_jax._xla_cache import enable_compilation_cache
+from crosslora_jax.cli._common import flags_parser, run_guarded
 from crosslora_jax.io.dtypes import OUTPUT_CHOICES
 from crosslora_jax.io.report import format_summary, format_table
 from crosslora_jax.io.report_plot import require_matplotlib, write_report_plot
@@ -109,7 +110,7 @@ def main(argv: Sequence[str]) -> None:
         if _PLOT.value:
             require_matplotlib()  # refuse before any work
         if _COMPILATION_CACHE.value:
-            default_compilation_cache(_CACHE_DIR.value)
+            enable_compilation_cache(_CACHE_DIR.value or None)
         started = time.perf_counter()
         reports = transfer(
             _SOURCE.value,

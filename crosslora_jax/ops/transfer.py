@@ -99,9 +99,14 @@ def _lora_x(a_s, b_s, us, vs, ut, vt, bases):  # noqa: ANN001, ANN202, ARG001
     return a_t, b_t
 
 
-def _truncate(a_s, b_s, us, vs, ut, vt, bases):  # noqa: ANN001, ANN202, ARG001
+def _pad_factors(a_s: Array, b_s: Array, m_t: int, n_t: int) -> tuple[Array, Array]:
+    """`truncate`'s whole rule: A_t = pad(A_s, k, n_t), B_t = pad(B_s, m_t, k)."""
     k = a_s.shape[0]
-    return crop_or_pad(a_s, k, vt.shape[0]), crop_or_pad(b_s, ut.shape[0], k)
+    return crop_or_pad(a_s, k, n_t), crop_or_pad(b_s, m_t, k)
+
+
+def _truncate(a_s, b_s, us, vs, ut, vt, bases):  # noqa: ANN001, ANN202, ARG001
+    return _pad_factors(a_s, b_s, ut.shape[0], vt.shape[0])
 
 
 _METHOD_FNS = {"cross_lora": _cross_lora, "lora_x": _lora_x, "truncate": _truncate}
@@ -161,8 +166,7 @@ def truncate_stack(
 
     def one(a: Array, b: Array) -> tuple[Array, Array, Array, Array]:
         a, b = a.astype(jnp.float32), b.astype(jnp.float32)
-        k = a.shape[0]
-        a_t, b_t = crop_or_pad(a, k, n_t), crop_or_pad(b, m_t, k)
+        a_t, b_t = _pad_factors(a, b, m_t, n_t)
         return a_t, b_t, _factored_norm(a, b), _factored_norm(a_t, b_t)
 
     return jax.vmap(one)(a_s, b_s)
