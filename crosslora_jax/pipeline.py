@@ -134,7 +134,7 @@ def transfer(
     store = SubspaceStore(options.svd, cache_dir, progress)  # it makes cache_dir absolute
     if jax.process_index() != 0:  # one process writes; the others compute their shards
         results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store, progress)
-        return [_report(source_cfg, target_cfg, r, options, store, compute_seconds) for r in results]
+        return [report_for(source_cfg, target_cfg, r, options, store, compute_seconds) for r in results]
     # The staging folder is made before computing, so an unwritable --output fails in seconds.
     with staged_output(output) as staging:
         results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store, progress)
@@ -149,7 +149,7 @@ def transfer(
             write_adapter(folder, result.factors, config, dtype)
             final = output if len(results) == 1 else output / name
             seconds = time.perf_counter() - started
-            report = _report(source_cfg, target_cfg, result, options, store, compute_seconds, final, dtype, seconds)
+            report = report_for(source_cfg, target_cfg, result, options, store, compute_seconds, final, dtype, seconds)
             write_report(folder, report)
             reports.append(report)
     return reports
@@ -449,7 +449,7 @@ def _effective_ranks(
     }
 
 
-def _report(
+def report_for(
     source: ModelConfig,
     target: ModelConfig,
     result: TransferResult,

@@ -128,6 +128,7 @@ class TransferReport(Mapping[str, Any]):
     cached_layers: int  # subspaces read from --cache_dir
     timings: Timings
     modules: tuple[ModuleReport, ...]  # sorted by target layer, then role
+    distill: Mapping[str, Any] | None = None  # set by `distill`: its settings, loss curve and figures
 
     @property
     def summary(self) -> dict[str, int]:
@@ -151,6 +152,7 @@ class TransferReport(Mapping[str, Any]):
             "subspaces": {"computed_layers": self.computed_layers, "cached_layers": self.cached_layers},
             "timings": self.timings.to_json(),
             "modules": [m.to_json() for m in self.modules],
+            **({} if self.distill is None else {"distill": dict(self.distill)}),
         }
 
     def __getitem__(self, key: str) -> Any:

@@ -1,0 +1,207 @@
+"""`distill()`: a data-free transfer refined by distillation against the source model.
+
+Order of work: validate everything (options, configs, tokenizers, adapter, output location),
+transfer (the init), sample the teacher's text, train, write the adapter and report atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crosslora_jax import _interrupt
+from crosslora_jax._errors import OptionsError
+from crosslora_jax._paths import absolute
+from crosslora_jax._progress import Progress
+from crosslora_jax._subspace_store import SubspaceStore
+from crosslora_jax.distillation import _checkpoint
+from crosslora_jax.distillation._options import DistillOptions
+from crosslora_jax.distillation._student import build_student, source_lora, written_factors
+from crosslora_jax.distillation._teacher import as_batch, pad_ragged, sample_sequences
+from crosslora_jax.distillation._train import Batch, Frozen, Objective, heldout_loss, optimizer, train
+from crosslora_jax.eval import load_model
+from crosslora_jax.io.hf_config import ModelConfig, read_model_config
+from crosslora_jax.io.output_folder import check_output_location, staged_output
+from crosslora_jax.io.peft_adapter import adapter_config_for_target, read_adapter, write_adapter
+from crosslora_jax.io.report import write_report
+from crosslora_jax.io.safetensors_checkpoint import Checkpoint
+from crosslora_jax.io.tokenizer import generic_prompts, read_prompts_file, read_tokenizer, same_vocabulary
+from crosslora_jax.ops.svd import Subspace
+from crosslora_jax.pipeline import TransferOptions, report_for, run_transfer
+from crosslora_jax.transfer_report import TransferReport
+
+
+def distill(
+    source_model: Path | str,
+    target_model: Path | str,
+    adapter: Path | str,
+    output: Path | str,
+    options: DistillOptions = DistillOptions(),
+    *,
+    overwrite: bool = False,
+    cache_dir: Path | str | None = None,
+    progress: Progress | None = None,
+) -> TransferReport:
+    """Move `adapter` from `source_model` to `target_model` and refine it by distillation; writes
+    a PEFT adapter folder at `output` and returns its report (the transfer's, plus `distill`).
+
+    With `cache_dir`, base-model subspaces are cached as for `transfer`, and training state is
+    checkpointed under `cache_dir/distill/<run>` every `options.checkpoint_every` steps: rerunning
+    an interrupted command resumes where it stopped, with the uninterrupted run's result.
+    """
+    progress = progress or Progress()
+    source_model, target_model, output = absolute(source_model), absolute(target_model), absolute(output)
+    adapter = absolute(adapter)
+    check_output_location(output, [source_model, target_model, adapter], overwrite=overwrite)
+    source_cfg, target_cfg = read_model_config(source_model), read_model_config(target_model)
+    tok_s, tok_t = read_tokenizer(source_model, source_cfg), read_tokenizer(target_model, target_cfg)
+    one_vocab = same_vocabulary(tok_s, tok_t)
+    if not one_vocab and options.kd != "sequence":
+        raise OptionsError(
+            "--kd", f"{options.kd} needs one vocabulary, but the tokenizers of the two models differ; use --kd=sequence"
+        )
+    user_prompts = None if options.prompts_file is None else read_prompts_file(options.prompts_file)
+    loaded = read_adapter(adapter, source_cfg)
+    init_method = "truncate" if options.init == "zero" else options.init
+    transfer_options = TransferOptions(method=init_method, svd=options.svd, layer_map=options.layer_map)
+    store = SubspaceStore(options.svd, cache_dir, progress)
+    started = time.perf_counter()
+    with staged_output(output) as staging:
+        (result,) = run_transfer(source_cfg, target_cfg, [loaded], transfer_options, store, progress)
+        init_seconds = time.perf_counter() - started
+        subspaces = None
+        if options.learn == "transform":
+            roles = sorted({w.role for w in result.written})
+            subspaces = role_subspaces(source_cfg, target_cfg, roles, store)
+        student = build_student(
+            options.learn,
+            options.init == "zero",
+            loaded,
+            target_cfg,
+            result.written,
+            result.factors,
+            result.layer_map.target_to_source,
+            subspaces,
+            options.seed,
+        )
+        spec_s, params_s = load_model(source_model)
+        spec_t, params_t = load_model(target_model)
+        params_s, params_t = jax.tree.map(jnp.asarray, (params_s, params_t))
+        lora_s = source_lora(loaded, source_cfg)
+        key = jax.random.key(options.seed)
+        gen = dict(gen_len=options.gen_len, temperature=options.temperature, top_p=options.top_p)
+        gen_batch = max(options.batch_size, 32)
+        total = options.prompts + options.heldout
+        prompts = generic_prompts(tok_s, total, options.seed) if user_prompts is None else _cycle(
+            [tok_s.encode(p) for p in user_prompts], total, options.seed
+        )
+        data_started = time.perf_counter()
+        tokens = sample_sequences(spec_s, params_s, lora_s, prompts, key=jax.random.fold_in(key, 1),
+                                  batch_size=gen_batch, progress=progress, label="teacher", **gen)  # fmt: skip
+        if one_vocab:
+            sequences = as_batch(tokens)
+        else:  # the teacher's text, re-tokenized for the student
+            texts = [tok_s.decode(row.tolist()) for row in tokens]
+            ids, mask = pad_ragged([tok_t.encode(t) for t in texts], tokens.shape[1], tok_t.pad_id)
+            sequences = as_batch(ids, mask)
+        train_data = Batch(*(x[: options.prompts] for x in sequences))
+        heldout = Batch(*(x[options.prompts :] for x in sequences))
+        anchor = None
+        if options.anchor_weight > 0:
+            anchor_prompts = generic_prompts(tok_t, options.prompts, options.seed + 1)
+            anchor = as_batch(sample_sequences(spec_t, params_t, None, anchor_prompts, key=jax.random.fold_in(key, 2),
+                                               batch_size=gen_batch, progress=progress, label="anchor", **gen))  # fmt: skip
+        data_seconds = time.perf_counter() - data_started
+        sequence = options.kd == "sequence"
+        frozen = Frozen(params_t, None if sequence else params_s, None if sequence else lora_s, student.fixed)
+        obj = Objective(options.kd, options.learn, options.anchor_weight, spec_t, None if sequence else spec_s)
+        before = heldout_loss(obj, student.trainable, frozen, heldout, options.batch_size) if options.heldout else None
+        opt = optimizer(options.steps, options.learning_rate, options.warmup_steps, options.weight_decay,
+                        options.clip_norm)  # fmt: skip
+        run_dir = None if store.cache_dir is None else store.cache_dir / "distill" / _run_key(options, source_cfg.folder,
+                                                                                          target_cfg.folder, adapter)  # fmt: skip
+        start = None if run_dir is None else _checkpoint.restore(run_dir, student.trainable, opt)
+        fitted = train(
+            obj,
+            student,
+            frozen,
+            train_data,
+            anchor,
+            steps=options.steps,
+            batch_size=options.batch_size,
+            opt=opt,
+            seed=options.seed,
+            log_every=options.log_every,
+            progress=progress,
+            start=start,
+            on_checkpoint=None if run_dir is None else lambda s, t, o: _checkpoint.save(run_dir, s, t, o),
+            checkpoint_every=options.checkpoint_every,
+        )
+        _interrupt.check()
+        after = heldout_loss(obj, fitted.trainable, frozen, heldout, options.batch_size) if options.heldout else None
+        factors = written_factors(student, fitted.trainable)
+        dtype = loaded.dtype if options.output_dtype == "auto" else options.output_dtype
+        write_adapter(staging, factors, adapter_config_for_target(loaded.config, target_cfg, student.written), dtype)
+        section = {
+            "settings": _settings_json(options),
+            "objective": options.kd if one_vocab else "sequence (vocabularies differ: teacher text re-tokenized)",
+            "vocabulary": "shared" if one_vocab else "different",
+            "loss_curve": [{"step": s, "loss": v} for s, v in fitted.losses],
+            "heldout": {"sequences": options.heldout, "before": before, "after": after,
+                        "measure": "cross-entropy on the teacher's text" if sequence else f"{options.kd} KL to the teacher"},  # fmt: skip
+            "tokens_seen": fitted.tokens,
+            "resumed_from_step": 0 if start is None else start[0],
+            "seconds": {"init_transfer": init_seconds, "teacher_samples": data_seconds, "train": fitted.seconds},
+        }
+        report = report_for(source_cfg, target_cfg, result, transfer_options, store, init_seconds, output, dtype)
+        report = dataclasses.replace(report, distill=section)
+        write_report(staging, report)
+    if run_dir is not None:
+        _checkpoint.remove(run_dir)  # the run is complete: nothing to resume
+    return report
+
+
+def role_subspaces(
+    source: ModelConfig, target: ModelConfig, roles: Sequence[str], store: SubspaceStore
+) -> dict[str, tuple[Subspace, Subspace]]:
+    """Per role: (source subspaces at every source layer, target subspaces at every target layer)."""
+    s_ckpt, t_ckpt = Checkpoint(source.folder), Checkpoint(target.folder)
+    return {
+        role: (
+            store.get(source, s_ckpt, role, range(source.num_layers)),
+            store.get(target, t_ckpt, role, range(target.num_layers)),
+        )
+        for role in roles
+    }
+
+
+def _cycle(prompts: list[list[int]], count: int, seed: int) -> np.ndarray:
+    """`count` prompts [count, P] from the user's, cut to the shortest one's length P (equal
+    lengths batch without padding), in a seeded order that repeats the list as needed."""
+    length = min(len(p) for p in prompts)
+    order = np.random.default_rng(seed).permutation(np.resize(np.arange(len(prompts)), count))
+    return np.asarray([prompts[i][:length] for i in order], np.int32)
+
+
+def _settings_json(options: DistillOptions) -> dict[str, Any]:
+    out = dataclasses.asdict(options)
+    out["prompts_file"] = None if options.prompts_file is None else str(options.prompts_file)
+    return out
+
+
+def _run_key(options: DistillOptions, *paths: Path) -> str:
+    """One folder per (inputs, settings): a checkpoint is resumed only by the same run."""
+    facts = [_settings_json(options)]
+    for path in paths:
+        files = sorted(p for p in Path(path).iterdir() if p.is_file())
+        facts.append([str(path), [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]])
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,167 @@
+"""What the student learns: LoRA factors on the target (`lora`) or the maps of `transform`.
+
+Legend: L target layers, m out, n in, k the role's largest LoRA rank (smaller modules are
+zero-padded: a zero row of A with a zero column of B gets zero gradient, so padding stays
+inert), r_s / r_t effective SVD ranks.
+
+Per role the student keeps every target layer; layers the init transfer did not write have
+scale 0, so they change nothing and are not written out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from crosslora_jax.eval import Lora
+from crosslora_jax.io.hf_config import ModelConfig
+from crosslora_jax.io.peft_adapter import LoraAdapter, LoraModule
+from crosslora_jax.ops.distill import transform_factors, transform_init
+from crosslora_jax.ops.svd import Subspace
+
+Trainable = dict[str, dict[str, jax.Array]]  # role -> {"a", "b"} or {"m_u", "m_v"}
+Fixed = dict[str, dict[str, jax.Array]]  # role -> {"scale"} (+ transform's "a_proj", "b_proj", "ut", "vt")
+
+
+@dataclasses.dataclass(frozen=True)
+class Student:
+    """The trainable parameters, what stays fixed, and which target modules are written."""
+
+    learn: str
+    trainable: Trainable
+    fixed: Fixed
+    written: tuple[LoraModule, ...]
+
+
+def source_lora(adapter: LoraAdapter, source: ModelConfig) -> Lora:
+    """The source adapter as the model's LoRA side path (the teacher): role -> stacks over all
+    source layers, zero where a layer has no module."""
+    out: dict[str, dict[str, jax.Array]] = {}
+    for role in adapter.roles():
+        modules = [m for m in adapter.modules.values() if m.role == role]
+        m, n = source.shapes[role]
+        k = max(mod.rank for mod in modules)
+        a = np.zeros((source.num_layers, k, n), np.float32)
+        b = np.zeros((source.num_layers, m, k), np.float32)
+        scale = np.zeros((source.num_layers,), np.float32)
+        for mod in modules:
+            fa, fb = adapter.read_factors([mod])
+            a[mod.layer, : mod.rank], b[mod.layer, :, : mod.rank] = fa[0], fb[0]
+            scale[mod.layer] = adapter.scale(mod)
+        out[role] = {"a": jnp.asarray(a), "b": jnp.asarray(b), "scale": jnp.asarray(scale)}
+    return out
+
+
+def _init_stacks(
+    role: str,
+    target: ModelConfig,
+    written: Sequence[LoraModule],
+    factors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    adapter: LoraAdapter,
+    zero: bool,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A [L, k, n], B [L, m, k], scale [L]) of the init transfer for one role."""
+    m, n = target.shapes[role]
+    mods = [w for w in written if w.role == role]
+    k = max(w.rank for w in mods)
+    a = np.zeros((target.num_layers, k, n), np.float32)
+    b = np.zeros((target.num_layers, m, k), np.float32)
+    scale = np.zeros((target.num_layers,), np.float32)
+    for w in mods:
+        fa, fb = factors[w.path]
+        if zero:  # PEFT's own init: B = 0, A uniform with kaiming's bound for a = √5
+            fa, fb = rng.uniform(-1, 1, fa.shape) / math.sqrt(n), np.zeros_like(fb)
+        a[w.layer, : w.rank], b[w.layer, :, : w.rank] = fa, fb
+        scale[w.layer] = adapter.scale(w)
+    return a, b, scale
+
+
+def build_student(
+    learn: str,
+    zero: bool,
+    adapter: LoraAdapter,
+    target: ModelConfig,
+    written: Sequence[LoraModule],
+    factors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    target_to_source: Sequence[int | None],
+    subspaces: Mapping[str, tuple[Subspace, Subspace]] | None,
+    seed: int,
+) -> Student:
+    """The student at step 0: it reproduces the init transfer (`zero`: PEFT's init for `lora`,
+    M_U = 0 for `transform`). `subspaces[role]` = (source at every source layer, target at every
+    target layer), needed by `transform` only."""
+    rng = np.random.default_rng(seed)
+    trainable: Trainable = {}
+    fixed: Fixed = {}
+    for role in sorted({w.role for w in written}):
+        a, b, scale = _init_stacks(role, target, written, factors, adapter, zero and learn == "lora", rng)
+        fixed[role] = {"scale": jnp.asarray(scale)}
+        if learn == "lora":
+            trainable[role] = {"a": jnp.asarray(a), "b": jnp.asarray(b)}
+            continue
+        assert subspaces is not None
+        src, tgt = subspaces[role]
+        a_s, b_s = _source_stacks(adapter, role, target_to_source, a.shape[1])
+        rows = np.asarray([0 if i is None else i for i in target_to_source])
+        a_proj = jnp.asarray(a_s) @ jnp.asarray(src.v[rows])  # [L, k, r_s]
+        b_proj = jnp.swapaxes(jnp.asarray(src.u[rows]), 1, 2) @ jnp.asarray(b_s)  # [L, r_s, k]
+        ut, vt = jnp.asarray(tgt.u), jnp.asarray(tgt.v)
+        m_u, m_v = jax.vmap(transform_init)(a_proj, b_proj, ut, vt, jnp.asarray(a), jnp.asarray(b))
+        if zero:
+            m_u = jnp.zeros_like(m_u)
+        trainable[role] = {"m_u": m_u, "m_v": m_v}
+        fixed[role].update(a_proj=a_proj, b_proj=b_proj, ut=ut, vt=vt)
+    return Student(learn, trainable, fixed, tuple(written))
+
+
+def _source_stacks(
+    adapter: LoraAdapter, role: str, target_to_source: Sequence[int | None], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Source (A [L_t, k, n_s], B [L_t, m_s, k]) gathered by the layer map (zero where unmapped)."""
+    a_rows, b_rows = [], []
+    shape_a = shape_b = None
+    for i in target_to_source:
+        module = None if i is None else adapter.modules.get((role, i))
+        if module is None:
+            a_rows.append(None)
+            b_rows.append(None)
+            continue
+        fa, fb = adapter.read_factors([module])
+        pa = np.zeros((k, fa.shape[2]), np.float32)
+        pb = np.zeros((fb.shape[1], k), np.float32)
+        pa[: module.rank], pb[:, : module.rank] = fa[0], fb[0]
+        a_rows.append(pa)
+        b_rows.append(pb)
+        shape_a, shape_b = pa.shape, pb.shape
+    a = np.stack([np.zeros(shape_a, np.float32) if x is None else x for x in a_rows])
+    b = np.stack([np.zeros(shape_b, np.float32) if x is None else x for x in b_rows])
+    return a, b
+
+
+def student_lora(learn: str, trainable: Trainable, fixed: Fixed) -> Lora:
+    """The target model's LoRA side path for the current parameters (jittable)."""
+    out = {}
+    for role, params in trainable.items():
+        if learn == "lora":
+            a, b = params["a"], params["b"]
+        else:
+            f = fixed[role]
+            a, b = transform_factors(f["a_proj"], f["b_proj"], f["ut"], f["vt"], params["m_u"], params["m_v"])
+        out[role] = {"a": a, "b": b, "scale": fixed[role]["scale"]}
+    return out
+
+
+def written_factors(student: Student, trainable: Trainable) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Module path -> (A [k, n], B [m, k]) of every written module, trimmed to its own rank."""
+    lora: Any = jax.device_get(student_lora(student.learn, trainable, student.fixed))
+    return {
+        w.path: (np.asarray(lora[w.role]["a"][w.layer, : w.rank]), np.asarray(lora[w.role]["b"][w.layer, :, : w.rank]))
+        for w in student.written
+    }

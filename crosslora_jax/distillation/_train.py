@@ -1,0 +1,185 @@
+"""The training loop: one jitted optax step on the student's parameters only.
+
+Legend: N sequences, B batch, T positions, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from crosslora_jax import _interrupt
+from crosslora_jax._progress import Progress
+from crosslora_jax.distillation._student import Fixed, Student, Trainable, student_lora
+from crosslora_jax.eval import Lora, ModelSpec, logits
+from crosslora_jax.ops.distill import delta_teacher, full_kl, sequence_ce
+
+
+class Batch(NamedTuple):
+    """Student inputs [B, T] int32, next tokens [B, T] (the sequence objective's labels) and the
+    mask [B, T] of positions that count. Teacher inputs equal student inputs unless the
+    vocabularies differ (then the teacher is not run: `sequence`)."""
+
+    inputs: jax.Array
+    targets: jax.Array
+    mask: jax.Array
+
+
+class Frozen(NamedTuple):
+    """Everything the step reads but never changes."""
+
+    target: Mapping[str, Any]
+    source: Mapping[str, Any] | None  # None for `sequence` (the teacher's text is all it needs)
+    source_lora: Lora | None
+    fixed: Fixed
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What the loss is; static under jit."""
+
+    kd: str
+    learn: str
+    anchor_weight: float
+    spec_target: ModelSpec
+    spec_source: ModelSpec | None
+
+
+def _distill_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
+    lora = student_lora(obj.learn, trainable, frozen.fixed)
+    z = logits(obj.spec_target, frozen.target, batch.inputs, lora)
+    if obj.kd == "sequence":
+        return sequence_ce(z, batch.targets, batch.mask)
+    sg = jax.lax.stop_gradient
+    teacher = sg(logits(obj.spec_source, frozen.source, batch.inputs, frozen.source_lora))
+    if obj.kd == "delta":
+        base_t = sg(logits(obj.spec_target, frozen.target, batch.inputs))
+        base_s = sg(logits(obj.spec_source, frozen.source, batch.inputs))
+        teacher = delta_teacher(base_t, teacher, base_s)
+    return full_kl(teacher, z, batch.mask)
+
+
+def _anchor_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
+    """KL(target base ‖ student) on the target base's own samples."""
+    lora = student_lora(obj.learn, trainable, frozen.fixed)
+    base = jax.lax.stop_gradient(logits(obj.spec_target, frozen.target, batch.inputs))
+    return full_kl(base, logits(obj.spec_target, frozen.target, batch.inputs, lora), batch.mask)
+
+
+def optimizer(steps: int, learning_rate: float, warmup_steps: int, weight_decay: float, clip_norm: float):  # noqa: ANN201
+    """AdamW with linear warm-up then cosine decay to 0, after clipping the global gradient norm."""
+    warmup = min(warmup_steps, max(steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, max(steps, warmup + 1), 0.0)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adamw(schedule, weight_decay=weight_decay))
+
+
+@functools.partial(jax.jit, static_argnames=("obj", "opt"), donate_argnames=("trainable", "opt_state"))
+def train_step(
+    obj: Objective,
+    opt: optax.GradientTransformation,
+    trainable: Trainable,
+    opt_state: optax.OptState,
+    frozen: Frozen,
+    batch: Batch,
+    anchor: Batch | None,
+) -> tuple[Trainable, optax.OptState, jax.Array]:
+    """One AdamW step; gradients are taken with respect to `trainable` only."""
+
+    def loss_fn(t: Trainable) -> tuple[jax.Array, jax.Array]:
+        loss = _distill_loss(obj, t, frozen, batch)
+        total = loss if anchor is None else loss + obj.anchor_weight * _anchor_loss(obj, t, frozen, anchor)
+        return total, loss
+
+    (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    updates, opt_state = opt.update(grads, opt_state, trainable)
+    return optax.apply_updates(trainable, updates), opt_state, loss
+
+
+@functools.partial(jax.jit, static_argnames=("obj",))
+def _eval_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
+    return _distill_loss(obj, trainable, frozen, batch)
+
+
+def heldout_loss(obj: Objective, trainable: Trainable, frozen: Frozen, data: Batch, batch_size: int) -> float:
+    """The objective on held-out teacher samples (mask-weighted mean over all of them)."""
+    total = weight = 0.0
+    for start in range(0, int(data.inputs.shape[0]), batch_size):
+        part = Batch(*(x[start : start + batch_size] for x in data))
+        w = float(np.sum(np.asarray(part.mask)))
+        total += float(_eval_loss(obj, trainable, frozen, part)) * w
+        weight += w
+    return total / max(weight, 1.0)
+
+
+def batch_rows(seed: int, step: int, count: int, batch_size: int) -> np.ndarray:
+    """The sequences of step `step`: a function of (seed, step) only, so a resumed run draws the
+    same batches as an uninterrupted one."""
+    return np.random.default_rng([seed, step]).choice(count, size=batch_size, replace=False)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    trainable: Trainable
+    losses: list[tuple[int, float]]  # (step, mean loss over the steps since the last entry)
+    tokens: int
+    seconds: float
+
+
+def train(
+    obj: Objective,
+    student: Student,
+    frozen: Frozen,
+    data: Batch,
+    anchor_data: Batch | None,
+    *,
+    steps: int,
+    batch_size: int,
+    opt: optax.GradientTransformation,
+    seed: int,
+    log_every: int,
+    progress: Progress,
+    start: tuple[int, Trainable, optax.OptState] | None = None,
+    on_checkpoint: Callable[[int, Trainable, optax.OptState], None] | None = None,
+    checkpoint_every: int = 0,
+    place: Callable[[Batch], Batch] = lambda b: b,
+) -> TrainResult:
+    """`steps` steps from step 0 (or from `start`: a checkpoint's step, parameters, optimizer state)."""
+    first, trainable, opt_state = start if start is not None else (0, student.trainable, opt.init(student.trainable))
+    trainable = jax.tree.map(jnp.array, trainable)  # own copies: the step donates its inputs
+    losses: list[tuple[int, float]] = []
+    window: list[jax.Array] = []
+    tokens = 0
+    started = time.perf_counter()
+    progress.start(steps, -(-steps // log_every))
+    progress.step(first, f"resumed at step {first}") if first else None
+    n = int(data.inputs.shape[0])
+    for step in range(first, steps):
+        _interrupt.check()
+        rows = batch_rows(seed, step, n, batch_size)
+        batch = place(Batch(*(x[rows] for x in data)))
+        anchor = None
+        if anchor_data is not None:
+            arows = batch_rows(seed + 1, step, int(anchor_data.inputs.shape[0]), batch_size)
+            anchor = place(Batch(*(x[arows] for x in anchor_data)))
+        trainable, opt_state, loss = train_step(obj, opt, trainable, opt_state, frozen, batch, anchor)
+        window.append(loss)
+        tokens += int(np.sum(data.mask[rows]))
+        done = step + 1
+        if done % log_every == 0 or done == steps:
+            mean = float(np.mean(jax.device_get(window)))
+            losses.append((done, mean))
+            rate = tokens / max(time.perf_counter() - started, 1e-9)
+            progress.step(len(window), f"step {done}/{steps} loss {mean:.4f}, {rate:,.0f} tokens/s")
+            window = []
+        if on_checkpoint is not None and checkpoint_every and done % checkpoint_every == 0 and done < steps:
+            on_checkpoint(done, trainable, opt_state)
+    progress.close()
+    return TrainResult(trainable, losses, tokens, time.perf_counter() - started)

@@ -1,0 +1,123 @@
+"""The training loop on tiny models: only the student's parameters move, the loss falls, the
+student starts as the init transfer, and a resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from crosslora_jax import Progress, TransferOptions, read_adapter, read_model_config, run_transfer, synthetic
+from crosslora_jax.distillation import _checkpoint
+from crosslora_jax._subspace_store import SubspaceStore
+from crosslora_jax.distillation._run import role_subspaces
+from crosslora_jax.distillation._student import Student, build_student, source_lora, written_factors
+from crosslora_jax.distillation._teacher import as_batch
+from crosslora_jax.distillation._train import Batch, Frozen, Objective, heldout_loss, optimizer, train
+from crosslora_jax.eval import load_model
+
+VOCAB = 64
+
+
+def _pair(tmp_path: Path) -> tuple[Path, Path, Path]:
+    src_cfg = synthetic.model_config("llama", hidden=32, intermediate=48, heads=4, kv_heads=2, layers=2, vocab=VOCAB)
+    tgt_cfg = synthetic.model_config("qwen2", hidden=24, intermediate=40, heads=3, kv_heads=1, layers=3, vocab=VOCAB)
+    src = synthetic.write_model(tmp_path / "src", src_cfg, synthetic.model_tensors(src_cfg, seed=0))
+    tgt = synthetic.write_model(tmp_path / "tgt", tgt_cfg, synthetic.model_tensors(tgt_cfg, seed=1))
+    lora = synthetic.write_adapter(tmp_path / "lora", src_cfg, seed=2, roles=("q", "v", "down"), rank=4)
+    return src, tgt, lora
+
+
+def _setup(tmp_path: Path, learn: str, kd: str = "full", init: str = "cross_lora"):  # noqa: ANN202
+    src, tgt, lora_dir = _pair(tmp_path)
+    src_cfg, tgt_cfg = read_model_config(src), read_model_config(tgt)
+    adapter = read_adapter(lora_dir, src_cfg)
+    options = TransferOptions(method="truncate" if init == "zero" else init)
+    (result,) = run_transfer(src_cfg, tgt_cfg, [adapter], options)
+    subspaces = None
+    if learn == "transform":
+        roles = sorted({w.role for w in result.written})
+        subspaces = role_subspaces(src_cfg, tgt_cfg, roles, SubspaceStore(options.svd))
+    student = build_student(
+        learn, init == "zero", adapter, tgt_cfg, result.written, result.factors,
+        result.layer_map.target_to_source, subspaces, seed=0,
+    )  # fmt: skip
+    spec_s, params_s = load_model(src)
+    spec_t, params_t = load_model(tgt)
+    params_s, params_t = jax.tree.map(jnp.asarray, (params_s, params_t))
+    frozen = Frozen(params_t, params_s, source_lora(adapter, src_cfg), student.fixed)
+    obj = Objective(kd, learn, 0.0, spec_t, spec_s)
+    tokens = np.random.default_rng(3).integers(0, VOCAB, (24, 9)).astype(np.int32)
+    return student, frozen, obj, as_batch(tokens), result
+
+
+def _run(obj, student: Student, frozen: Frozen, data: Batch, steps: int, **kw) -> object:  # noqa: ANN001
+    opt = optimizer(steps, 2e-2, 2, 0.0, 1.0)
+    return train(obj, student, frozen, data, None, steps=steps, batch_size=8, opt=opt, seed=0, log_every=2,
+                 progress=Progress(), **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize(("learn", "kd"), [("lora", "full"), ("transform", "full"), ("lora", "delta")])
+def test_only_the_student_moves_and_the_objective_falls(tmp_path: Path, learn: str, kd: str) -> None:
+    student, frozen, obj, data, _ = _setup(tmp_path, learn, kd)
+    frozen_before = jax.tree.map(np.array, frozen)
+    start = jax.tree.map(np.array, student.trainable)
+    before = heldout_loss(obj, student.trainable, frozen, data, 8)
+    fitted = _run(obj, student, frozen, data, steps=16)
+    after = heldout_loss(obj, fitted.trainable, frozen, data, 8)
+    assert after < 0.8 * before, (before, after)
+    for x, y in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(frozen), strict=True):
+        np.testing.assert_array_equal(x, np.asarray(y))  # bit-identical
+    moved = [not np.array_equal(x, np.asarray(y)) for x, y in zip(jax.tree.leaves(start),
+                                                                  jax.tree.leaves(fitted.trainable), strict=True)]  # fmt: skip
+    assert all(moved)
+    assert fitted.tokens == 16 * 8 * data.inputs.shape[1]
+
+
+def test_the_lora_student_starts_as_the_init_transfer(tmp_path: Path) -> None:
+    student, *_, result = _setup(tmp_path, "lora")
+    got = written_factors(student, student.trainable)
+    assert got.keys() == dict(result.factors).keys()
+    for path, (a, b) in result.factors.items():
+        np.testing.assert_array_equal(got[path][0], a)
+        np.testing.assert_array_equal(got[path][1], b)
+
+
+def test_the_transform_student_starts_as_the_init_inside_the_target_subspaces(tmp_path: Path) -> None:
+    student, *_, result = _setup(tmp_path, "transform")
+    got = written_factors(student, student.trainable)
+    for w in student.written:
+        a, b = (x.astype(np.float64) for x in result.factors[w.path])
+        f = student.fixed[w.role]
+        ut, vt = (np.asarray(f[k][w.layer], np.float64) for k in ("ut", "vt"))
+        want = (ut @ ut.T @ b) @ (a @ vt @ vt.T)  # ΔW of the init, projected onto the target's subspaces
+        mine = got[w.path][1].astype(np.float64) @ got[w.path][0]
+        scale = np.linalg.norm(want) + 1e-3 * np.linalg.norm(b @ a)
+        assert np.linalg.norm(mine - want) <= 1e-3 * scale, w.path
+
+
+def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
+    student, frozen, obj, data, _ = _setup(tmp_path, "lora")
+    whole = _run(obj, student, frozen, data, steps=6)
+    run_dir = tmp_path / "ckpt"
+    opt = optimizer(6, 2e-2, 2, 0.0, 1.0)
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(step, trainable, opt_state) -> None:  # noqa: ANN001
+        _checkpoint.save(run_dir, step, trainable, opt_state)
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(obj, student, frozen, data, None, steps=6, batch_size=8, opt=opt, seed=0, log_every=2,
+              progress=Progress(), on_checkpoint=save_then_stop, checkpoint_every=3)  # fmt: skip
+    start = _checkpoint.restore(run_dir, student.trainable, opt)
+    assert start is not None and start[0] == 3
+    resumed = train(obj, student, frozen, data, None, steps=6, batch_size=8, opt=opt, seed=0, log_every=2,
+                    progress=Progress(), start=start)  # fmt: skip
+    for x, y in zip(jax.tree.leaves(whole.trainable), jax.tree.leaves(resumed.trainable), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7 * float(np.abs(x).max()))
