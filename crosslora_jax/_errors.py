@@ -44,3 +44,11 @@ class TransferError(CrossLoraError):
 
 class TaskError(CrossLoraError):
     """An evaluation task file is missing or malformed."""
+
+
+class TokenizerError(ConfigError):
+    """A model's `tokenizer.json` (or `tokenizer_config.json`) is missing, malformed or does not fit its model."""
+
+
+class PromptsError(CrossLoraError):
+    """A prompts file is missing, not UTF-8, empty, or has a malformed line."""

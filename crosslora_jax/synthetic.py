@@ -245,3 +245,64 @@ def write_adapter(
     adapter_config.update(extra_config or {})
     (folder / ADAPTER_CONFIG).write_text(json.dumps(adapter_config, indent=2))
     return folder
+
+
+# Tokenizer fixtures. "bytes": token id = byte value, 256 ids, no special tokens (what
+# tools/replication.py assumes). "bpe": another vocabulary over the same texts: <s>, </s>, <pad>
+# at 0-2, the 256 bytes at 3-258, then one token per merge below (GPT-2-style byte-level BPE).
+_BPE_SPECIALS = ("<s>", "</s>", "<pad>")
+_BPE_MERGES = (
+    (" ", "t"), ("h", "e"), (" t", "he"), ("i", "n"), (" ", "a"), ("e", "r"), ("o", "n"), (" ", "s"),
+    ("r", "e"), ("a", "t"), ("e", "n"), (" ", "i"), (" i", "n"), ("o", "r"), ("e", "s"), (" ", "o"),
+    (" o", "f"), ("d", "e"), ("de", "f"), ("s", "e"), ("l", "f"), ("se", "lf"), ("in", "g"), ("i", "m"),
+    ("p", "o"), ("im", "po"), ("r", "t"), ("impo", "rt"), (" ", "="), ("\n", " "), ("\n ", " "),
+)  # fmt: skip
+_CHAT_TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+
+
+def tokenizer_vocab_size(kind: str) -> int:
+    """Ids the `kind` fixture tokenizer uses: the smallest `vocab=` for `model_config`."""
+    return {"bytes": 256, "bpe": len(_BPE_SPECIALS) + 256 + len(_BPE_MERGES)}[kind]
+
+
+def write_tokenizer(folder: Path, kind: str = "bytes") -> Path:
+    """Write tokenizer.json and tokenizer_config.json of the `kind` fixture ("bytes" or "bpe",
+    above) into `folder`, built with the `tokenizers` library. "bpe" has bos <s>, eos </s> and a
+    chat template (data for readers; nothing renders it)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    byte_char = {b: c for c, b in _byte_chars().items()}
+    if kind == "bytes":
+        vocab = {byte_char[b]: b for b in range(256)}
+        merges: list[tuple[str, str]] = []
+        config: dict[str, Any] = {}
+    elif kind == "bpe":
+        vocab = {s: i for i, s in enumerate(_BPE_SPECIALS)}
+        vocab.update({byte_char[b]: len(_BPE_SPECIALS) + b for b in range(256)})
+        merges = [(_as_byte_chars(x, byte_char), _as_byte_chars(y, byte_char)) for x, y in _BPE_MERGES]
+        for x, y in merges:
+            vocab[x + y] = len(vocab)
+        config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "chat_template": _CHAT_TEMPLATE}
+    else:
+        raise ValueError(f"unknown tokenizer fixture {kind!r}")
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    if kind == "bpe":  # already in the vocabulary, so they keep ids 0-2
+        tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in _BPE_SPECIALS])
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=kind == "bpe")
+    tok.decoder = decoders.ByteLevel()
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512, **config}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def _byte_chars() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: character → byte (printable bytes are themselves)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + k): b for k, b in enumerate(others)}}
+
+
+def _as_byte_chars(text: str, byte_char: Mapping[int, str]) -> str:
+    return "".join(byte_char[b] for b in text.encode("utf-8"))
