@@ -45,7 +45,8 @@ def restore(
         return None
     newest = complete[-1]
     template = {"trainable": like, "opt_state": opt.init(like)}
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), template)
     state = ocp.PyTreeCheckpointer().restore(newest, item=abstract)
     return int(newest.name[len(_PREFIX) :]), state["trainable"], state["opt_state"]
 

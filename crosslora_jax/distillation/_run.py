@@ -26,7 +26,7 @@ from crosslora_jax._subspace_store import SubspaceStore
 from crosslora_jax.distillation import _checkpoint
 from crosslora_jax.distillation._options import DistillOptions
 from crosslora_jax.distillation._student import build_student, source_lora, written_factors
-from crosslora_jax.distillation._teacher import as_batch, pad_ragged, sample_sequences
+from crosslora_jax.distillation._teacher import as_batch, generic_prompts, sample_sequences, user_prompts
 from crosslora_jax.distillation._train import Batch, Frozen, Objective, heldout_loss, optimizer, train
 from crosslora_jax.eval import load_model
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
@@ -34,7 +34,7 @@ from crosslora_jax.io.output_folder import check_output_location, staged_output
 from crosslora_jax.io.peft_adapter import adapter_config_for_target, read_adapter, write_adapter
 from crosslora_jax.io.report import write_report
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
-from crosslora_jax.io.tokenizer import generic_prompts, read_prompts_file, read_tokenizer, same_vocabulary
+from crosslora_jax.io.tokenizer import read_prompts_file, read_tokenizer, retokenize, same_vocabulary
 from crosslora_jax.ops.svd import Subspace
 from crosslora_jax.pipeline import TransferOptions, report_for, run_transfer
 from crosslora_jax.transfer_report import TransferReport
@@ -63,13 +63,13 @@ def distill(
     adapter = absolute(adapter)
     check_output_location(output, [source_model, target_model, adapter], overwrite=overwrite)
     source_cfg, target_cfg = read_model_config(source_model), read_model_config(target_model)
-    tok_s, tok_t = read_tokenizer(source_model, source_cfg), read_tokenizer(target_model, target_cfg)
+    tok_s, tok_t = read_tokenizer(source_model), read_tokenizer(target_model)
     one_vocab = same_vocabulary(tok_s, tok_t)
     if not one_vocab and options.kd != "sequence":
         raise OptionsError(
             "--kd", f"{options.kd} needs one vocabulary, but the tokenizers of the two models differ; use --kd=sequence"
         )
-    user_prompts = None if options.prompts_file is None else read_prompts_file(options.prompts_file)
+    seed_texts = None if options.prompts_file is None else read_prompts_file(options.prompts_file)
     loaded = read_adapter(adapter, source_cfg)
     init_method = "truncate" if options.init == "zero" else options.init
     transfer_options = TransferOptions(method=init_method, svd=options.svd, layer_map=options.layer_map)
@@ -101,17 +101,17 @@ def distill(
         gen = dict(gen_len=options.gen_len, temperature=options.temperature, top_p=options.top_p)
         gen_batch = max(options.batch_size, 32)
         total = options.prompts + options.heldout
-        prompts = generic_prompts(tok_s, total, options.seed) if user_prompts is None else _cycle(
-            [tok_s.encode(p) for p in user_prompts], total, options.seed
-        )
+        if seed_texts is None:
+            prompts = generic_prompts(tok_s, total, options.seed)
+        else:
+            prompts = user_prompts(tok_s, seed_texts, total, options.seed, options.prompts_file)
         data_started = time.perf_counter()
         tokens = sample_sequences(spec_s, params_s, lora_s, prompts, key=jax.random.fold_in(key, 1),
                                   batch_size=gen_batch, progress=progress, label="teacher", **gen)  # fmt: skip
         if one_vocab:
             sequences = as_batch(tokens)
         else:  # the teacher's text, re-tokenized for the student
-            texts = [tok_s.decode(row.tolist()) for row in tokens]
-            ids, mask = pad_ragged([tok_t.encode(t) for t in texts], tokens.shape[1], tok_t.pad_id)
+            ids, mask = retokenize(tokens, tok_s, tok_t)
             sequences = as_batch(ids, mask)
         train_data = Batch(*(x[: options.prompts] for x in sequences))
         heldout = Batch(*(x[options.prompts :] for x in sequences))
@@ -123,7 +123,8 @@ def distill(
         data_seconds = time.perf_counter() - data_started
         sequence = options.kd == "sequence"
         frozen = Frozen(params_t, None if sequence else params_s, None if sequence else lora_s, student.fixed)
-        obj = Objective(options.kd, options.learn, options.anchor_weight, spec_t, None if sequence else spec_s)
+        vocab = tok_s.vocab_size if one_vocab else None
+        obj = Objective(options.kd, options.learn, options.anchor_weight, spec_t, None if sequence else spec_s, vocab)
         before = heldout_loss(obj, student.trainable, frozen, heldout, options.batch_size) if options.heldout else None
         opt = optimizer(options.steps, options.learning_rate, options.warmup_steps, options.weight_decay,
                         options.clip_norm)  # fmt: skip
@@ -182,14 +183,6 @@ def role_subspaces(
         )
         for role in roles
     }
-
-
-def _cycle(prompts: list[list[int]], count: int, seed: int) -> np.ndarray:
-    """`count` prompts [count, P] from the user's, cut to the shortest one's length P (equal
-    lengths batch without padding), in a seeded order that repeats the list as needed."""
-    length = min(len(p) for p in prompts)
-    order = np.random.default_rng(seed).permutation(np.resize(np.arange(len(prompts)), count))
-    return np.asarray([prompts[i][:length] for i in order], np.int32)
 
 
 def _settings_json(options: DistillOptions) -> dict[str, Any]:

@@ -6,15 +6,18 @@ Legend: N sequences, P prompt tokens, G generated tokens, T = P + G − 1 positi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crosslora_jax._errors import PromptsError
 from crosslora_jax._progress import Progress
 from crosslora_jax.distillation._train import Batch
 from crosslora_jax.eval import Lora, ModelSpec, generate
+from crosslora_jax.io.tokenizer import ModelTokenizer, generic_starts
 
 
 def sample_sequences(
@@ -66,12 +69,18 @@ def as_batch(tokens: np.ndarray, mask: np.ndarray | None = None) -> Batch:
     )
 
 
-def pad_ragged(rows: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token lists cut or right-padded to `length`: ids [N, length] and the real-token mask."""
-    ids = np.full((len(rows), length), pad_id, np.int32)
-    mask = np.zeros((len(rows), length), bool)
-    for n, row in enumerate(rows):
-        row = list(row)[:length]
-        ids[n, : len(row)] = row
-        mask[n, : len(row)] = True
-    return ids, mask
+def generic_prompts(tok: ModelTokenizer, count: int, seed: int) -> np.ndarray:
+    """`count` one-token starts [count, 1] drawn (seeded) from the tokenizer's generic starts."""
+    starts = generic_starts(tok)
+    return starts[np.random.default_rng(seed).integers(0, starts.shape[0], count)]
+
+
+def user_prompts(tok: ModelTokenizer, texts: Sequence[str], count: int, seed: int, where: Path) -> np.ndarray:
+    """`count` prompts [count, P] from the user's texts in a seeded order (the list repeats as
+    needed), each cut to the shortest one's token count P so that batches need no padding."""
+    encoded = [([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(t) for t in texts]
+    length = min(len(e) for e in encoded)
+    if length == 0:
+        raise PromptsError(where, "a prompt encodes to no tokens")
+    order = np.random.default_rng(seed).permutation(np.resize(np.arange(len(encoded)), count))
+    return np.asarray([encoded[i][:length] for i in order], np.int32)

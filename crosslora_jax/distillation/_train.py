@@ -51,6 +51,7 @@ class Objective:
     anchor_weight: float
     spec_target: ModelSpec
     spec_source: ModelSpec | None
+    vocab: int | None = None  # the tokenizers' shared vocabulary size: logits beyond it (embedding padding) are cut
 
 
 def _distill_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
@@ -58,13 +59,15 @@ def _distill_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: B
     z = logits(obj.spec_target, frozen.target, batch.inputs, lora)
     if obj.kd == "sequence":
         return sequence_ce(z, batch.targets, batch.mask)
-    sg = jax.lax.stop_gradient
-    teacher = sg(logits(obj.spec_source, frozen.source, batch.inputs, frozen.source_lora))
+
+    def frozen_logits(spec: ModelSpec, params: Mapping[str, Any], lora: Lora | None = None) -> jax.Array:
+        return jax.lax.stop_gradient(logits(spec, params, batch.inputs, lora))[..., : obj.vocab]
+
+    teacher = frozen_logits(obj.spec_source, frozen.source, frozen.source_lora)
     if obj.kd == "delta":
-        base_t = sg(logits(obj.spec_target, frozen.target, batch.inputs))
-        base_s = sg(logits(obj.spec_source, frozen.source, batch.inputs))
-        teacher = delta_teacher(base_t, teacher, base_s)
-    return full_kl(teacher, z, batch.mask)
+        base_t = frozen_logits(obj.spec_target, frozen.target)
+        teacher = delta_teacher(base_t, teacher, frozen_logits(obj.spec_source, frozen.source))
+    return full_kl(teacher, z[..., : obj.vocab], batch.mask)
 
 
 def _anchor_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
@@ -159,7 +162,8 @@ def train(
     tokens = 0
     started = time.perf_counter()
     progress.start(steps, -(-steps // log_every))
-    progress.step(first, f"resumed at step {first}") if first else None
+    if first:
+        progress.step(first, f"resumed at step {first}")
     n = int(data.inputs.shape[0])
     for step in range(first, steps):
         _interrupt.check()
@@ -173,13 +177,13 @@ def train(
         window.append(loss)
         tokens += int(np.sum(data.mask[rows]))
         done = step + 1
+        if on_checkpoint is not None and checkpoint_every and done % checkpoint_every == 0 and done < steps:
+            on_checkpoint(done, trainable, opt_state)
         if done % log_every == 0 or done == steps:
             mean = float(np.mean(jax.device_get(window)))
             losses.append((done, mean))
             rate = tokens / max(time.perf_counter() - started, 1e-9)
             progress.step(len(window), f"step {done}/{steps} loss {mean:.4f}, {rate:,.0f} tokens/s")
             window = []
-        if on_checkpoint is not None and checkpoint_every and done % checkpoint_every == 0 and done < steps:
-            on_checkpoint(done, trainable, opt_state)
     progress.close()
     return TrainResult(trainable, losses, tokens, time.perf_counter() - started)

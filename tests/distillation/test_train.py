@@ -27,7 +27,7 @@ def _pair(tmp_path: Path) -> tuple[Path, Path, Path]:
     tgt_cfg = synthetic.model_config("qwen2", hidden=24, intermediate=40, heads=3, kv_heads=1, layers=3, vocab=VOCAB)
     src = synthetic.write_model(tmp_path / "src", src_cfg, synthetic.model_tensors(src_cfg, seed=0))
     tgt = synthetic.write_model(tmp_path / "tgt", tgt_cfg, synthetic.model_tensors(tgt_cfg, seed=1))
-    lora = synthetic.write_adapter(tmp_path / "lora", src_cfg, seed=2, roles=("q", "v", "down"), rank=4)
+    lora = synthetic.write_adapter(tmp_path / "lora", src_cfg, seed=2, roles=("q", "v", "down"), rank=4, alpha=128)
     return src, tgt, lora
 
 

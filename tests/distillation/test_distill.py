@@ -1,0 +1,147 @@
+"""`distill` end to end on tiny models with byte-level tokenizers: files in, a PEFT adapter and
+report out; the different-tokenizer path; interrupt then rerun = the uninterrupted result; bad
+input through the command line (exit 2, one line, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from crosslora_jax import (
+    OptionsError,
+    Progress,
+    SvdSettings,
+    TransferReport,
+    read_adapter,
+    read_model_config,
+    synthetic,
+)
+from crosslora_jax.distillation import DistillOptions, distill
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = dict(prompts=12, heldout=4, gen_len=6, steps=4, batch_size=4, log_every=2, checkpoint_every=2)
+
+
+def _models(tmp_path: Path, target_tokenizer: str = "bytes") -> dict[str, Path]:
+    vocab_t = synthetic.tokenizer_vocab_size(target_tokenizer)
+    src_cfg = synthetic.model_config("llama", hidden=32, intermediate=48, heads=4, kv_heads=2, layers=2, vocab=256)
+    tgt_cfg = synthetic.model_config("gemma2", hidden=24, intermediate=40, heads=3, kv_heads=1, layers=3, vocab=vocab_t)
+    src = synthetic.write_model(tmp_path / "src", src_cfg, synthetic.model_tensors(src_cfg, seed=0))
+    tgt = synthetic.write_model(tmp_path / "tgt", tgt_cfg, synthetic.model_tensors(tgt_cfg, seed=1))
+    synthetic.write_tokenizer(src, "bytes")
+    synthetic.write_tokenizer(tgt, target_tokenizer)
+    lora = synthetic.write_adapter(tmp_path / "lora", src_cfg, seed=2, roles=("q", "v", "down"), rank=4, alpha=64)
+    return {"source": src, "target": tgt, "adapter": lora, "output": tmp_path / "out"}
+
+
+def _distill(p: dict[str, Path], **kw: object) -> TransferReport:
+    return distill(p["source"], p["target"], p["adapter"], p["output"], DistillOptions(**{**SMALL, **kw}))
+
+
+def test_distill_writes_an_adapter_for_the_target_with_its_report(tmp_path: Path) -> None:
+    p = _models(tmp_path)
+    report = _distill(p, svd=SvdSettings(rank=8))
+    adapter = read_adapter(p["output"], read_model_config(p["target"]))
+    assert {m.role for m in adapter.modules.values()} == {"q", "v", "down"}
+    assert len(adapter.modules) == 3 * 3  # every target layer (linear map 2 → 3)
+    saved = json.loads((p["output"] / "crosslora_report.json").read_text())
+    section = saved["distill"]
+    assert section == json.loads(json.dumps(report.to_json()["distill"]))
+    assert section["vocabulary"] == "shared" and section["objective"] == "full"
+    assert [c["step"] for c in section["loss_curve"]] == [2, 4]
+    assert section["tokens_seen"] == 4 * 4 * 6  # steps × batch × positions (prompt 1 + 6 sampled − 1)
+    assert section["heldout"]["before"] > 0 and section["heldout"]["after"] > 0
+    assert section["settings"]["steps"] == 4
+
+
+def test_different_tokenizers_take_the_sequence_objective(tmp_path: Path) -> None:
+    p = _models(tmp_path, target_tokenizer="bpe")
+    with pytest.raises(OptionsError, match="--kd"):
+        _distill(p, kd="full")
+    assert not p["output"].exists()
+    report = _distill(p, kd="sequence", init="truncate")
+    assert report.distill["vocabulary"] == "different"
+    assert "re-tokenized" in report.distill["objective"]
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    p = _models(tmp_path)
+
+    class StopAfterCheckpoint(Progress):
+        def step(self, cost: float, label: str) -> None:
+            super().step(cost, label)
+            if label.startswith("step 4/"):
+                raise KeyboardInterrupt
+
+    cache = tmp_path / "cache"
+    options = DistillOptions(**{**SMALL, "steps": 6})
+    with pytest.raises(KeyboardInterrupt):
+        distill(p["source"], p["target"], p["adapter"], p["output"], options, cache_dir=cache,
+                progress=StopAfterCheckpoint())  # fmt: skip
+    assert not p["output"].exists()
+    assert list((cache / "distill").glob("*/step_4")), "a checkpoint survives the interrupt"
+    report = distill(p["source"], p["target"], p["adapter"], p["output"], options, cache_dir=cache)
+    assert report.distill["resumed_from_step"] == 4
+    assert not list((cache / "distill").iterdir()), "a finished run leaves no checkpoint"
+    clean = distill(p["source"], p["target"], p["adapter"], tmp_path / "clean", options)
+    resumed, fresh = (load_file(str(f / "adapter_model.safetensors")) for f in (p["output"], tmp_path / "clean"))
+    assert resumed.keys() == fresh.keys()
+    for key in fresh:
+        np.testing.assert_allclose(resumed[key], fresh[key], rtol=1e-5, atol=1e-6 * np.abs(fresh[key]).max())
+    assert clean.distill["resumed_from_step"] == 0
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "crosslora_jax.distill", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def _flags(p: dict[str, Path], *extra: str) -> list[str]:
+    small = [f"--{k}={v}" for k, v in SMALL.items()]
+    return [f"--source_model={p['source']}", f"--target_model={p['target']}", f"--adapter={p['adapter']}",
+            f"--output={p['output']}", "--svd_rank=8", *small, *extra]  # fmt: skip
+
+
+def test_the_command_prints_progress_and_a_summary(tmp_path: Path) -> None:
+    p = _models(tmp_path)
+    result = _cli(*_flags(p, "--kd=delta", "--learn=transform"))
+    assert result.returncode == 0, result.stderr
+    assert "step 2/4 loss" in result.stderr and "tokens/s" in result.stderr and "ETA" in result.stderr
+    assert "distill: delta" in result.stdout and "held-out" in result.stdout
+    assert (p["output"] / "adapter_model.safetensors").is_file()
+
+
+def _one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert fragment in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("case", ["missing_tokenizer", "bad_prompts_file", "steps_0", "adapter_misfit"])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path: Path, case: str) -> None:
+    p = _models(tmp_path)
+    extra: list[str] = []
+    fragment = ""
+    if case == "missing_tokenizer":
+        (p["target"] / "tokenizer.json").unlink()
+        fragment = "tokenizer"
+    elif case == "bad_prompts_file":
+        bad = tmp_path / "prompts.jsonl"
+        bad.write_text('{"prompt": "ok"}\n{not json\n')
+        extra, fragment = [f"--prompts_file={bad}"], "prompts.jsonl:2"
+    elif case == "steps_0":
+        extra, fragment = ["--steps=0"], "--steps"
+    else:  # an adapter trained on another model: its shapes do not fit the source
+        other = synthetic.model_config("llama", hidden=40, intermediate=48, heads=4, kv_heads=2, layers=2, vocab=256)
+        p["adapter"] = synthetic.write_adapter(tmp_path / "other_lora", other, seed=3, roles=("q",), rank=4)
+        fragment = "other_lora"
+    before = sorted(x.relative_to(tmp_path) for x in tmp_path.rglob("*"))
+    _one_line_error(_cli(*_flags(p, *extra)), fragment)
+    assert sorted(x.relative_to(tmp_path) for x in tmp_path.rglob("*")) == before
