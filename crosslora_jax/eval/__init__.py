@@ -5,6 +5,11 @@ Public API:
   own reader, the adapter merged in (W += γ·B·A).
 - `logits`, `token_logprobs`, `hidden_states`: the jittable forward pass (pure functions of
   `(spec, params, tokens)`; `spec` is static), with an optional LoRA side path for training.
+- `init_cache`, `logits_with_cache`, `KVCache`: the same forward pass continued token by token
+  over a key/value cache.
+- `generate(spec, params, prompts, gen_len=, key=, temperature=, top_p=, lora=, mesh=)`: batched
+  sampling (greedy at temperature 0, nucleus top-p) with the cache, one jitted decode loop,
+  the batch optionally sharded over a mesh's 'data' axis; equal-length prompts.
 - `model_spec`, `ModelSpec`, `from_hf`, `to_hf`: config → spec, and the canonical param layout.
 - `evaluate(model_dir, task, adapter_dir)`: score a multiple-choice JSONL or plain-text task
   (`read_task`, `load_tokenizer`, `evaluate_task`, `score_sequences` are its parts).
@@ -15,7 +20,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from crosslora_jax.eval._model import Lora, hidden_states, logits, token_logprobs
+from crosslora_jax.eval._generate import generate
+from crosslora_jax.eval._model import (
+    KVCache,
+    Lora,
+    hidden_states,
+    init_cache,
+    logits,
+    logits_with_cache,
+    token_logprobs,
+)
 from crosslora_jax.eval._params import Params, from_hf, load_params, to_hf
 from crosslora_jax.eval._spec import ModelSpec, model_spec
 from crosslora_jax.eval._tasks import (
@@ -58,6 +72,7 @@ def evaluate(
 
 
 __all__ = [
+    "KVCache",
     "Lora",
     "ModelSpec",
     "Params",
@@ -67,11 +82,14 @@ __all__ = [
     "evaluate",
     "evaluate_task",
     "from_hf",
+    "generate",
     "hidden_states",
+    "init_cache",
     "load_model",
     "load_params",
     "load_tokenizer",
     "logits",
+    "logits_with_cache",
     "model_spec",
     "read_task",
     "score_sequences",
