@@ -11,6 +11,9 @@ Public API:
   base weights and LoRA factors, for the caller's own JAX code (see `crosslora_jax.stacks`).
 - `truncated_svd`, `transfer_stack`, `truncate_stack`, `align`, `similarity`, `layer_map`: the pure ops, jittable
   inside a caller's own computation.
+- `distill(source_model, target_model, adapter, output, options)`, `DistillOptions`: a transfer
+  refined by distillation against the source model on text it samples itself (what
+  `python -m crosslora_jax.distill` runs); its report has a `distill` section.
 - `Progress`: what `transfer(progress=...)` reports each layer chunk to (subclass it to watch a run).
 - `enable_compilation_cache(cache_dir=None)`: keep XLA's compiled programs under `cache_dir/xla`, by default
   the user's cache folder (process-global; the CLI turns it on, the library never does by itself).
@@ -24,10 +27,13 @@ from crosslora_jax._errors import (
     CrossLoraError,
     OptionsError,
     OutputError,
+    PromptsError,
+    TokenizerError,
     TransferError,
 )
 from crosslora_jax._progress import Progress
 from crosslora_jax._xla_cache import enable_compilation_cache
+from crosslora_jax.distillation import DistillOptions, distill
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.peft_adapter import LoraAdapter, read_adapter, write_adapter
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
@@ -57,6 +63,7 @@ __all__ = [
     "ConfigError",
     "CrossLoraError",
     "Diagnostics",
+    "DistillOptions",
     "LoraAdapter",
     "LoraStack",
     "ModelConfig",
@@ -64,12 +71,15 @@ __all__ = [
     "OptionsError",
     "OutputError",
     "Progress",
+    "PromptsError",
     "Subspace",
     "SvdSettings",
+    "TokenizerError",
     "TransferError",
     "TransferOptions",
     "TransferReport",
     "align",
+    "distill",
     "enable_compilation_cache",
     "layer_map",
     "load_lora_stacks",

@@ -44,6 +44,7 @@ if __name__ == "__main__" and "--smoke" in sys.argv[1:]:
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -90,6 +91,11 @@ class Settings:
     eval_windows: int
     seeds: int
     corpus_bytes: int  # cap on each training corpus
+    distill_prompts: int = 4000  # teacher sequences of seq_len sampled bytes
+    distill_steps: int = 600
+    distill_lr: float = 5e-3
+    distill_objectives: tuple[str, ...] = ("full", "delta")
+    distill_anchor: float = 0.0  # > 0: also a `full` row with this --anchor_weight
 
 
 FULL = Settings(
@@ -125,6 +131,9 @@ SMOKE = Settings(
     eval_windows=16,
     seeds=1,
     corpus_bytes=200_000,
+    distill_prompts=32,
+    distill_steps=4,
+    distill_anchor=0.5,
 )
 
 
@@ -148,12 +157,13 @@ def method_label(method: str, rank: int, gate: float) -> str:
 
 
 def corpora(cap: int) -> dict[str, np.ndarray]:
-    """Byte arrays: docs, docstrings (shifted text), code_train, code_eval."""
+    """Byte arrays: docs, docstrings (shifted text), code_train, code_eval, and general_eval (the
+    docstrings of the held-out files: natural-language text no model trains on)."""
     from pydoc_data.topics import topics  # ships with CPython
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in stdlib.glob("*.py") if not p.name.startswith("_"))
-    docstrings, code_train, code_eval = [], [], []
+    docstrings, docstrings_eval, code_train, code_eval = [], [], [], []
     for n, path in enumerate(files):
         try:
             text = path.read_text(encoding="utf-8")
@@ -164,8 +174,8 @@ def corpora(cap: int) -> dict[str, np.ndarray]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
                 doc = ast.get_docstring(node)
-                if doc and n % 8:
-                    docstrings.append(doc)
+                if doc:
+                    (docstrings if n % 8 else docstrings_eval).append(doc)
     docs = "\n\n".join(topics[k] for k in sorted(topics))
 
     def as_bytes(text: str) -> np.ndarray:
@@ -176,6 +186,7 @@ def corpora(cap: int) -> dict[str, np.ndarray]:
         "docstrings": as_bytes("\n\n".join(docstrings)),
         "code_train": as_bytes("\n\n".join(code_train)),
         "code_eval": as_bytes("\n\n".join(code_eval)),
+        "general_eval": as_bytes("\n\n".join(docstrings_eval)),
     }
 
 
@@ -239,13 +250,7 @@ def init_params(spec: ModelSpec, config: dict, seed: int) -> dict:
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
-def _adam_update(grads, state, step, lr):
-    m, v = state
-    m = jax.tree.map(lambda m_, g: 0.9 * m_ + 0.1 * g, m, grads)
-    v = jax.tree.map(lambda v_, g: 0.999 * v_ + 0.001 * g * g, v, grads)
-    c1, c2 = 1 - 0.9**step, 1 - 0.999**step
-    updates = jax.tree.map(lambda m_, v_: -lr * (m_ / c1) / (jnp.sqrt(v_ / c2) + 1e-8), m, v)
-    return updates, (m, v)
+_ADAM = optax.adam(1.0)  # unit step: the schedule and each group's lr scale its direction in _step
 
 
 def _loss(spec, params, lora, tokens):
@@ -253,7 +258,7 @@ def _loss(spec, params, lora, tokens):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _step(spec, params, lora, state, step, lr_base, lr_lora, tokens):
+def _step(spec, params, lora, state, lr_base, lr_lora, tokens):
     """One Adam step on base params and LoRA factors at once (lr 0 freezes a group).
 
     Base pretraining and LoRA training share this one function so that each architecture
@@ -266,7 +271,7 @@ def _step(spec, params, lora, state, step, lr_base, lr_lora, tokens):
         return _loss(spec, p, {r: {**factors[r], "scale": lora[r]["scale"]} for r in factors}, tokens)
 
     loss, grads = jax.value_and_grad(loss_fn)(trainable)
-    updates, state = _adam_update(grads, state, step, 1.0)
+    updates, state = _ADAM.update(grads, state)
     params = jax.tree.map(lambda p, u: p + lr_base * u, params, updates[0])
     factors = jax.tree.map(lambda p, u: p + lr_lora * u, trainable[1], updates[1])
     return params, {r: {**factors[r], "scale": lora[r]["scale"]} for r in lora}, state, loss
@@ -299,12 +304,11 @@ def new_lora(spec, config, settings, seed, scale=None):
 def _train(spec, params, lora, data_mix, steps, settings, seed, lr_base, lr_lora):
     rng = np.random.default_rng(seed)
     trainable = (params, {r: {"a": x["a"], "b": x["b"]} for r, x in lora.items()})
-    zeros = jax.tree.map(jnp.zeros_like, trainable)
-    state, loss = (zeros, zeros), float("nan")
+    state, loss = _ADAM.init(trainable), float("nan")
     for step in range(1, steps + 1):
         tokens = sample(rng, data_mix[step % len(data_mix)], settings.batch, settings.seq_len)
         factor = _schedule(step, steps, 1.0)
-        params, lora, state, loss = _step(spec, params, lora, state, step, lr_base * factor, lr_lora * factor, tokens)
+        params, lora, state, loss = _step(spec, params, lora, state, lr_base * factor, lr_lora * factor, tokens)
     return params, lora, float(loss)
 
 
@@ -315,15 +319,17 @@ def train_base(spec, config, params, data_mix, steps, settings, seed, lr=3e-3):
     return params, loss
 
 
-def train_lora(spec, params, config, data, settings, seed, lr=5e-3):
-    """The code LoRA with the base frozen."""
+def train_lora(spec, params, config, data, settings, seed, lr=5e-3, steps=None):
+    """The code LoRA with the base frozen (`steps` defaults to the recipe's lora_steps)."""
     lora = new_lora(spec, config, settings, seed)
-    return _train(spec, params, lora, [data], settings.lora_steps, settings, seed, 0.0, lr)[1]
+    return _train(spec, params, lora, [data], steps or settings.lora_steps, settings, seed, 0.0, lr)[1]
 
 
 def save_model(folder: Path, config: dict, spec: ModelSpec, params: dict) -> Path:
     tensors = to_hf(spec, jax.tree.map(np.asarray, params))
-    return synthetic.write_model(folder, config, tensors)
+    folder = synthetic.write_model(folder, config, tensors)
+    synthetic.write_tokenizer(folder, "bytes")  # token id = byte, as everywhere here; distill reads it
+    return folder
 
 
 def save_lora(folder: Path, config: dict, lora: dict, settings: Settings) -> Path:
@@ -371,8 +377,10 @@ def score(model_dir: Path, adapter_dir: Path | None, windows: np.ndarray) -> tup
 # The experiment
 
 
-def run_seed(seed: int, settings: Settings, text: dict[str, np.ndarray], work: Path, log) -> list[dict]:
-    """Train everything for one seed, transfer, score; one row per target × method."""
+def run_seed(
+    seed: int, settings: Settings, text: dict[str, np.ndarray], work: Path, log, groups: tuple[str, ...]
+) -> list[dict]:
+    """Train everything for one seed, transfer and/or distil, score; one row per target × method."""
     windows = eval_windows(text["code_eval"], settings.seq_len, settings.eval_windows)
     seed_dir = work / f"seed{seed}"
     models: dict[str, tuple[dict, ModelSpec, dict]] = {}
@@ -412,7 +420,9 @@ def run_seed(seed: int, settings: Settings, text: dict[str, np.ndarray], work: P
     source_lora = score(seed_dir / "S", loras["S"], windows)[0]
     log(f"seed {seed}: S held-out code loss {source_loss:.4f} -> {source_lora:.4f} with its LoRA")
     rows = []
-    for target in ("upgrade", "resized", "gemma2"):
+    if "distill" in groups:
+        rows += distill_rows(seed, settings, text, seed_dir, models, loras, log)
+    for target in ("upgrade", "resized", "gemma2") if "data_free" in groups else ():
         l_base, a_base = score(seed_dir / target, None, windows)
         l_trained, a_trained = score(seed_dir / target, loras[target], windows)
         totals: dict[int, int] = {}
@@ -470,6 +480,86 @@ def run_seed(seed: int, settings: Settings, text: dict[str, np.ndarray], work: P
     return rows
 
 
+def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dict]:
+    """Per target: the compute-matched LoRA (the distillation's step budget on real code), then
+    `crosslora_jax.distill` per objective (files in and out), scored on held-out code and on
+    general text."""
+    windows = eval_windows(text["code_eval"], settings.seq_len, settings.eval_windows)
+    general = eval_windows(text["general_eval"], settings.seq_len, settings.eval_windows)
+    variants = [(kd, 0.0) for kd in settings.distill_objectives]
+    if settings.distill_anchor > 0:
+        variants.append(("full", settings.distill_anchor))
+    rows = []
+    for target in ("upgrade", "resized", "gemma2"):
+        config, spec, params = models[target]
+        t0 = time.perf_counter()
+        matched = train_lora(spec, params, config, text["code_train"], settings, seed=1000 * seed + 50,
+                             steps=settings.distill_steps)  # fmt: skip
+        matched_dir = save_lora(seed_dir / f"lora_{target}_matched", config, matched, settings)
+        matched_seconds = time.perf_counter() - t0
+        folder = seed_dir / target
+        (l_base, _), (l_trained, _), (l_matched, _) = (
+            score(folder, a, windows) for a in (None, loras[target], matched_dir)
+        )
+        g_base, g_trained = (score(folder, a, general)[0] for a in (None, loras[target]))
+        for kd, anchor in variants:
+            label = f"distill {kd}" + (f" + anchor {anchor}" if anchor else "")
+            options = crosslora_jax.DistillOptions(
+                init="cross_lora", learn="lora", kd=kd, svd=crosslora_jax.SvdSettings(rank=settings.svd_ranks[0]),
+                prompts=settings.distill_prompts, gen_len=settings.seq_len, gen_batch_size=256, steps=settings.distill_steps,
+                batch_size=settings.batch, learning_rate=settings.distill_lr, warmup_steps=settings.distill_steps // 20,
+                anchor_weight=anchor, heldout=64, seed=seed, log_every=max(settings.distill_steps // 10, 1),
+            )  # fmt: skip
+            out = seed_dir / f"distill_{target}_{kd}_{anchor}"
+            t0 = time.perf_counter()
+            report = crosslora_jax.distill(seed_dir / "S", folder, loras["S"], out, options)
+            seconds = time.perf_counter() - t0
+            l_d = score(folder, out, windows)[0]
+            g_d = score(folder, out, general)[0]
+            gain, matched_gain = l_base - l_trained, l_base - l_matched
+            rows.append({
+                "kind": "distill", "seed": seed, "target": target, "method": label,
+                "L_base": l_base, "L_transfer": l_d, "L_trained": l_trained, "L_matched": l_matched,
+                "recovered": (l_base - l_d) / gain if gain > 0 else float("nan"),
+                "recovered_matched": (l_base - l_d) / matched_gain if matched_gain > 0 else float("nan"),
+                "G_base": g_base, "G_distill": g_d, "G_trained": g_trained,
+                "heldout_before": report.distill["heldout"]["before"], "heldout_after": report.distill["heldout"]["after"],
+                "seconds": seconds, "matched_seconds": matched_seconds,
+            })  # fmt: skip
+            r = rows[-1]
+            log(
+                f"seed {seed}: {target:8s} {label:22s} L_base {l_base:.4f} L_distill {l_d:.4f} L_trained "
+                f"{l_trained:.4f} (matched {l_matched:.4f}) recovered {r['recovered']:+.3f} "
+                f"(vs matched {r['recovered_matched']:+.3f}); general {g_base:.4f} -> {g_d:.4f} "
+                f"(trained LoRA {g_trained:.4f}); {seconds:.0f}s"
+            )
+    return rows
+
+
+def distill_table(rows: list[dict]) -> str:
+    """Markdown for the distillation rows, mean ± sd over seeds."""
+    lines = [
+        "| target | method | L_base | L_distill | L_trained (150 steps) | L_trained (matched) | recovered | "
+        "recovered min…max | recovered vs matched | general: base → distill (Δ) | general Δ of the trained LoRA | "
+        "seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target, method in dict.fromkeys((r["target"], r["method"]) for r in rows):
+        g = [r for r in rows if r["target"] == target and r["method"] == method]
+        rec = [r["recovered"] for r in g]
+        d_dist = [r["G_distill"] - r["G_base"] for r in g]
+        d_trained = [r["G_trained"] - r["G_base"] for r in g]
+        lines.append(
+            f"| {target} | {method} | {_mean_spread([r['L_base'] for r in g])} | "
+            f"{_mean_spread([r['L_transfer'] for r in g])} | {_mean_spread([r['L_trained'] for r in g])} | "
+            f"{_mean_spread([r['L_matched'] for r in g])} | {_mean_spread(rec)} | {min(rec):+.3f}…{max(rec):+.3f} | "
+            f"{_mean_spread([r['recovered_matched'] for r in g])} | "
+            f"{np.mean([r['G_base'] for r in g]):.3f} → {np.mean([r['G_distill'] for r in g]):.3f} "
+            f"({_mean_spread(d_dist)}) | {_mean_spread(d_trained)} | {np.mean([r['seconds'] for r in g]):.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def _mean_spread(values: list[float], digits: int = 3) -> str:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
@@ -515,8 +605,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 3, smoke: 1)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out", help="results folder")
     parser.add_argument("--keep", action="store_true", help="keep the trained models and adapters under --out/work")
+    parser.add_argument(
+        "--groups",
+        default="data_free,distill",
+        help="row groups to run: data_free (the transfer methods), distill (crosslora_jax.distill per objective)",
+    )
     args = parser.parse_args(argv)
     settings = SMOKE if args.smoke else FULL
+    groups = tuple(g for g in args.groups.split(",") if g)
+    if not groups or set(groups) - {"data_free", "distill"}:
+        parser.error(f"--groups: choose from data_free, distill; got {args.groups!r}")
     if args.seeds is not None:
         settings = dataclasses.replace(settings, seeds=args.seeds)
     logging.set_verbosity(logging.ERROR)  # the pipeline's per-chunk info and energy warnings
@@ -538,13 +636,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for seed in range(settings.seeds):
-            rows += run_seed(seed, settings, text, work, log)
+            rows += run_seed(seed, settings, text, work, log, groups)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    md = table(rows)
-    name = "smoke" if args.smoke else "replication"
+    data_free = [r for r in rows if r.get("kind") != "distill"]
+    distilled = [r for r in rows if r.get("kind") == "distill"]
+    md = "\n\n".join(t for t in (data_free and table(data_free), distilled and distill_table(distilled)) if t)
+    name = ("smoke" if args.smoke else "replication") + ("" if len(groups) == 2 else f"_{groups[0]}")
     (args.out / f"{name}.json").write_text(
         json.dumps(
             {"settings": dataclasses.asdict(settings), "seconds": elapsed, "cpus": os.cpu_count(), "rows": rows},

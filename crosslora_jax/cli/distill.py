@@ -63,6 +63,7 @@ _LAYER_MAP = flags.DEFINE_enum("layer_map", _D.layer_map, ["auto", "index", "lin
 _PROMPTS = flags.DEFINE_integer("prompts", _D.prompts, "Teacher sequences to sample for training.")
 _PROMPTS_FILE = flags.DEFINE_string("prompts_file", None, "Your own seed prompts (default: generic starts).")
 _GEN_LEN = flags.DEFINE_integer("gen_len", _D.gen_len, "Tokens the teacher samples per sequence.")
+_GEN_BATCH = flags.DEFINE_integer("gen_batch_size", _D.gen_batch_size, "Sequences the teacher samples at once.")
 _TEMPERATURE = flags.DEFINE_float("temperature", _D.temperature, "Sampling temperature (0 = greedy).")
 _TOP_P = flags.DEFINE_float("top_p", _D.top_p, "Nucleus sampling: keep the smallest token set of this mass.")
 _STEPS = flags.DEFINE_integer("steps", _D.steps, "Optimizer steps.")
@@ -98,6 +99,7 @@ def _options() -> DistillOptions:
         prompts=_PROMPTS.value,
         prompts_file=None if not _PROMPTS_FILE.value else Path(_PROMPTS_FILE.value),
         gen_len=_GEN_LEN.value,
+        gen_batch_size=_GEN_BATCH.value,
         temperature=_TEMPERATURE.value,
         top_p=_TOP_P.value,
         steps=_STEPS.value,

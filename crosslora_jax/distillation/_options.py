@@ -34,6 +34,7 @@ class DistillOptions:
     prompts: int = 1024
     prompts_file: Path | None = None
     gen_len: int = 64
+    gen_batch_size: int = 64  # sequences sampled at once (KV cache: L × this × (P + gen_len) × KV × hd × 2)
     temperature: float = 1.0
     top_p: float = 1.0
     steps: int = 300
@@ -54,7 +55,7 @@ class DistillOptions:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise OptionsError(f"--{name}", f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        positive = ("prompts", "gen_len", "steps", "batch_size", "log_every", "checkpoint_every")
+        positive = ("prompts", "gen_len", "gen_batch_size", "steps", "batch_size", "log_every", "checkpoint_every")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise OptionsError(f"--{name}", f"must be positive, got {getattr(self, name)}")

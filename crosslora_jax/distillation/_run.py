@@ -16,7 +16,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from crosslora_jax import _interrupt
 from crosslora_jax._errors import OptionsError
@@ -99,7 +98,7 @@ def distill(
         lora_s = source_lora(loaded, source_cfg)
         key = jax.random.key(options.seed)
         gen = dict(gen_len=options.gen_len, temperature=options.temperature, top_p=options.top_p)
-        gen_batch = max(options.batch_size, 32)
+        gen_batch = options.gen_batch_size
         total = options.prompts + options.heldout
         if seed_texts is None:
             prompts = generic_prompts(tok_s, total, options.seed)
@@ -157,8 +156,12 @@ def distill(
             "objective": options.kd if one_vocab else "sequence (vocabularies differ: teacher text re-tokenized)",
             "vocabulary": "shared" if one_vocab else "different",
             "loss_curve": [{"step": s, "loss": v} for s, v in fitted.losses],
-            "heldout": {"sequences": options.heldout, "before": before, "after": after,
-                        "measure": "cross-entropy on the teacher's text" if sequence else f"{options.kd} KL to the teacher"},  # fmt: skip
+            "heldout": {
+                "sequences": options.heldout,
+                "before": before,
+                "after": after,
+                "measure": "cross-entropy on the teacher's text" if sequence else f"{options.kd} KL to the teacher",
+            },
             "tokens_seen": fitted.tokens,
             "resumed_from_step": 0 if start is None else start[0],
             "seconds": {"init_transfer": init_seconds, "teacher_samples": data_seconds, "train": fitted.seconds},

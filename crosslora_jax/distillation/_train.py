@@ -77,7 +77,9 @@ def _anchor_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: Ba
     return full_kl(base, logits(obj.spec_target, frozen.target, batch.inputs, lora), batch.mask)
 
 
-def optimizer(steps: int, learning_rate: float, warmup_steps: int, weight_decay: float, clip_norm: float):  # noqa: ANN201
+def optimizer(
+    steps: int, learning_rate: float, warmup_steps: int, weight_decay: float, clip_norm: float
+) -> optax.GradientTransformation:
     """AdamW with linear warm-up then cosine decay to 0, after clipping the global gradient norm."""
     warmup = min(warmup_steps, max(steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, max(steps, warmup + 1), 0.0)

@@ -43,7 +43,9 @@ def full_kl(
 
 
 def delta_teacher(
-    target_base: Annotated[Array, "B T V"], source_adapted: Annotated[Array, "B T V"], source_base: Annotated[Array, "B T V"]
+    target_base: Annotated[Array, "B T V"],
+    source_adapted: Annotated[Array, "B T V"],
+    source_base: Annotated[Array, "B T V"],
 ) -> Annotated[Array, "B T V"]:
     """`delta`'s teacher logits z_T + z_S⁺ − z_S: the target moved by what the adapter changes in the source."""
     f32 = jnp.float32
@@ -78,9 +80,7 @@ def shared_vocab_kl(
     mask: Annotated[Array, "B T"],
 ) -> Array:
     """KL between both distributions restricted to the S tokens the vocabularies share (each renormalised)."""
-    return full_kl(
-        jnp.take(teacher_logits, teacher_ids, axis=-1), jnp.take(student_logits, student_ids, axis=-1), mask
-    )
+    return full_kl(jnp.take(teacher_logits, teacher_ids, axis=-1), jnp.take(student_logits, student_ids, axis=-1), mask)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from crosslora_jax import Progress, TransferOptions, read_adapter, read_model_config, run_transfer, synthetic
-from crosslora_jax.distillation import _checkpoint
 from crosslora_jax._subspace_store import SubspaceStore
+from crosslora_jax.distillation import _checkpoint
 from crosslora_jax.distillation._run import role_subspaces
 from crosslora_jax.distillation._student import Student, build_student, source_lora, written_factors
 from crosslora_jax.distillation._teacher import as_batch
@@ -31,7 +31,7 @@ def _pair(tmp_path: Path) -> tuple[Path, Path, Path]:
     return src, tgt, lora
 
 
-def _setup(tmp_path: Path, learn: str, kd: str = "full", init: str = "cross_lora"):  # noqa: ANN202
+def _setup(tmp_path: Path, learn: str, kd: str = "full", init: str = "cross_lora"):
     src, tgt, lora_dir = _pair(tmp_path)
     src_cfg, tgt_cfg = read_model_config(src), read_model_config(tgt)
     adapter = read_adapter(lora_dir, src_cfg)
@@ -54,7 +54,7 @@ def _setup(tmp_path: Path, learn: str, kd: str = "full", init: str = "cross_lora
     return student, frozen, obj, as_batch(tokens), result
 
 
-def _run(obj, student: Student, frozen: Frozen, data: Batch, steps: int, **kw) -> object:  # noqa: ANN001
+def _run(obj, student: Student, frozen: Frozen, data: Batch, steps: int, **kw) -> object:
     opt = optimizer(steps, 2e-2, 2, 0.0, 1.0)
     return train(obj, student, frozen, data, None, steps=steps, batch_size=8, opt=opt, seed=0, log_every=2,
                  progress=Progress(), **kw)  # fmt: skip
@@ -108,7 +108,7 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
     class Stop(Exception):
         pass
 
-    def save_then_stop(step, trainable, opt_state) -> None:  # noqa: ANN001
+    def save_then_stop(step, trainable, opt_state) -> None:
         _checkpoint.save(run_dir, step, trainable, opt_state)
         raise Stop
 

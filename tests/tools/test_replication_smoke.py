@@ -17,7 +17,8 @@ def test_smoke_run_produces_a_full_table(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((tmp_path / "smoke.json").read_text())
-    rows = result["rows"]
+    distilled = [r for r in result["rows"] if r.get("kind") == "distill"]
+    rows = [r for r in result["rows"] if r.get("kind") != "distill"]
     targets = {r["target"] for r in rows}
     methods = {r["method"] for r in rows}
     assert targets == {"upgrade", "resized", "gemma2"}
@@ -30,5 +31,12 @@ def test_smoke_run_produces_a_full_table(tmp_path):
     # Same shapes, and truncate is a plain copy: the upgrade gets every module.
     (copy,) = [r for r in rows if r["target"] == "upgrade" and r["method"] == "truncate"]
     assert copy["modules_transferred"] == copy["modules_total"] > 0
-    table = (tmp_path / "smoke.md").read_text()
-    assert table.count("\n") == len(rows) + 2
+    # Distillation: every target × (full, delta, full + anchor), scored on code and general text.
+    assert {(r["target"], r["method"]) for r in distilled} == {
+        (t, m) for t in targets for m in ("distill full", "distill delta", "distill full + anchor 0.5")
+    }
+    for r in distilled:
+        for key in ("L_base", "L_transfer", "L_trained", "L_matched", "G_base", "G_distill", "G_trained"):
+            assert math.isfinite(r[key]) and 0 < r[key] < 10, r
+    data_free, distill = (tmp_path / "smoke.md").read_text().split("\n\n")
+    assert data_free.count("\n") == len(rows) + 1 and distill.count("\n") == len(distilled) + 2
