@@ -19,12 +19,13 @@ from absl import logging
 
 from crosslora_jax import _interrupt, _mesh
 from crosslora_jax._errors import CheckpointError, OptionsError, TransferError
+from crosslora_jax._options import check_options, option
 from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
 from crosslora_jax._subspace_cache import SubspaceCache
 from crosslora_jax._weight_subspaces import compute_subspaces
 from crosslora_jax.arch import ROLES
-from crosslora_jax.io.dtypes import NUMPY_DTYPES
+from crosslora_jax.io.dtypes import NUMPY_DTYPES, OUTPUT_CHOICES
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.output_folder import check_output_location, staged_output
 from crosslora_jax.io.peft_adapter import (
@@ -37,7 +38,6 @@ from crosslora_jax.io.peft_adapter import (
 from crosslora_jax.io.report import write_report
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
 from crosslora_jax.ops import (
-    METHODS,
     Subspace,
     SvdSettings,
     layer_map,
@@ -45,33 +45,37 @@ from crosslora_jax.ops import (
     transfer_stack,
     truncate_stack,
 )
+from crosslora_jax.ops.layer_map import LayerMapKind
 from crosslora_jax.ops.svd import effective_rank
+from crosslora_jax.ops.transfer import Method
 from crosslora_jax.transfer_report import LayerMap, ModuleFigures, ModuleReport, SidePair, Timings, TransferReport
 
 
 @dataclasses.dataclass(frozen=True)
 class TransferOptions:
-    """How to transfer; the CLI's flags map onto these fields one to one."""
+    """How to transfer; each field (and each of `svd`'s) is one flag of the CLI."""
 
-    method: str = "cross_lora"
+    method: Method = option(
+        "cross_lora",
+        "Transfer method: cross_lora (align the source's subspaces to the target's, then project), "
+        "lora_x (project onto the target's subspaces), truncate (zero-pad/crop: the reference code's "
+        "effective behaviour). Equations in docs/method.md.",
+    )
     svd: SvdSettings = dataclasses.field(default_factory=SvdSettings)
-    layer_map: str = "auto"
-    min_similarity: float = 0.0
-    output_dtype: str = "auto"
-    layers_per_chunk: int = 8
-    energy_warning: float = 0.25
+    layer_map: LayerMapKind = option(
+        "auto",
+        "Target→source layer map: index (layer j from layer j), linear (spread evenly over the source's "
+        "depth), auto (index when the depths are equal, else linear).",
+    )
+    min_similarity: float = option(0.0, "Transfer a module only if min(φ_U, φ_V) reaches this.", low=0.0, high=1.0)
+    # The API may write float64; the flag offers what PEFT adapters are trained in.
+    output_dtype: str = option("auto", "dtype of the written factors.", choices=("auto", *NUMPY_DTYPES),
+                               flag_choices=("auto", *OUTPUT_CHOICES))  # fmt: skip
+    layers_per_chunk: int = option(8, "Layers of one role processed (and held) at once.", low=1)
+    energy_warning: float = option(0.25, "Warn when rank r captures less weight energy than this.")
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise OptionsError("--method", f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.layer_map not in ("auto", "index", "linear"):
-            raise OptionsError("--layer_map", f"unknown layer map {self.layer_map!r}")
-        if not 0.0 <= self.min_similarity <= 1.0:
-            raise OptionsError("--min_similarity", f"must be in [0, 1], got {self.min_similarity}")
-        if self.output_dtype != "auto" and self.output_dtype not in NUMPY_DTYPES:
-            raise OptionsError("--output_dtype", f"unknown dtype {self.output_dtype!r}")
-        if self.layers_per_chunk <= 0:
-            raise OptionsError("--layers_per_chunk", f"must be positive, got {self.layers_per_chunk}")
+        check_options(self)
 
     @property
     def needs_subspaces(self) -> bool:
