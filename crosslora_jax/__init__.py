@@ -49,7 +49,7 @@ from crosslora_jax.ops import (
     truncate_stack,
     truncated_svd,
 )
-from crosslora_jax.pipeline import TransferOptions, run_transfer, subspaces, transfer
+from crosslora_jax.pipeline import TransferOptions, run_transfer, transfer
 from crosslora_jax.stacks import LoraStack, load_lora_stacks, load_weight_stacks, save_lora_stacks
 from crosslora_jax.transfer_report import ModuleReport, TransferReport
 
@@ -89,7 +89,6 @@ __all__ = [
     "run_transfer",
     "save_lora_stacks",
     "similarity",
-    "subspaces",
     "transfer",
     "transfer_stack",
     "truncate_stack",

@@ -19,11 +19,13 @@ from absl import logging
 
 from crosslora_jax import _interrupt, _mesh
 from crosslora_jax._errors import CheckpointError, OptionsError, TransferError
+from crosslora_jax._options import check_options, option
 from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
-from crosslora_jax._subspace_store import SubspaceStore
+from crosslora_jax._subspace_cache import SubspaceCache
+from crosslora_jax._weight_subspaces import compute_subspaces
 from crosslora_jax.arch import ROLES
-from crosslora_jax.io.dtypes import NUMPY_DTYPES
+from crosslora_jax.io.dtypes import NUMPY_DTYPES, OUTPUT_CHOICES
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.output_folder import check_output_location, staged_output
 from crosslora_jax.io.peft_adapter import (
@@ -36,7 +38,6 @@ from crosslora_jax.io.peft_adapter import (
 from crosslora_jax.io.report import write_report
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
 from crosslora_jax.ops import (
-    METHODS,
     Subspace,
     SvdSettings,
     layer_map,
@@ -44,38 +45,53 @@ from crosslora_jax.ops import (
     transfer_stack,
     truncate_stack,
 )
+from crosslora_jax.ops.layer_map import LayerMapKind
 from crosslora_jax.ops.svd import effective_rank
+from crosslora_jax.ops.transfer import Method
 from crosslora_jax.transfer_report import LayerMap, ModuleFigures, ModuleReport, SidePair, Timings, TransferReport
 
 
 @dataclasses.dataclass(frozen=True)
 class TransferOptions:
-    """How to transfer; the CLI's flags map onto these fields one to one."""
+    """How to transfer; each field (and each of `svd`'s) is one flag of the CLI."""
 
-    method: str = "cross_lora"
+    method: Method = option(
+        "cross_lora",
+        "Transfer method: cross_lora (align the source's subspaces to the target's, then project), "
+        "lora_x (project onto the target's subspaces), truncate (zero-pad/crop: the reference code's "
+        "effective behaviour). Equations in docs/method.md.",
+    )
     svd: SvdSettings = dataclasses.field(default_factory=SvdSettings)
-    layer_map: str = "auto"
-    min_similarity: float = 0.0
-    output_dtype: str = "auto"
-    layers_per_chunk: int = 8
-    energy_warning: float = 0.25
+    layer_map: LayerMapKind = option(
+        "auto",
+        "Target→source layer map: index (layer j from layer j), linear (spread evenly over the source's "
+        "depth), auto (index when the depths are equal, else linear).",
+    )
+    min_similarity: float = option(0.0, "Transfer a module only if min(φ_U, φ_V) reaches this.", low=0.0, high=1.0)
+    # The API may write float64; the flag offers what PEFT adapters are trained in.
+    output_dtype: str = option("auto", "dtype of the written factors.", choices=("auto", *NUMPY_DTYPES),
+                               flag_choices=("auto", *OUTPUT_CHOICES))  # fmt: skip
+    layers_per_chunk: int = option(8, "Layers of one role processed (and held) at once.", low=1)
+    energy_warning: float = option(0.25, "Warn when rank r captures less weight energy than this.")
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise OptionsError("--method", f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.layer_map not in ("auto", "index", "linear"):
-            raise OptionsError("--layer_map", f"unknown layer map {self.layer_map!r}")
-        if not 0.0 <= self.min_similarity <= 1.0:
-            raise OptionsError("--min_similarity", f"must be in [0, 1], got {self.min_similarity}")
-        if self.output_dtype != "auto" and self.output_dtype not in NUMPY_DTYPES:
-            raise OptionsError("--output_dtype", f"unknown dtype {self.output_dtype!r}")
-        if self.layers_per_chunk <= 0:
-            raise OptionsError("--layers_per_chunk", f"must be positive, got {self.layers_per_chunk}")
+        check_options(self)
 
     @property
     def needs_subspaces(self) -> bool:
         """`truncate` uses no subspace unless the similarity gate must score modules."""
         return self.method != "truncate" or self.min_similarity > 0
+
+
+@dataclasses.dataclass
+class SubspaceStats:
+    """Where a run's subspaces came from and what they cost; shared by all its adapters."""
+
+    computed: int = 0  # layers whose SVD ran
+    cached: int = 0  # layers restored from the cache folder
+    svd_seconds: float = 0.0
+    read_seconds: float = 0.0
+    cache_seconds: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +105,7 @@ class TransferResult:
     module_reports: tuple[ModuleReport, ...]  # sorted by target layer, then role
     layer_map: LayerMap
     project_seconds: float
+    subspace_stats: SubspaceStats  # the whole run's (complete once run_transfer returns)
 
 
 @dataclasses.dataclass
@@ -131,13 +148,14 @@ def transfer(
     source_cfg, target_cfg = read_model_config(source_model), read_model_config(target_model)
     loaded = [read_adapter(a, source_cfg) for a in adapter_dirs]
     names = _output_names(adapter_dirs)
-    store = SubspaceStore(options.svd, cache_dir, progress)  # it makes cache_dir absolute
+    cache = None if cache_dir is None else SubspaceCache(cache_dir, options.svd, progress)  # fails before compute
+    run = functools.partial(_run_transfer, source_cfg, target_cfg, loaded, options, cache, progress or Progress())
     if jax.process_index() != 0:  # one process writes; the others compute their shards
-        results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store, progress)
-        return [report_for(source_cfg, target_cfg, r, options, store, compute_seconds) for r in results]
+        results, compute_seconds = _timed(run)
+        return [report_for(source_cfg, target_cfg, r, options, compute_seconds) for r in results]
     # The staging folder is made before computing, so an unwritable --output fails in seconds.
     with staged_output(output) as staging:
-        results, compute_seconds = _timed(run_transfer, source_cfg, target_cfg, loaded, options, store, progress)
+        results, compute_seconds = _timed(run)
         _interrupt.check()
         started = time.perf_counter()
         reports = []
@@ -149,15 +167,15 @@ def transfer(
             write_adapter(folder, result.factors, config, dtype)
             final = output if len(results) == 1 else output / name
             seconds = time.perf_counter() - started
-            report = report_for(source_cfg, target_cfg, result, options, store, compute_seconds, final, dtype, seconds)
+            report = report_for(source_cfg, target_cfg, result, options, compute_seconds, final, dtype, seconds)
             write_report(folder, report)
             reports.append(report)
     return reports
 
 
-def _timed(fn, *args):  # noqa: ANN001, ANN002, ANN202
+def _timed(fn):  # noqa: ANN001, ANN202
     started = time.perf_counter()
-    return fn(*args), time.perf_counter() - started
+    return fn(), time.perf_counter() - started
 
 
 def expand_adapter_dirs(paths: Sequence[Path]) -> list[Path]:
@@ -183,12 +201,25 @@ def run_transfer(
     target: ModelConfig,
     adapters: Sequence[LoraAdapter],
     options: TransferOptions,
-    store: SubspaceStore | None = None,
     progress: Progress | None = None,
+    *,
+    cache_dir: Path | str | None = None,
 ) -> list[TransferResult]:
-    """The computation without the writing: every adapter mapped onto `target`."""
-    store = store or SubspaceStore(options.svd)
+    """The computation without the writing: every adapter mapped onto `target`; base-model
+    subspaces are read from and kept in `cache_dir` when given (as `transfer` does)."""
     progress = progress or Progress()
+    cache = None if cache_dir is None else SubspaceCache(cache_dir, options.svd, progress)
+    return _run_transfer(source, target, adapters, options, cache, progress)
+
+
+def _run_transfer(
+    source: ModelConfig,
+    target: ModelConfig,
+    adapters: Sequence[LoraAdapter],
+    options: TransferOptions,
+    cache: SubspaceCache | None,
+    progress: Progress,
+) -> list[TransferResult]:
     source_ckpt, target_ckpt = Checkpoint(source.folder), Checkpoint(target.folder)
     kind = resolve_layer_map(options.layer_map, source.num_layers, target.num_layers)
     lmap = LayerMap(kind, tuple(layer_map(kind, source.num_layers, target.num_layers)))
@@ -220,13 +251,26 @@ def run_transfer(
         plan += [(role, f"role {role} chunk {number}/{len(chunks)} (target layers {chunk[0][0]}-{chunk[-1][0]})", chunk)
                  for number, chunk in enumerate(chunks, 1)]  # fmt: skip
     costs = [_chunk_cost(role, chunk, source, target, options) for role, _, chunk in plan]
+    stats = SubspaceStats()
+    # The previous chunk's subspaces per model folder, this role only: the linear layer map is
+    # monotone, so a source layer is shared only by neighbouring chunks of one role, and host
+    # memory stays at one chunk per model.
+    memo: dict[Path, dict[int, Subspace]] = {}
+    memo_role = None
     progress.start(sum(costs), len(plan))
     try:
         for (role, label, chunk), cost in zip(plan, costs, strict=True):
             _interrupt.check()
             progress.working(label)
             started = time.perf_counter()
-            _transfer_chunk(role, chunk, source, target, source_ckpt, target_ckpt, outcomes, options, store)
+            if role != memo_role:
+                memo, memo_role = {}, role
+            src = tgt = None
+            if options.needs_subspaces:
+                src_layers, tgt_layers = sorted({i for _, i in chunk}), [j for j, _ in chunk]
+                src = _chunk_subspaces(source, source_ckpt, role, src_layers, memo, cache, options.svd, stats)
+                tgt = _chunk_subspaces(target, target_ckpt, role, tgt_layers, memo, cache, options.svd, stats)
+            _transfer_chunk(role, chunk, source, target, outcomes, options, src, tgt)
             progress.step(cost, f"{label} done in {time.perf_counter() - started:.1f}s")
     finally:
         progress.close()
@@ -241,7 +285,7 @@ def run_transfer(
             )
         reports = sorted(outcome.module_reports, key=lambda r: (r.target_layer, _role_order(r.role)))
         results.append(TransferResult(outcome.adapter, outcome.factors, tuple(outcome.written), tuple(reports), lmap,
-                                      outcome.project_seconds))  # fmt: skip
+                                      outcome.project_seconds, stats))  # fmt: skip
     return results
 
 
@@ -297,11 +341,60 @@ def _check_role_weights(model: ModelConfig, ckpt: Checkpoint, role: str) -> None
             )
 
 
-def subspaces(
-    model: ModelConfig, ckpt: Checkpoint, role: str, layers: Sequence[int], settings: SvdSettings
+def _chunk_subspaces(
+    model: ModelConfig,
+    ckpt: Checkpoint,
+    role: str,
+    layers: Sequence[int],
+    memo: dict[Path, dict[int, Subspace]],
+    cache: SubspaceCache | None,
+    settings: SvdSettings,
+    stats: SubspaceStats,
 ) -> Subspace:
-    """Truncated SVD factors of one role's weights at `layers`, as host arrays [len(layers), ...]."""
-    return SubspaceStore(settings).get(model, ckpt, role, layers)
+    """Host arrays [len(layers), ...] of `role` at `layers` (repeats allowed): each layer from the
+    previous chunk (`memo`, replaced by this call's layers), else the cache, else computed (and
+    then cached)."""
+    previous = memo.pop(model.folder, {})
+    unique = sorted(set(layers))
+    found = {layer: previous[layer] for layer in unique if layer in previous}
+    todo = [layer for layer in unique if layer not in found]
+    if cache is not None and todo:  # the same on every process (the plan and memo are)
+        started = time.perf_counter()
+        hits = cache.load(ckpt, role, todo, model.shapes[role])
+        found.update(hits)
+        stats.cached += len(hits)
+        stats.cache_seconds += time.perf_counter() - started
+    missing = [layer for layer in unique if layer not in found]
+    if missing:
+        started = time.perf_counter()
+        computed, read_seconds = compute_subspaces(model, ckpt, role, missing, settings)
+        stats.computed += len(missing)
+        stats.read_seconds += read_seconds
+        stats.svd_seconds += time.perf_counter() - started - read_seconds
+        started = time.perf_counter()
+        for n, layer in enumerate(missing):
+            found[layer] = Subspace(*(x[n] for x in computed))
+            if cache is not None:
+                cache.save(ckpt, role, layer, found[layer])
+        stats.cache_seconds += time.perf_counter() - started
+    memo[model.folder] = found
+    return Subspace(*(np.stack(xs) for xs in zip(*(found[layer] for layer in layers), strict=True)))
+
+
+def weight_subspaces(
+    model: ModelConfig,
+    role: str,
+    layers: Sequence[int],
+    settings: SvdSettings,
+    *,
+    cache_dir: Path | str | None = None,
+    progress: Progress | None = None,
+) -> Subspace:
+    """Host arrays [len(layers), ...] of one role's truncated SVD factors, read from `cache_dir`
+    where present, else computed (and then kept there), as `transfer` gets them."""
+    cache = None if cache_dir is None else SubspaceCache(cache_dir, settings, progress)
+    ckpt = Checkpoint(model.folder)
+    return _chunk_subspaces(model, ckpt, role, layers, {}, cache, settings, SubspaceStats())
 
 
 @functools.cache
@@ -314,18 +407,14 @@ def _transfer_chunk(
     chunk: Sequence[tuple[int, int]],
     source: ModelConfig,
     target: ModelConfig,
-    source_ckpt: Checkpoint,
-    target_ckpt: Checkpoint,
     outcomes: Sequence[_Outcome],
     options: TransferOptions,
-    store: SubspaceStore,
+    src: Subspace | None,
+    tgt: Subspace | None,
 ) -> None:
-    src_layers = sorted({i for _, i in chunk})
-    src_pos = {layer: n for n, layer in enumerate(src_layers)}
-    src = tgt = None
-    if options.needs_subspaces:
-        src = store.get(source, source_ckpt, role, src_layers)
-        tgt = store.get(target, target_ckpt, role, [j for j, _ in chunk])
+    """Every adapter's modules of one chunk; `src` holds the chunk's distinct source layers in
+    increasing order, `tgt` its target layers (both None when no subspace is needed)."""
+    src_pos = {layer: n for n, layer in enumerate(sorted({i for _, i in chunk}))}
     for outcome in outcomes:
         by_rank: dict[int, list[tuple[int, int, int, LoraModule]]] = defaultdict(list)
         for t_pos, (j, i) in enumerate(chunk):
@@ -454,13 +543,13 @@ def report_for(
     target: ModelConfig,
     result: TransferResult,
     options: TransferOptions,
-    store: SubspaceStore,
     compute_seconds: float,
     output: Path | None = None,
     dtype: str = "-",
     write_seconds: float | None = None,
 ) -> TransferReport:
     """The report of one adapter; without `output` (processes that write nothing) dtype is "-"."""
+    stats = result.subspace_stats
     return TransferReport(
         adapter=result.adapter.folder,
         output=output,
@@ -473,13 +562,13 @@ def report_for(
         min_similarity=options.min_similarity,
         output_dtype=dtype,
         devices=tuple(str(d) for d in jax.devices()),
-        computed_layers=store.stats.computed,
-        cached_layers=store.stats.cached,
+        computed_layers=stats.computed,
+        cached_layers=stats.cached,
         timings=Timings(
             compute_seconds=compute_seconds,
-            svd_seconds=store.stats.svd_seconds,
-            read_seconds=store.stats.read_seconds,
-            cache_seconds=store.stats.cache_seconds,
+            svd_seconds=stats.svd_seconds,
+            read_seconds=stats.read_seconds,
+            cache_seconds=stats.cache_seconds,
             project_seconds=result.project_seconds,
             write_seconds=write_seconds,
         ),

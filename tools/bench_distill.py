@@ -51,7 +51,7 @@ PAIRS = {
 }  # fmt: skip
 
 
-def _spec_and_params(folder: Path, model_type: str, dims: dict, vocab: int, seed: int, dtype: str):  # noqa: ANN202
+def _spec_and_params(folder: Path, model_type: str, dims: dict, vocab: int, seed: int, dtype: str):
     config = synthetic.model_config(model_type, vocab=vocab, **dims)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
@@ -75,7 +75,7 @@ def _spec_and_params(folder: Path, model_type: str, dims: dict, vocab: int, seed
     return spec, params, shapes
 
 
-def _lora(spec, shapes, rank: int, seed: int, zero_b: bool = False) -> dict:  # noqa: ANN001
+def _lora(spec, shapes, rank: int, seed: int, zero_b: bool = False) -> dict:
     keys = iter(jax.random.split(jax.random.key(seed), 32))
     out = {}
     for role in ROLES:
@@ -90,11 +90,11 @@ def _lora(spec, shapes, rank: int, seed: int, zero_b: bool = False) -> dict:  # 
     return out
 
 
-def _matmul_params(spec, shapes) -> int:  # noqa: ANN001
+def _matmul_params(spec, shapes) -> int:
     return spec.num_layers * sum(m * n for m, n in (shapes[r] for r in ROLES)) + spec.vocab * spec.hidden
 
 
-def _timed(fn, repeats: int) -> float:  # noqa: ANN001
+def _timed(fn, repeats: int) -> float:
     jax.block_until_ready(fn())  # compile + warm
     started = time.perf_counter()
     for _ in range(repeats):

@@ -1,20 +1,96 @@
-"""What every entry point shares: one-line errors with exit 2, and prompt clean-up on SIGTERM."""
+"""What every entry point shares: flags derived from option types, one-line errors with exit 2,
+and prompt clean-up on SIGTERM."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging as std_logging
 import os
 import signal
 import sys
-from collections.abc import Callable
-from typing import NoReturn
+import types
+import typing
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, NoReturn, TypeVar
 
 from absl import flags, logging
 
-from crosslora_jax import _interrupt
+from crosslora_jax import _interrupt, _options
 from crosslora_jax._errors import CrossLoraError
 
 EXIT_BAD_INPUT = 2
+T = TypeVar("T")
+
+
+def define_flags_from(
+    options_type: type[T],
+    module: str,
+    *,
+    only: Collection[str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    flag_values: flags.FlagValues = flags.FLAGS,
+) -> Callable[[], T]:
+    """One absl flag per option field of the dataclass `options_type`, and the function that builds
+    an `options_type` from the parsed flags (bad values raise `OptionsError` there: exit 2).
+
+    Name, default, help and allowed values (an enum flag) come from the field (`_options.option`);
+    a field holding another options dataclass contributes that one's fields. `module` (the
+    command's `__name__`) owns the flags, so its `--help` lists them. `only` keeps these flag
+    names; `defaults` replaces a flag's default (by flag name) for this command.
+    """
+    defaults = dict(defaults or {})
+    names: set[str] = set()
+    build = _define(options_type, module, only, defaults, flag_values, names)
+    unknown = (set(only or ()) | set(defaults)) - names
+    if unknown:  # a typo here would otherwise drop a flag without a word
+        raise ValueError(f"{options_type.__name__} has no options {sorted(unknown)}")
+    return build
+
+
+def _define(
+    cls: type[T],
+    module: str,
+    only: Collection[str] | None,
+    defaults: Mapping[str, Any],
+    flag_values: flags.FlagValues,
+    names: set[str],
+) -> Callable[[], T]:
+    parts: dict[str, Callable[[], Any]] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        hint = _options.field_types(cls)[field.name]
+        if dataclasses.is_dataclass(hint):
+            parts[field.name] = _define(hint, module, only, defaults, flag_values, names)  # type: ignore[arg-type]
+            continue
+        meta = _options.option_of(field)
+        name = _options.flag_name(field)
+        if meta is None:
+            continue
+        names.add(name)
+        if only is not None and name not in only:
+            continue
+        default = defaults.get(name, field.default)
+        choices = meta.flag_choices or _options.allowed_values(cls, field)
+        kind = _flag_type(hint)
+        common = {"flag_values": flag_values, "module_name": module}
+        if choices is not None:
+            holder = flags.DEFINE_enum(name, default, list(choices), meta.help, **common)
+        elif kind is bool:
+            holder = flags.DEFINE_bool(name, default, meta.help, **common)
+        elif kind is int:
+            holder = flags.DEFINE_integer(name, default, meta.help, **common)
+        elif kind is float:
+            holder = flags.DEFINE_float(name, default, meta.help, **common)
+        else:
+            holder = flags.DEFINE_string(name, default, meta.help, **common)
+        parts[field.name] = lambda holder=holder: holder.value
+    return lambda: cls(**{name: value() for name, value in parts.items()})
+
+
+def _flag_type(hint: Any) -> Any:
+    """`int` for `int` and `int | None` (an unset optional number is the flag's None default)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (hint,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
 
 
 def _raise_interrupt(signum: int, frame: object) -> NoReturn:  # noqa: ARG001

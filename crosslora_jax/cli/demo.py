@@ -22,17 +22,15 @@ from absl import app, flags
 from crosslora_jax import synthetic
 from crosslora_jax._paths import absolute
 from crosslora_jax._xla_cache import enable_compilation_cache
-from crosslora_jax.cli._common import flags_parser, run_guarded
+from crosslora_jax.cli._common import define_flags_from, flags_parser, run_guarded
 from crosslora_jax.io.report import REPORT_FILE, format_summary, format_table
-from crosslora_jax.ops import METHODS, SvdSettings
 from crosslora_jax.pipeline import TransferOptions, transfer
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Keep the generated models and output in this folder (default: a temporary folder, removed)."
 )
-_METHOD = flags.DEFINE_enum("method", "cross_lora", METHODS, "Transfer method.")
-# Below the tiny models' widths, so that the truncation and the similarity scores mean something.
-_SVD_RANK = flags.DEFINE_integer("svd_rank", 24, "Rank of the truncated SVDs.")
+# svd_rank below the tiny models' widths, so that the truncation and the similarity scores mean something.
+_OPTIONS = define_flags_from(TransferOptions, __name__, only=("method", "svd_rank"), defaults={"svd_rank": 24})
 
 
 def main(argv: Sequence[str]) -> None:
@@ -40,9 +38,10 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
+        options = _OPTIONS()  # bad values fail before anything is written
         enable_compilation_cache()
         with _workdir(_WORKDIR.value) as work:
-            _demo(work, kept=_WORKDIR.value is not None)
+            _demo(work, options, kept=_WORKDIR.value is not None)
 
     run_guarded(body)
 
@@ -56,7 +55,7 @@ def _workdir(given: str | None) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _demo(work: Path, kept: bool) -> None:
+def _demo(work: Path, options: TransferOptions, kept: bool) -> None:
     started = time.perf_counter()
     src_cfg = synthetic.model_config("llama", hidden=64, intermediate=160, heads=4, kv_heads=4, layers=4)
     tgt_cfg = synthetic.model_config("gemma2", hidden=96, intermediate=256, heads=4, kv_heads=2, layers=6, head_dim=32)
@@ -64,7 +63,6 @@ def _demo(work: Path, kept: bool) -> None:
     tgt = synthetic.write_model(work / "target_gemma2", tgt_cfg, synthetic.model_tensors(tgt_cfg, seed=2), shards=2)
     adapter = synthetic.write_adapter(work / "source_adapter", src_cfg, seed=3, roles=("q", "v", "down"))
     output = work / "target_adapter"
-    options = TransferOptions(method=_METHOD.value, svd=SvdSettings(rank=_SVD_RANK.value))
     (report,) = transfer(src, tgt, [adapter], output, options, overwrite=True)
     print(f"source: {src} (llama, 4 layers)\ntarget: {tgt} (gemma2, 6 layers, 2 shards)")
     print(f"layer map: {report.layer_map.kind} {list(report.layer_map.target_to_source)}")

@@ -18,14 +18,13 @@ from pathlib import Path
 from absl import app, flags
 
 from crosslora_jax._errors import OptionsError, OutputError
-from crosslora_jax.cli._common import flags_parser, run_guarded
+from crosslora_jax.cli._common import define_flags_from, flags_parser, run_guarded
+from crosslora_jax.eval import EvalOptions, evaluate
 
 _MODEL = flags.DEFINE_string("model", None, "HF model folder (config.json, safetensors, tokenizer.json).")
 _ADAPTER = flags.DEFINE_string("adapter", None, "PEFT LoRA adapter folder for --model (optional).")
 _TASK = flags.DEFINE_string("task", None, "Task file: .jsonl multiple choice, anything else plain text.")
-_FORMAT = flags.DEFINE_enum("task_format", "auto", ["auto", "choice", "text"], "How to read --task.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Sequences per forward pass.")
-_MAX_LENGTH = flags.DEFINE_integer("max_length", None, "Tokens per sequence (default: max_position_embeddings).")
+_OPTIONS = define_flags_from(EvalOptions, __name__)  # --task_format, --batch_size, --max_length
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the metrics as JSON to this file.")
 
 
@@ -59,20 +58,11 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        from crosslora_jax.eval import evaluate  # imported late: keeps --help fast
-
         for name, flag in (("--model", _MODEL), ("--task", _TASK)):
             if not flag.value:
                 raise OptionsError(name, "is required")
-        result = evaluate(
-            _MODEL.value,
-            _TASK.value,
-            _ADAPTER.value,
-            task_format=_FORMAT.value,
-            batch_size=_BATCH.value,
-            max_length=_MAX_LENGTH.value,
-            progress=_ProgressLine(),
-        )
+        options = _OPTIONS()
+        result = evaluate(_MODEL.value, _TASK.value, _ADAPTER.value, options, progress=_ProgressLine())
         print(f"{result['task']}: {_format(result)}")
         if _OUTPUT.value:
             try:

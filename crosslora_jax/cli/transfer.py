@@ -20,12 +20,9 @@ from absl import app, flags, logging
 from crosslora_jax._errors import OptionsError
 from crosslora_jax._progress import Progress
 from crosslora_jax._xla_cache import enable_compilation_cache
-from crosslora_jax.cli._common import flags_parser, run_guarded
-from crosslora_jax.io.dtypes import OUTPUT_CHOICES
+from crosslora_jax.cli._common import define_flags_from, flags_parser, run_guarded
 from crosslora_jax.io.report import format_summary, format_table
 from crosslora_jax.io.report_plot import require_matplotlib, write_report_plot
-from crosslora_jax.ops import METHODS, SvdSettings
-from crosslora_jax.ops.svd import ENGINES
 from crosslora_jax.pipeline import TransferOptions, transfer
 
 _SOURCE = flags.DEFINE_string("source_model", None, "HF model folder the adapter was trained on.")
@@ -33,29 +30,7 @@ _TARGET = flags.DEFINE_string("target_model", None, "HF model folder to move the
 _ADAPTER = flags.DEFINE_multi_string("adapter", None, "PEFT LoRA adapter folder for the source; repeat for several.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output adapter folder (a parent folder when --adapter repeats).")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output.")
-_METHOD = flags.DEFINE_enum(
-    "method",
-    "cross_lora",
-    METHODS,
-    "Transfer method: cross_lora (align the source's subspaces to the target's, then project), "
-    "lora_x (project onto the target's subspaces), truncate (zero-pad/crop: the reference code's "
-    "effective behaviour). Equations in docs/method.md.",
-)
-_SVD_RANK = flags.DEFINE_integer("svd_rank", 320, "Rank r of the truncated SVD of each base weight.")
-_SVD = flags.DEFINE_enum(
-    "svd",
-    "gram",
-    list(ENGINES),
-    "SVD engine: gram (eigh of the smaller Gram matrix, refined against W; as accurate as exact), "
-    "exact (full SVD), randomized (fast, inaccurate at its defaults).",
-)
-_OVERSAMPLE = flags.DEFINE_integer("svd_oversample", 16, "Randomized SVD: extra sketch columns.")
-_POWER_ITERS = flags.DEFINE_integer("svd_power_iters", 2, "Randomized SVD: power iterations.")
-_SEED = flags.DEFINE_integer("svd_seed", 0, "Randomized SVD: seed (results are deterministic per seed).")
-_LAYER_MAP = flags.DEFINE_enum("layer_map", "auto", ["auto", "index", "linear"], "Target→source layer map.")
-_MIN_SIM = flags.DEFINE_float("min_similarity", 0.0, "Transfer a module only if min(φ_U, φ_V) reaches this.")
-_DTYPE = flags.DEFINE_enum("output_dtype", "auto", ["auto", *OUTPUT_CHOICES], "dtype of the written factors.")
-_CHUNK = flags.DEFINE_integer("layers_per_chunk", 8, "Layers of one role processed (and held) at once.")
+_OPTIONS = define_flags_from(TransferOptions, __name__)  # --method, --svd_rank, --svd, ... --energy_warning
 _CACHE_DIR = flags.DEFINE_string(
     "cache_dir", None, "Keep base-model subspaces (orbax) and compiled XLA programs here and reuse them."
 )
@@ -73,23 +48,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this
 _PLOT = flags.DEFINE_bool(
     "plot", False, "Also write crosslora_report.png (layer × role heat maps) beside each report; needs the plot extra."
 )
-_ENERGY_WARN = flags.DEFINE_float("energy_warning", 0.25, "Warn when rank r captures less weight energy than this.")
-
-
-def _options() -> TransferOptions:
-    try:
-        svd = SvdSettings(_SVD_RANK.value, _SVD.value, _OVERSAMPLE.value, _POWER_ITERS.value, _SEED.value)
-    except ValueError as e:
-        raise OptionsError("--svd_rank/--svd_*", str(e)) from None
-    return TransferOptions(
-        method=_METHOD.value,
-        svd=svd,
-        layer_map=_LAYER_MAP.value,
-        min_similarity=_MIN_SIM.value,
-        output_dtype=_DTYPE.value,
-        layers_per_chunk=_CHUNK.value,
-        energy_warning=_ENERGY_WARN.value,
-    )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -105,6 +63,7 @@ def main(argv: Sequence[str]) -> None:
         explicit = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
         if any(v is not None for v in explicit) and not _DISTRIBUTED.value:
             raise OptionsError("--coordinator_address/--num_processes/--process_id", "need --distributed")
+        options = _OPTIONS()
         if _DISTRIBUTED.value:
             jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         if _PLOT.value:
@@ -117,7 +76,7 @@ def main(argv: Sequence[str]) -> None:
             _TARGET.value,
             _ADAPTER.value,
             _OUTPUT.value,
-            _options(),
+            options,
             overwrite=_OVERWRITE.value,
             cache_dir=_CACHE_DIR.value,
             progress=Progress.to_stderr() if jax.process_index() == 0 else None,

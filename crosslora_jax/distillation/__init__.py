@@ -7,7 +7,7 @@ Public API:
 - `DistillOptions`: every setting, validated on construction.
 """
 
-from crosslora_jax.distillation._options import INITS, LEARN, DistillOptions
+from crosslora_jax.distillation._options import DistillOptions
 from crosslora_jax.distillation._run import distill
 
-__all__ = ["INITS", "LEARN", "DistillOptions", "distill"]
+__all__ = ["DistillOptions", "distill"]

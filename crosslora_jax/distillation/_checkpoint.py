@@ -47,7 +47,8 @@ def restore(
     template = {"trainable": like, "opt_state": opt.init(like)}
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), template)
-    state = ocp.PyTreeCheckpointer().restore(newest, item=abstract)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+    state = ocp.PyTreeCheckpointer().restore(newest, item=abstract, restore_args=restore_args)
     return int(newest.name[len(_PREFIX) :]), state["trainable"], state["opt_state"]
 
 

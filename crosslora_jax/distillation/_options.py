@@ -1,76 +1,70 @@
-"""`DistillOptions`: every setting of a distillation run, validated once (`OptionsError`)."""
+"""`DistillOptions`: every setting of a distillation run, declared once (each field is one flag of
+`python -m crosslora_jax.distill`; `svd`'s fields too) and validated once (`OptionsError`)."""
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+from typing import Literal
 
 from crosslora_jax._errors import OptionsError
-from crosslora_jax.io.dtypes import NUMPY_DTYPES
-from crosslora_jax.ops.distill import OBJECTIVES
+from crosslora_jax._options import check_options, option
+from crosslora_jax.io.dtypes import NUMPY_DTYPES, OUTPUT_CHOICES
+from crosslora_jax.ops.distill import Objective
+from crosslora_jax.ops.layer_map import LayerMapKind
 from crosslora_jax.ops.svd import SvdSettings
-from crosslora_jax.ops.transfer import METHODS
 
-INITS: tuple[str, ...] = (*METHODS, "zero")
-LEARN: tuple[str, ...] = ("lora", "transform")
+Init = Literal["cross_lora", "lora_x", "truncate", "zero"]
+Learn = Literal["lora", "transform"]
 
 
 @dataclasses.dataclass(frozen=True)
 class DistillOptions:
-    """How to distil; the `distill` command's flags map onto these fields one to one.
+    """How to distil. `prompts` teacher sequences of `gen_len` sampled tokens are drawn once (plus
+    `heldout` more for the before/after figure); training takes `steps` AdamW steps of
+    `batch_size` of them (warm-up, then cosine decay; gradient norm clipped)."""
 
-    `prompts` teacher sequences of `gen_len` sampled tokens each are drawn once (plus
-    `heldout` more for the before/after figures); training takes `steps` AdamW steps of
-    `batch_size` of them (warm-up then cosine decay, gradient norm clipped at `clip_norm`).
-    `anchor_weight` > 0 adds KL(target base ‖ student) on the target base's own samples, which
-    holds the student near what the target already does outside the adapter's domain.
-    """
-
-    init: str = "cross_lora"
-    learn: str = "lora"
-    kd: str = "full"
+    init: Init = option("cross_lora", "Data-free transfer to start from (zero: PEFT's own init, B = 0).")
+    learn: Learn = option(
+        "lora",
+        "What is trained: lora (the target's factors) or transform (r_t×r_s maps from the source's singular "
+        "subspaces into the target's, the source factors fixed).",
+    )
+    kd: Objective = option(
+        "full",
+        "Objective: full (KL to the teacher), delta (KL to target base + what the adapter changes in the "
+        "source; one vocabulary only), sequence (cross-entropy on the teacher's text; any vocabularies).",
+    )
     svd: SvdSettings = dataclasses.field(default_factory=SvdSettings)
-    layer_map: str = "auto"
-    prompts: int = 1024
-    prompts_file: Path | None = None
-    gen_len: int = 64
-    gen_batch_size: int = 64  # sequences sampled at once (KV cache: L × this × (P + gen_len) × KV × hd × 2)
-    temperature: float = 1.0
-    top_p: float = 1.0
-    steps: int = 300
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    clip_norm: float = 1.0
-    anchor_weight: float = 0.0
-    heldout: int = 64
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 100
-    output_dtype: str = "auto"
+    layer_map: LayerMapKind = option("auto", "Target→source layer map (see `transfer --help`).")
+    prompts: int = option(1024, "Teacher sequences to sample for training.", low=1)
+    prompts_file: str | None = option(
+        None, "Your own seed prompts: one per line, or JSON lines with a 'prompt' field (*.jsonl). Default: "
+        "generic starts (the tokenizer's BOS token, or common first tokens)."
+    )  # fmt: skip
+    gen_len: int = option(64, "Tokens the teacher samples per sequence.", low=1)
+    gen_batch_size: int = option(64, "Sequences the teacher samples at once (KV-cache memory grows with it).", low=1)
+    temperature: float = option(1.0, "Sampling temperature (0 = greedy).", low=0.0)
+    top_p: float = option(1.0, "Nucleus sampling: sample from the smallest token set of this mass.", low=1e-6, high=1.0)
+    steps: int = option(300, "Optimizer steps.", low=1)
+    batch_size: int = option(16, "Sequences per step.", low=1)
+    learning_rate: float = option(1e-3, "Peak AdamW learning rate (linear warm-up, then cosine decay to 0).", low=0.0)
+    warmup_steps: int = option(20, "Linear warm-up steps.", low=0)
+    weight_decay: float = option(0.0, "AdamW weight decay.", low=0.0)
+    clip_norm: float = option(1.0, "Clip the global gradient norm to this.", low=1e-12)
+    anchor_weight: float = option(
+        0.0, "Weight of KL(target base ‖ student) on the target's own samples: holds the student near the "
+        "target outside the adapter's domain (0: off).", low=0.0
+    )  # fmt: skip
+    heldout: int = option(64, "Extra teacher sequences, never trained on, for the before/after figure.", low=0)
+    seed: int = option(0, "Seed of sampling, batching and init (a seed repeats its result).")
+    log_every: int = option(10, "A progress line every this many steps.", low=1)
+    checkpoint_every: int = option(100, "With --cache_dir: checkpoint every this many steps.", low=1)
+    output_dtype: str = option("auto", "dtype of the written factors.", choices=("auto", *NUMPY_DTYPES),
+                               flag_choices=("auto", *OUTPUT_CHOICES))  # fmt: skip
 
     def __post_init__(self) -> None:
-        choices = {"init": INITS, "learn": LEARN, "kd": OBJECTIVES, "layer_map": ("auto", "index", "linear")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise OptionsError(f"--{name}", f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
-        positive = ("prompts", "gen_len", "gen_batch_size", "steps", "batch_size", "log_every", "checkpoint_every")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise OptionsError(f"--{name}", f"must be positive, got {getattr(self, name)}")
-        for name in ("heldout", "warmup_steps"):
-            if getattr(self, name) < 0:
-                raise OptionsError(f"--{name}", f"must be >= 0, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
+        check_options(self)
+        if self.learning_rate <= 0:
             raise OptionsError("--learning_rate", f"must be positive, got {self.learning_rate}")
-        if self.temperature < 0:
-            raise OptionsError("--temperature", f"must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise OptionsError("--top_p", f"must be in (0, 1], got {self.top_p}")
-        if self.weight_decay < 0 or self.clip_norm <= 0 or self.anchor_weight < 0:
-            raise OptionsError("--weight_decay/--clip_norm/--anchor_weight", "must be >= 0 (clip_norm > 0)")
-        if self.output_dtype != "auto" and self.output_dtype not in NUMPY_DTYPES:
-            raise OptionsError("--output_dtype", f"unknown dtype {self.output_dtype!r}")
         if self.batch_size > self.prompts:
             raise OptionsError("--batch_size", f"{self.batch_size} exceeds --prompts={self.prompts}")

@@ -21,7 +21,6 @@ from crosslora_jax import _interrupt
 from crosslora_jax._errors import OptionsError
 from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
-from crosslora_jax._subspace_store import SubspaceStore
 from crosslora_jax.distillation import _checkpoint
 from crosslora_jax.distillation._options import DistillOptions
 from crosslora_jax.distillation._student import build_student, source_lora, written_factors
@@ -32,10 +31,9 @@ from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.output_folder import check_output_location, staged_output
 from crosslora_jax.io.peft_adapter import adapter_config_for_target, read_adapter, write_adapter
 from crosslora_jax.io.report import write_report
-from crosslora_jax.io.safetensors_checkpoint import Checkpoint
 from crosslora_jax.io.tokenizer import read_prompts_file, read_tokenizer, retokenize, same_vocabulary
-from crosslora_jax.ops.svd import Subspace
-from crosslora_jax.pipeline import TransferOptions, report_for, run_transfer
+from crosslora_jax.ops.svd import Subspace, SvdSettings
+from crosslora_jax.pipeline import TransferOptions, report_for, run_transfer, weight_subspaces
 from crosslora_jax.transfer_report import TransferReport
 
 
@@ -68,19 +66,20 @@ def distill(
         raise OptionsError(
             "--kd", f"{options.kd} needs one vocabulary, but the tokenizers of the two models differ; use --kd=sequence"
         )
-    seed_texts = None if options.prompts_file is None else read_prompts_file(options.prompts_file)
+    prompts_file = None if options.prompts_file is None else absolute(options.prompts_file)
+    seed_texts = None if prompts_file is None else read_prompts_file(prompts_file)
     loaded = read_adapter(adapter, source_cfg)
     init_method = "truncate" if options.init == "zero" else options.init
     transfer_options = TransferOptions(method=init_method, svd=options.svd, layer_map=options.layer_map)
-    store = SubspaceStore(options.svd, cache_dir, progress)
+    cache_dir = None if cache_dir is None else absolute(cache_dir)
     started = time.perf_counter()
     with staged_output(output) as staging:
-        (result,) = run_transfer(source_cfg, target_cfg, [loaded], transfer_options, store, progress)
+        (result,) = run_transfer(source_cfg, target_cfg, [loaded], transfer_options, progress, cache_dir=cache_dir)
         init_seconds = time.perf_counter() - started
         subspaces = None
         if options.learn == "transform":
             roles = sorted({w.role for w in result.written})
-            subspaces = role_subspaces(source_cfg, target_cfg, roles, store)
+            subspaces = role_subspaces(source_cfg, target_cfg, roles, options.svd, cache_dir, progress)
         student = build_student(
             options.learn,
             options.init == "zero",
@@ -103,7 +102,7 @@ def distill(
         if seed_texts is None:
             prompts = generic_prompts(tok_s, total, options.seed)
         else:
-            prompts = user_prompts(tok_s, seed_texts, total, options.seed, options.prompts_file)
+            prompts = user_prompts(tok_s, seed_texts, total, options.seed, prompts_file)
         data_started = time.perf_counter()
         tokens = sample_sequences(spec_s, params_s, lora_s, prompts, key=jax.random.fold_in(key, 1),
                                   batch_size=gen_batch, progress=progress, label="teacher", **gen)  # fmt: skip
@@ -127,8 +126,8 @@ def distill(
         before = heldout_loss(obj, student.trainable, frozen, heldout, options.batch_size) if options.heldout else None
         opt = optimizer(options.steps, options.learning_rate, options.warmup_steps, options.weight_decay,
                         options.clip_norm)  # fmt: skip
-        run_dir = None if store.cache_dir is None else store.cache_dir / "distill" / _run_key(options, source_cfg.folder,
-                                                                                          target_cfg.folder, adapter)  # fmt: skip
+        key_paths = (source_cfg.folder, target_cfg.folder, adapter)
+        run_dir = None if cache_dir is None else cache_dir / "distill" / _run_key(options, *key_paths)
         start = None if run_dir is None else _checkpoint.restore(run_dir, student.trainable, opt)
         fitted = train(
             obj,
@@ -166,7 +165,7 @@ def distill(
             "resumed_from_step": 0 if start is None else start[0],
             "seconds": {"init_transfer": init_seconds, "teacher_samples": data_seconds, "train": fitted.seconds},
         }
-        report = report_for(source_cfg, target_cfg, result, transfer_options, store, init_seconds, output, dtype)
+        report = report_for(source_cfg, target_cfg, result, transfer_options, init_seconds, output, dtype)
         report = dataclasses.replace(report, distill=section)
         write_report(staging, report)
     if run_dir is not None:
@@ -175,23 +174,25 @@ def distill(
 
 
 def role_subspaces(
-    source: ModelConfig, target: ModelConfig, roles: Sequence[str], store: SubspaceStore
+    source: ModelConfig,
+    target: ModelConfig,
+    roles: Sequence[str],
+    settings: SvdSettings,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, tuple[Subspace, Subspace]]:
     """Per role: (source subspaces at every source layer, target subspaces at every target layer)."""
-    s_ckpt, t_ckpt = Checkpoint(source.folder), Checkpoint(target.folder)
     return {
-        role: (
-            store.get(source, s_ckpt, role, range(source.num_layers)),
-            store.get(target, t_ckpt, role, range(target.num_layers)),
+        role: tuple(
+            weight_subspaces(model, role, range(model.num_layers), settings, cache_dir=cache_dir, progress=progress)
+            for model in (source, target)
         )
         for role in roles
     }
 
 
 def _settings_json(options: DistillOptions) -> dict[str, Any]:
-    out = dataclasses.asdict(options)
-    out["prompts_file"] = None if options.prompts_file is None else str(options.prompts_file)
-    return out
+    return dataclasses.asdict(options)
 
 
 def _run_key(options: DistillOptions, *paths: Path) -> str:

@@ -11,8 +11,9 @@ Public API:
   sampling (greedy at temperature 0, nucleus top-p) with the cache, one jitted decode loop,
   the batch optionally sharded over a mesh's 'data' axis; equal-length prompts.
 - `model_spec`, `ModelSpec`, `from_hf`, `to_hf`: config → spec, and the canonical param layout.
-- `evaluate(model_dir, task, adapter_dir)`: score a multiple-choice JSONL or plain-text task
-  (`read_task`, `load_tokenizer`, `evaluate_task`, `score_sequences` are its parts).
+- `evaluate(model_dir, task, adapter_dir, options)`: score a multiple-choice JSONL or plain-text task
+  (`EvalOptions`: task format, batch size, max length; `read_task`, `load_tokenizer`,
+  `evaluate_task`, `score_sequences` are its parts).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from crosslora_jax.eval._model import (
 from crosslora_jax.eval._params import Params, from_hf, load_params, to_hf
 from crosslora_jax.eval._spec import ModelSpec, model_spec
 from crosslora_jax.eval._tasks import (
+    EvalOptions,
     Progress,
     Question,
     Task,
@@ -55,23 +57,20 @@ def evaluate(
     model_dir: Path | str,
     task: Path | str,
     adapter_dir: Path | str | None = None,
+    options: EvalOptions = EvalOptions(),
     *,
-    task_format: str = "auto",
-    batch_size: int = 8,
-    max_length: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Score `task` on the model (with the adapter merged in, if any); metrics with standard errors."""
     tokenizer = load_tokenizer(model_dir)
-    loaded = read_task(task, task_format)
+    loaded = read_task(task, options.task_format)
     spec, params = load_model(model_dir, adapter_dir)
-    result = evaluate_task(
-        spec, params, tokenizer, loaded, batch_size=batch_size, max_length=max_length, progress=progress
-    )
+    result = evaluate_task(spec, params, tokenizer, loaded, options, progress=progress)
     return {"model": str(model_dir), "adapter": None if adapter_dir is None else str(adapter_dir), **result}
 
 
 __all__ = [
+    "EvalOptions",
     "KVCache",
     "Lora",
     "ModelSpec",

@@ -17,15 +17,17 @@ import dataclasses
 import functools
 import json
 import math
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from crosslora_jax._errors import ConfigError, OptionsError, TaskError
+from crosslora_jax._options import check_choice, check_options, option
 from crosslora_jax.eval._model import token_logprobs
 from crosslora_jax.eval._spec import ModelSpec
 
@@ -33,6 +35,22 @@ TOKENIZER_FILE = "tokenizer.json"
 TARGET_DELIMITER = " "
 _BUCKET = 32
 Progress = Callable[[int, int], None]  # (batches done, batches total)
+TaskFormat = Literal["auto", "choice", "text"]
+TASK_FORMATS: tuple[str, ...] = typing.get_args(TaskFormat)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+    """How to score a task; each field is one flag of the evaluate command."""
+
+    task_format: TaskFormat = option(
+        "auto", "How to read --task: choice (multiple-choice JSONL), text, or auto (.jsonl is choice, else text)."
+    )
+    batch_size: int = option(8, "Sequences per forward pass.", low=1)
+    max_length: int | None = option(None, "Tokens per sequence (default: max_position_embeddings).", low=2)
+
+    def __post_init__(self) -> None:
+        check_options(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +89,10 @@ def load_tokenizer(model_dir: Path | str) -> Any:
         raise ConfigError(path, f"not a valid tokenizer file: {' '.join(str(e).split())}") from None
 
 
-def read_task(path: Path | str, kind: str = "auto") -> Task:
+def read_task(path: Path | str, kind: TaskFormat = "auto") -> Task:
     """Read a task file; `kind` auto means `.jsonl` is multiple choice and anything else plain text."""
     path = Path(path)
-    if kind not in ("auto", "choice", "text"):
-        raise OptionsError("--task_format", f"unknown task format {kind!r}")
+    check_choice("task_format", kind, TASK_FORMATS)
     if not path.is_file():
         raise TaskError(path, "file not found")
     try:
@@ -172,16 +189,14 @@ def evaluate_task(
     params: Mapping[str, object],
     tokenizer: Any,
     task: Task,
+    options: EvalOptions = EvalOptions(),
     *,
-    batch_size: int = 8,
-    max_length: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Score `task`; returns the metrics with their standard errors."""
-    if batch_size <= 0:
-        raise OptionsError("--batch_size", f"must be positive, got {batch_size}")
-    max_length = min(max_length or spec.max_positions, spec.max_positions)
-    if max_length < 2:
+    """Score `task` (`options.task_format` was used to read it); the metrics with their standard errors."""
+    batch_size = options.batch_size
+    max_length = min(options.max_length or spec.max_positions, spec.max_positions)
+    if max_length < 2:  # the model's max_position_embeddings
         raise OptionsError("--max_length", f"must be at least 2, got {max_length}")
     if task.kind == "text":
         return _evaluate_text(spec, params, tokenizer, task, batch_size, max_length, progress)

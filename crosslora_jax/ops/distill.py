@@ -9,7 +9,7 @@ dtype. KL(p ‖ q) = Σ_v p_v (log p_v − log q_v) with p the teacher, q the st
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +17,7 @@ from jax import Array
 
 from crosslora_jax.ops._linalg import mm
 
-Objective = str  # "full" | "delta" | "sequence"
-OBJECTIVES: tuple[str, ...] = ("full", "delta", "sequence")
+Objective = Literal["full", "delta", "sequence"]
 
 
 def _masked_mean(per_position: Annotated[Array, "B T"], mask: Annotated[Array, "B T"]) -> Array:

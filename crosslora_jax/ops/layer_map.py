@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
+from crosslora_jax._options import check_choice
+
 LayerMapKind = Literal["auto", "index", "linear"]
+LAYER_MAPS: tuple[str, ...] = typing.get_args(LayerMapKind)
 
 
 def resolve_layer_map(kind: LayerMapKind, source_layers: int, target_layers: int) -> Literal["index", "linear"]:
+    check_choice("layer_map", kind, LAYER_MAPS)
     if kind == "auto":
         return "index" if source_layers == target_layers else "linear"
-    if kind not in ("index", "linear"):
-        raise ValueError(f"unknown layer map {kind!r}")
     return kind
 
 

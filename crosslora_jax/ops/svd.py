@@ -14,35 +14,37 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
 from typing import Annotated, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
+from crosslora_jax._options import check_options, option
 from crosslora_jax.ops._linalg import mm
 
 SvdEngine = Literal["gram", "exact", "randomized"]
-ENGINES: tuple[str, ...] = ("gram", "exact", "randomized")
+ENGINES: tuple[str, ...] = typing.get_args(SvdEngine)
 
 
 @dataclasses.dataclass(frozen=True)
 class SvdSettings:
     """Everything that changes the computed subspaces (and so keys the subspace cache)."""
 
-    rank: int = 320
-    engine: SvdEngine = "gram"
-    oversample: int = 16
-    power_iters: int = 2
-    seed: int = 0
+    rank: int = option(320, "Rank r of the truncated SVD of each base weight.", flag="svd_rank", low=1)
+    engine: SvdEngine = option(
+        "gram",
+        "SVD engine: gram (eigh of the smaller Gram matrix, refined against W; as accurate as exact), "
+        "exact (full SVD), randomized (fast, inaccurate at its defaults).",
+        flag="svd",
+    )
+    oversample: int = option(16, "Randomized SVD: extra sketch columns.", flag="svd_oversample", low=0)
+    power_iters: int = option(2, "Randomized SVD: power iterations.", flag="svd_power_iters", low=0)
+    seed: int = option(0, "Randomized SVD: seed (results are deterministic per seed).", flag="svd_seed")
 
     def __post_init__(self) -> None:
-        if self.rank <= 0:
-            raise ValueError(f"svd rank must be positive, got {self.rank}")
-        if self.engine not in ENGINES:
-            raise ValueError(f"unknown svd engine {self.engine!r}")
-        if self.oversample < 0 or self.power_iters < 0:
-            raise ValueError("oversample and power_iters must be >= 0")
+        check_options(self)
 
 
 class Subspace(NamedTuple):

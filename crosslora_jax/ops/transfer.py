@@ -8,16 +8,18 @@ method, so only B and A are mapped.
 from __future__ import annotations
 
 import functools
+import typing
 from typing import Annotated, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import Array
 
+from crosslora_jax._options import check_choice
 from crosslora_jax.ops._linalg import crop_or_pad, mm
 
 Method = Literal["cross_lora", "lora_x", "truncate"]
-METHODS: tuple[str, ...] = ("cross_lora", "lora_x", "truncate")
+METHODS: tuple[str, ...] = typing.get_args(Method)
 
 
 class Diagnostics(NamedTuple):
@@ -109,7 +111,7 @@ def _truncate(a_s, b_s, us, vs, ut, vt, bases):  # noqa: ANN001, ANN202, ARG001
     return _pad_factors(a_s, b_s, ut.shape[0], vt.shape[0])
 
 
-_METHOD_FNS = {"cross_lora": _cross_lora, "lora_x": _lora_x, "truncate": _truncate}
+_METHOD_FNS: dict[Method, typing.Callable] = {"cross_lora": _cross_lora, "lora_x": _lora_x, "truncate": _truncate}
 
 
 def transfer_layer(
@@ -150,8 +152,7 @@ def transfer_stack(
     vt: Annotated[Array, "L n_t r_t"],
 ) -> tuple[Annotated[Array, "L k n_t"], Annotated[Array, "L m_t k"], Diagnostics]:
     """`transfer_layer` over a stack of layers in one compiled call."""
-    if method not in _METHOD_FNS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    check_choice("method", method, METHODS)
     return jax.vmap(functools.partial(transfer_layer, method))(a_s, b_s, us, vs, ut, vt)
 
 

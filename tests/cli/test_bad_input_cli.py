@@ -58,13 +58,38 @@ def test_bad_input_exits_2_with_one_line(tmp_path, case) -> None:
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [(["--method=bogus"], "--method"), (["--process_id=1"], "need --distributed"),
-     (["--min_similarity=2"], "--min_similarity"), (["--svd_rank=0"], "svd rank must be positive"),
+     (["--min_similarity=2"], "--min_similarity"), (["--svd_rank=0"], "--svd_rank: must be at least 1"),
      (["--flagfile=/no/such/file"], "flagfile")],
 )  # fmt: skip
 def test_bad_flags_exit_2_with_one_line(tmp_path, extra, fragment) -> None:
     paths = make_inputs(tmp_path)
     assert_one_line_error(run_cli(*args_for(paths, *extra)), fragment)
     assert not paths["output"].exists()
+
+
+# Every command, each kind of bad value: absl's own (enum, number) and the option type's (range).
+# Evaluate's model and task do not exist: the options must be refused before any file is read.
+@pytest.mark.parametrize(
+    ("module", "extra", "fragment"),
+    [("transfer", ["--svd=qr"], "--svd=qr"), ("transfer", ["--layers_per_chunk=many"], "--layers_per_chunk"),
+     ("transfer", ["--svd_power_iters=-1"], "--svd_power_iters: must be at least 0"),
+     ("transfer", ["--output_dtype=float64"], "--output_dtype"),
+     ("demo", ["--method=bogus"], "--method"), ("demo", ["--svd_rank=0"], "--svd_rank: must be at least 1"),
+     ("evaluate", ["--task_format=csv"], "--task_format"), ("evaluate", ["--batch_size=0"], "--batch_size"),
+     ("evaluate", ["--max_length=1"], "--max_length: must be at least 2")],
+)  # fmt: skip
+def test_every_command_refuses_a_bad_flag_value_with_exit_2(tmp_path, module, extra, fragment) -> None:
+    if module == "transfer":
+        required = args_for(make_inputs(tmp_path))
+    elif module == "demo":
+        required = [f"--workdir={tmp_path / 'work'}"]
+    else:
+        required = [f"--model={tmp_path / 'no_model'}", f"--task={tmp_path / 'no_task.jsonl'}"]
+    before = sorted(tmp_path.rglob("*"))
+    result = subprocess.run([sys.executable, "-m", f"crosslora_jax.{module}", *required, *extra], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert_one_line_error(result, fragment)
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written: not the demo's models, no output
 
 
 def test_missing_required_flag(tmp_path) -> None:

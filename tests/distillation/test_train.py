@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from crosslora_jax import Progress, TransferOptions, read_adapter, read_model_config, run_transfer, synthetic
-from crosslora_jax._subspace_store import SubspaceStore
 from crosslora_jax.distillation import _checkpoint
 from crosslora_jax.distillation._run import role_subspaces
 from crosslora_jax.distillation._student import Student, build_student, source_lora, written_factors
@@ -40,7 +39,7 @@ def _setup(tmp_path: Path, learn: str, kd: str = "full", init: str = "cross_lora
     subspaces = None
     if learn == "transform":
         roles = sorted({w.role for w in result.written})
-        subspaces = role_subspaces(src_cfg, tgt_cfg, roles, SubspaceStore(options.svd))
+        subspaces = role_subspaces(src_cfg, tgt_cfg, roles, options.svd)
     student = build_student(
         learn, init == "zero", adapter, tgt_cfg, result.written, result.factors,
         result.layer_map.target_to_source, subspaces, seed=0,
