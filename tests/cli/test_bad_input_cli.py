@@ -76,11 +76,17 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, extra, fragment) -> None:
      ("transfer", ["--output_dtype=float64"], "--output_dtype"),
      ("demo", ["--method=bogus"], "--method"), ("demo", ["--svd_rank=0"], "--svd_rank: must be at least 1"),
      ("evaluate", ["--task_format=csv"], "--task_format"), ("evaluate", ["--batch_size=0"], "--batch_size"),
-     ("evaluate", ["--max_length=1"], "--max_length: must be at least 2")],
+     ("evaluate", ["--max_length=1"], "--max_length: must be at least 2"),
+     ("distill", ["--kd=reverse"], "--kd"), ("distill", ["--top_p=0"], "--top_p"),
+     ("distill", ["--batch_size=64", "--prompts=8"], "--batch_size")],
 )  # fmt: skip
 def test_every_command_refuses_a_bad_flag_value_with_exit_2(tmp_path, module, extra, fragment) -> None:
     if module == "transfer":
         required = args_for(make_inputs(tmp_path))
+    elif module == "distill":
+        p = make_inputs(tmp_path)
+        required = [f"--source_model={p['source']}", f"--target_model={p['target']}", f"--adapter={p['adapter']}",
+                    f"--output={p['output']}"]  # fmt: skip
     elif module == "demo":
         required = [f"--workdir={tmp_path / 'work'}"]
     else:

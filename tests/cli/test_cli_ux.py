@@ -25,7 +25,8 @@ def run_module(module: str, *args: str, env: dict[str, str] | None = None) -> su
     ("module", "own_flags"),
     [("transfer", ["--source_model", "--svd_rank", "--min_similarity", "--cache_dir", "--compilation_cache"]),
      ("demo", ["--workdir", "--method"]),
-     ("evaluate", ["--model", "--task", "--batch_size"])],
+     ("evaluate", ["--model", "--task", "--batch_size"]),
+     ("distill", ["--source_model", "--init", "--learn", "--kd", "--steps", "--svd_rank", "--anchor_weight"])],
 )  # fmt: skip
 def test_help_lists_the_commands_own_flags_and_exits_0(module, own_flags) -> None:
     for spelling in ("--help", "-h"):
