@@ -105,12 +105,13 @@ class SubspaceStore:
 
     def _compute(self, model: ModelConfig, ckpt: Checkpoint, role: str, layers: Sequence[int]) -> Subspace:
         names = [model.arch.weight_name(role, layer) for layer in layers]
+        role_rows = model.row_ranges.get(role)  # a fused module's tensor: only this role's rows are read
         read_time = 0.0
 
         def read(rows: Sequence[int]) -> np.ndarray:
             nonlocal read_time
             started = time.perf_counter()
-            out = ckpt.read_stack_stored([names[r] for r in rows])
+            out = ckpt.read_stack_stored([names[r] for r in rows], role_rows)
             read_time += time.perf_counter() - started
             return out
 
