@@ -1,7 +1,8 @@
 """Every fact about a `model_type`, in one table: `ARCHITECTURES`.
 
 A row (`ArchSpec`) says where the seven LoRA roles live (a fused module such as phi3's
-`qkv_proj` holds several roles, one row block each), every tensor name of the checkpoint, and how the forward pass differs from the llama skeleton (block norms, qk-norm, biases, tying,
+`qkv_proj` holds several roles, one block of rows each), every tensor name of the checkpoint, and
+how the forward pass differs from the llama skeleton (block norms, qk-norm, biases, tying,
 activation, attention scale, softcaps, sliding-window layers, per-layer-type RoPE), plus the
 transformers class and the extra config fields synthetic fixtures need. The checkpoint reader
 (`io.hf_config`), the evaluator (`eval`) and the fixtures (`synthetic`) all read this table;
