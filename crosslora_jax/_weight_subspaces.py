@@ -31,12 +31,13 @@ def compute_subspaces(
     """Host arrays [len(layers), ...] of `role`'s subspaces at `layers` (distinct), and the
     seconds spent reading the weights (the rest of the call is the SVD)."""
     names = [model.arch.weight_name(role, layer) for layer in layers]
+    role_rows = model.row_ranges.get(role)  # a fused module's tensor: only this role's rows are read
     read_seconds = 0.0
 
     def read(rows: Sequence[int]) -> np.ndarray:
         nonlocal read_seconds
         started = time.perf_counter()
-        out = ckpt.read_stack_stored([names[r] for r in rows])
+        out = ckpt.read_stack_stored([names[r] for r in rows], role_rows)
         read_seconds += time.perf_counter() - started
         return out
 

@@ -1,7 +1,8 @@
 """Every fact about a `model_type`, in one table: `ARCHITECTURES`.
 
-A row (`ArchSpec`) says where the seven LoRA roles live, every tensor name of the checkpoint,
-and how the forward pass differs from the llama skeleton (block norms, qk-norm, biases, tying,
+A row (`ArchSpec`) says where the seven LoRA roles live (a fused module such as phi3's
+`qkv_proj` holds several roles, one block of rows each), every tensor name of the checkpoint, and
+how the forward pass differs from the llama skeleton (block norms, qk-norm, biases, tying,
 activation, attention scale, softcaps, sliding-window layers, per-layer-type RoPE), plus the
 transformers class and the extra config fields synthetic fixtures need. The checkpoint reader
 (`io.hf_config`), the evaluator (`eval`) and the fixtures (`synthetic`) all read this table;
@@ -70,6 +71,9 @@ class Dims:
     def kv_dim(self) -> int:
         return self.kv_heads * self.head_dim
 
+    def out_features(self, role: str) -> int:
+        return getattr(self, ROLE_DIMS[role][0])
+
 
 def model_dims(config: Mapping[str, Any]) -> Dims:
     """Dimensions from config.json fields; kv_heads defaults to heads, head_dim to hidden / heads."""
@@ -92,6 +96,8 @@ def role_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
 
 # A tensor's key in the evaluator's canonical layout: (name, layer), layer None for global tensors.
 TensorKey = tuple[str, int | None]
+# [start, stop) rows of one role inside its fused module's weight (and bias).
+RowRange = tuple[int, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +109,9 @@ class ArchSpec:
     hf_package: str = ""  # its package under transformers.models ("" = model_type)
     layer_prefix: str = "model.layers.{layer}"  # module path of layer `{layer}`
     role_modules: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(_LLAMA_MODULES))
+    # Modules that hold several roles, one block of output rows each: module -> its roles in row
+    # order (phi3: self_attn.qkv_proj -> q, k, v). Their `role_modules` entries follow from this.
+    fused_modules: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     embed_name: str = "model.embed_tokens.weight"
     final_norm_name: str = "model.norm.weight"
     lm_head_name: str = "lm_head.weight"
@@ -133,19 +142,41 @@ class ArchSpec:
     # extra config.json fields of synthetic fixtures (besides query_pre_attn_scalar = head_dim)
     fixture_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        fused = {role: module for module, roles in self.fused_modules.items() for role in roles}
+        for module, roles in self.fused_modules.items():  # one input per module: the roles share lora_A
+            if len({ROLE_DIMS[role][1] for role in roles}) != 1:
+                raise ValueError(f"{self.model_type}: the roles of fused module {module} differ in input size")
+        object.__setattr__(self, "role_modules", {**self.role_modules, **fused})
+
+    def fused_roles(self, role: str) -> tuple[str, ...]:
+        """The roles stored in `role`'s weight tensor, in row order: `(role,)` unless it is fused."""
+        return next((roles for roles in self.fused_modules.values() if role in roles), (role,))
+
+    def row_ranges(self, dims: Dims) -> dict[str, RowRange]:
+        """[start, stop) rows of each fused role inside its module's weight; unfused roles absent."""
+        out = {}
+        for roles in self.fused_modules.values():
+            start = 0
+            for role in roles:
+                out[role] = (start, start + dims.out_features(role))
+                start += dims.out_features(role)
+        return out
+
     def module_path(self, role: str, layer: int) -> str:
         return f"{self.layer_prefix.format(layer=layer)}.{self.role_modules[role]}"
 
     def weight_name(self, role: str, layer: int) -> str:
         return f"{self.module_path(role, layer)}.weight"
 
-    def parse_module_path(self, path: str) -> tuple[str, int] | None:
-        """Inverse of `module_path`: (role, layer), or None when `path` is no projection."""
+    def parse_module_path(self, path: str) -> tuple[tuple[str, ...], int] | None:
+        """Inverse of `module_path`: (the roles the module holds, in row order; layer), or None
+        when `path` is no projection."""
         prefix = re.escape(self.layer_prefix).replace(r"\{layer\}", r"(?P<layer>\d+)")
         for role, inner in self.role_modules.items():
             m = re.fullmatch(rf"{prefix}\.{re.escape(inner)}", path)
             if m:
-                return role, int(m.group("layer"))
+                return self.fused_roles(role), int(m.group("layer"))
         return None
 
     @property
@@ -179,7 +210,8 @@ class ArchSpec:
         """Canonical key -> HF tensor name, for every tensor of the checkpoint.
 
         Keys: ("embed" | "norm" | "lm_head", None) and per layer (role | "<role>_bias" |
-        block norm name | "q_norm" | "k_norm", layer).
+        block norm name | "q_norm" | "k_norm", layer). The roles of a fused module share its
+        names; `row_ranges` says which rows each holds.
         """
         names: dict[TensorKey, str] = {("embed", None): self.embed_name, ("norm", None): self.final_norm_name}
         if not tied:
@@ -198,14 +230,14 @@ class ArchSpec:
 
 
 def tensor_shape(key: str, dims: Dims, vocab: int) -> tuple[int, ...]:
-    """Shape of the tensor with canonical key `key` (see `ArchSpec.tensor_names`)."""
+    """Shape of the tensor with canonical key `key` (see `ArchSpec.tensor_names`); a fused role's
+    own block, not its module's whole tensor."""
     if key in ("embed", "lm_head"):
         return (vocab, dims.hidden)
     if key in ROLE_DIMS:
-        out, inp = ROLE_DIMS[key]
-        return (getattr(dims, out), getattr(dims, inp))
+        return (dims.out_features(key), getattr(dims, ROLE_DIMS[key][1]))
     if key.endswith("_bias"):
-        return (getattr(dims, ROLE_DIMS[key.removesuffix("_bias")][0]),)
+        return (dims.out_features(key.removesuffix("_bias")),)
     if key in _QK_NORMS:
         return (dims.head_dim,)
     return (dims.hidden,)  # final and block norms
@@ -265,14 +297,31 @@ ARCHITECTURES: Mapping[str, ArchSpec] = {
             local_rope_theta_field="rope_local_base_freq",
             fixture_config={"hidden_activation": "gelu_pytorch_tanh", "sliding_window": 256},
         ),
+        ArchSpec(
+            "phi3",
+            "Phi3ForCausalLM",
+            fused_modules={"self_attn.qkv_proj": ("q", "k", "v"), "mlp.gate_up_proj": ("gate", "up")},
+            window_rule="all",  # `sliding_window`, when set, applies to every layer
+            # transformers' default token ids (pad, eos 32000) lie outside a fixture's vocabulary
+            fixture_config={"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2},
+        ),
     )
 }
 
+_FUSED_SUFFIXES = tuple(sorted({f".{module}" for spec in ARCHITECTURES.values() for module in spec.fused_modules}))
+
+
+def is_fused_module(path: str) -> bool:
+    """Whether a module path names a fused module of some row (phi3's ...self_attn.qkv_proj), i.e.
+    a path that holds several roles."""
+    return path.endswith(_FUSED_SUFFIXES)
+
+
 # model_type -> why it is refused rather than guessed at.
 REFUSED_ARCHITECTURES: Mapping[str, str] = {
-    "phi3": (
-        "fused qkv_proj / gate_up_proj projections are not split into roles by this version; "
-        "unfuse the checkpoint and adapter first"
+    "gemma3": (
+        "the multimodal Gemma3ForConditionalGeneration wrapper (nested text_config, language_model.* tensors) "
+        "is not read; use a Gemma3ForCausalLM checkpoint (model_type gemma3_text)"
     ),
 }
 

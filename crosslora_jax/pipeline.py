@@ -28,13 +28,7 @@ from crosslora_jax.arch import ROLES
 from crosslora_jax.io.dtypes import NUMPY_DTYPES, OUTPUT_CHOICES
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.output_folder import check_output_location, staged_output
-from crosslora_jax.io.peft_adapter import (
-    LoraAdapter,
-    LoraModule,
-    adapter_config_for_target,
-    read_adapter,
-    write_adapter,
-)
+from crosslora_jax.io.peft_adapter import Factors, LoraAdapter, LoraModule, read_adapter, write_target_adapter
 from crosslora_jax.io.report import write_report
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
 from crosslora_jax.ops import (
@@ -96,11 +90,12 @@ class SubspaceStats:
 
 @dataclasses.dataclass(frozen=True)
 class TransferResult:
-    """One adapter mapped onto the target, not yet written: target factors by module path, the
-    modules they are (target paths and layers), and the report line of every target module."""
+    """One adapter mapped onto the target, not yet written: target factors by target module (one
+    per role; a fused module's roles are fused on writing), the modules they are (target paths and
+    layers), and the report line of every target module."""
 
     adapter: LoraAdapter
-    factors: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    factors: Mapping[LoraModule, Factors]
     written: tuple[LoraModule, ...]
     module_reports: tuple[ModuleReport, ...]  # sorted by target layer, then role
     layer_map: LayerMap
@@ -113,7 +108,7 @@ class _Outcome:
     """What the chunks of one adapter add up to while `run_transfer` works through them."""
 
     adapter: LoraAdapter
-    factors: dict[str, tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=dict)
+    factors: dict[LoraModule, Factors] = dataclasses.field(default_factory=dict)
     written: list[LoraModule] = dataclasses.field(default_factory=list)
     module_reports: list[ModuleReport] = dataclasses.field(default_factory=list)
     project_seconds: float = 0.0
@@ -163,8 +158,7 @@ def transfer(
             folder = staging if len(results) == 1 else staging / name
             folder.mkdir(exist_ok=True)
             dtype = result.adapter.dtype if options.output_dtype == "auto" else options.output_dtype
-            config = adapter_config_for_target(result.adapter.config, target_cfg, result.written)
-            write_adapter(folder, result.factors, config, dtype)
+            write_target_adapter(folder, result.adapter.config, target_cfg, result.factors, dtype)
             final = output if len(results) == 1 else output / name
             seconds = time.perf_counter() - started
             report = report_for(source_cfg, target_cfg, result, options, compute_seconds, final, dtype, seconds)
@@ -300,12 +294,12 @@ def _chunk_cost(
 
 def _warn_about_report(folder: Path, modules: Sequence[ModuleReport], options: TransferOptions) -> None:
     """One line per kind of trouble, not one per module."""
-    gated = [m.module for m in modules if m.skipped_by == "gate"]
+    gated = [m.label for m in modules if m.skipped_by == "gate"]
     if gated:
         logging.warning("%s: %d modules skipped by --min_similarity=%g (see the report), e.g. %s",
                         folder, len(gated), options.min_similarity, gated[0])  # fmt: skip
     energies = {
-        m.module: (m.figures.energy_source, m.figures.energy_target)
+        m.label: (m.figures.energy_source, m.figures.energy_target)
         for m in modules
         if m.figures is not None and m.figures.energy_source is not None and m.figures.energy_target is not None
     }
@@ -330,7 +324,7 @@ def _warn_about_ranks(role: str, target: ModelConfig, adapters: Sequence[LoraAda
 
 
 def _check_role_weights(model: ModelConfig, ckpt: Checkpoint, role: str) -> None:
-    want = model.shapes[role]
+    want = model.stored_shape(role)  # a fused role's module holds its roles' rows
     for layer in range(model.num_layers):
         name = model.arch.weight_name(role, layer)
         shape = ckpt.shape(name)
@@ -451,8 +445,9 @@ def _transfer_chunk(
                     role, j, module, source, target, options, {k: float(v[row]) for k, v in diag.items()}, subspace
                 )
                 if entry.status == "transferred":
-                    outcome.factors[entry.module] = (a_t[row], b_t[row])
-                    outcome.written.append(LoraModule(entry.module, role, j, module.rank, module.alpha))
+                    written = LoraModule(entry.module, role, j, module.rank, module.alpha)
+                    outcome.factors[written] = (a_t[row], b_t[row])
+                    outcome.written.append(written)
                 outcome.module_reports.append(entry)
 
 

@@ -19,13 +19,7 @@ import numpy as np
 from crosslora_jax._errors import AdapterError
 from crosslora_jax.io.hf_config import read_model_config
 from crosslora_jax.io.output_folder import staged_output
-from crosslora_jax.io.peft_adapter import (
-    LoraModule,
-    adapter_config_for_target,
-    read_adapter,
-    read_adapter_config,
-    write_adapter,
-)
+from crosslora_jax.io.peft_adapter import LoraModule, read_adapter, read_adapter_config, write_target_adapter
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
 
 
@@ -46,7 +40,7 @@ def load_weight_stacks(
     ckpt = Checkpoint(config.folder)
     layers = range(config.num_layers) if layers is None else layers
     return {
-        role: ckpt.read_stack([config.arch.weight_name(role, layer) for layer in layers])
+        role: ckpt.read_stack([config.arch.weight_name(role, layer) for layer in layers], config.row_ranges.get(role))
         for role in (roles or list(config.arch.role_modules))
     }
 
@@ -77,13 +71,11 @@ def save_lora_stacks(
     (an adapter folder, or an adapter_config dict) and the lora_alpha/use_rslora semantics."""
     target = read_model_config(target_model_dir)
     base_config = dict(like) if isinstance(like, Mapping) else read_adapter_config(like)
-    factors, written = {}, []
+    factors = {}
     for role, stack in stacks.items():
         for n, layer in enumerate(stack.layers):
-            path = target.arch.module_path(role, layer)
-            factors[path] = (np.asarray(stack.a[n]), np.asarray(stack.b[n]))
-            rank = int(stack.a.shape[1])
-            written.append(LoraModule(path, role, layer, rank, float(stack.alpha[n])))
-    config = adapter_config_for_target(base_config, target, written)
+            module = LoraModule(target.arch.module_path(role, layer), role, layer, int(stack.a.shape[1]),
+                                float(stack.alpha[n]))  # fmt: skip
+            factors[module] = (np.asarray(stack.a[n]), np.asarray(stack.b[n]))
     with staged_output(Path(folder)) as staging:
-        write_adapter(staging, factors, config, dtype)
+        write_target_adapter(staging, base_config, target, factors, dtype)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from crosslora_jax.arch import ARCHITECTURES, ROLES, model_dims, role_shapes, tensor_shape
+from crosslora_jax.arch import ARCHITECTURES, ROLES, ArchSpec, model_dims, role_shapes, tensor_shape
 from crosslora_jax.io.dtypes import NUMPY_DTYPES
 from crosslora_jax.io.peft_adapter import CONFIG_FILE as ADAPTER_CONFIG
 from crosslora_jax.io.peft_adapter import KEY_PREFIX, WEIGHTS_FILE
@@ -132,9 +132,12 @@ def write_model_by_layer(
         if shard < layers:
             prefix = arch.layer_prefix.format(layer=shard) + "."
             part = {k: v for k, v in rest.items() if k.startswith(prefix)}
+            drawn: dict[str, dict[str, np.ndarray]] = {}
             for role in ROLES:
                 key, sub = jax.random.split(key)
-                part[arch.weight_name(role, shard)] = spectral_weight_on_device(sub, *shapes[role], spectrum, dtype)
+                weight = spectral_weight_on_device(sub, *shapes[role], spectrum, dtype)
+                drawn.setdefault(arch.weight_name(role, shard), {})[role] = weight
+            part.update({name: _stack_rows(arch, name, parts) for name, parts in drawn.items()})
         else:
             part = {k: v for k, v in rest.items() if k not in weight_map}
         cast = {k: np.ascontiguousarray(v.astype(NUMPY_DTYPES[dtype])) for k, v in part.items()}
@@ -150,24 +153,39 @@ def model_tensors(
     config: Mapping[str, Any], *, seed: int, spectrum: Spectrum = Spectrum(), roles: Sequence[str] = ROLES
 ) -> dict[str, np.ndarray]:
     """Every tensor of a synthetic checkpoint for `config`, float32: projections of `roles` with
-    `spectrum`, embeddings and head N(0, 0.02²), norm weights 1, biases 0."""
+    `spectrum` (a fused module's roles drawn one by one and stacked in row order), embeddings and
+    head N(0, 0.02²), norm weights 1, biases 0."""
     rng = np.random.default_rng(seed)
     arch = ARCHITECTURES[config["model_type"]]
     dims, vocab = model_dims(config), config["vocab_size"]
     names = arch.tensor_names(config["num_hidden_layers"], tied=arch.tied(config), biases=arch.biases(config))
-    tensors = {}
+    blocks: dict[str, dict[str, np.ndarray]] = {}  # tensor name -> canonical key -> its rows
     for (key, _), name in names.items():  # table order: embed, head, then each layer's roles: seeded draws
         shape = tensor_shape(key, dims, vocab)
         if key in ("embed", "lm_head"):
-            tensors[name] = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+            value = (rng.standard_normal(shape) * 0.02).astype(np.float32)
         elif key in ROLES:
-            if key in roles:
-                tensors[name] = spectral_weight(rng, *shape, spectrum)
+            if key not in roles:
+                continue
+            value = spectral_weight(rng, *shape, spectrum)
         elif key.endswith("_bias"):
-            tensors[name] = np.zeros(shape, np.float32)
+            value = np.zeros(shape, np.float32)
         else:
-            tensors[name] = np.ones(shape, np.float32)
-    return tensors
+            value = np.ones(shape, np.float32)
+        blocks.setdefault(name, {})[key] = value
+    return {name: _stack_rows(arch, name, parts) for name, parts in blocks.items()}
+
+
+def _stack_rows(arch: ArchSpec, name: str, parts: Mapping[str, np.ndarray]) -> np.ndarray:
+    """One tensor from its roles' blocks (canonical keys: role or "<role>_bias"), in row order."""
+    if len(parts) == 1:
+        return next(iter(parts.values()))
+    order = arch.fused_roles(next(iter(parts)).removesuffix("_bias"))
+    missing = [key for key in parts if key.removesuffix("_bias") not in order]
+    if missing or len(parts) != len(order):
+        raise ValueError(f"{name}: draw all of the fused roles {order} or none of them")
+    by_role = {key.removesuffix("_bias"): value for key, value in parts.items()}
+    return np.concatenate([by_role[role] for role in order])
 
 
 def write_model(
@@ -210,15 +228,17 @@ def write_adapter(
     layers: Sequence[int] | None = None,
     extra_config: Mapping[str, Any] | None = None,
 ) -> Path:
-    """A PEFT LoRA adapter for a model with `config`, with nonzero A and B (as after training)."""
+    """A PEFT LoRA adapter for a model with `config`, with nonzero A and B (as after training); a
+    fused module (phi3's qkv_proj) is adapted whole when any of its roles is listed."""
     rng = np.random.default_rng(seed)
     arch = ARCHITECTURES[config["model_type"]]
     shapes = role_shapes(config)
     layers = range(config["num_hidden_layers"]) if layers is None else layers
     tensors = {}
+    modules = {arch.role_modules[role]: role for role in roles}  # a fused module once, whole
     for layer in layers:
-        for role in roles:
-            m, n = shapes[role]
+        for role in modules.values():
+            m, n = sum(shapes[r][0] for r in arch.fused_roles(role)), shapes[role][1]
             path = arch.module_path(role, layer)
             a = rng.standard_normal((rank, n)) / np.sqrt(n)
             b = rng.standard_normal((m, rank)) * 0.05

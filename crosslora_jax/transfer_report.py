@@ -13,6 +13,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from crosslora_jax.arch import is_fused_module
+
 if TYPE_CHECKING:
     from crosslora_jax.ops.svd import SvdSettings
 
@@ -69,7 +71,8 @@ class ModuleFigures:
 
 @dataclasses.dataclass(frozen=True)
 class ModuleReport:
-    """One target module: transferred, or skipped and why; `figures` when it was computed."""
+    """One target module and role (a fused module such as phi3's qkv_proj has one report per role):
+    transferred, or skipped and why; `figures` when it was computed."""
 
     module: str  # target module path
     role: str
@@ -82,6 +85,11 @@ class ModuleReport:
     @property
     def status(self) -> Literal["transferred", "skipped"]:
         return "transferred" if self.skipped_by is None else "skipped"
+
+    @property
+    def label(self) -> str:
+        """The module path for people: with the role where the path holds several (qkv_proj[q])."""
+        return f"{self.module}[{self.role}]" if is_fused_module(self.module) else self.module
 
     def to_json(self) -> dict[str, Any]:
         where = {"module": self.module, "role": self.role, "target_layer": self.target_layer}

@@ -139,9 +139,9 @@ CASES: dict[str, tuple[Callable[[dict[str, Path]], None], type[CrossLoraError], 
         "config.json",
     ),
     "unsupported_model_type": (
-        lambda p: _edit_json(p["target"] / "config.json", model_type="phi3"),
+        lambda p: _edit_json(p["target"] / "config.json", model_type="gemma3"),
         ConfigError,
-        "phi3",
+        "'gemma3' is not supported",
         "config.json",
     ),
     "quantized_model": (

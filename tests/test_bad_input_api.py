@@ -128,3 +128,32 @@ def test_recoverable_problems_are_warnings_and_the_adapter_is_written(tmp_path, 
         transfer(src, indep, [adapter], tmp_path / "out2", TransferOptions(svd=SvdSettings(rank=4), min_similarity=0.9))
     assert not (tmp_path / "out2").exists()
     assert np.isfinite(by["model.layers.1.self_attn.q_proj"]["phi_u"])
+
+
+@pytest.mark.parametrize("spoil", ["kv_heads", "nan_in_v_rows"])
+def test_a_spoiled_fused_target_is_refused_naming_the_fused_tensor(tmp_path, spoil) -> None:
+    """phi3 target: a qkv_proj whose rows disagree with config.json, or NaN in the v rows only."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from crosslora_jax import synthetic
+
+    paths = make_inputs(tmp_path)
+    phi3 = synthetic.model_config("phi3", hidden=32, intermediate=48, heads=4, kv_heads=2, layers=2)
+    target = synthetic.write_model(tmp_path / "phi3", phi3, synthetic.model_tensors(phi3, seed=1))
+    name = "model.layers.1.self_attn.qkv_proj.weight"
+    if spoil == "kv_heads":  # q 32 + k, v 8 each implied; 32 + 16 + 16 stored
+        (target / "config.json").write_text(json.dumps({**phi3, "num_key_value_heads": 1}))
+        text = "'model.layers.0.self_attn.qkv_proj.weight' has shape [64, 32] but config.json implies [48, 32]"
+    else:
+        tensors = load_file(str(target / "model.safetensors"))
+        tensors[name][50] = np.nan  # a v row (48..63)
+        save_file(tensors, str(target / "model.safetensors"))
+        text = f"{name!r} contains NaN or Inf"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(CheckpointError) as info:
+        transfer(paths["source"], target, [paths["adapter"]], paths["output"], TransferOptions(svd=SvdSettings(rank=8)))
+    assert text in str(info.value) and "model.safetensors" in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

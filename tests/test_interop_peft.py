@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from safetensors.numpy import load_file  # noqa: E402
+from safetensors.numpy import load_file, save_file  # noqa: E402
 
 from crosslora_jax import SvdSettings, TransferOptions, transfer  # noqa: E402
 
@@ -37,7 +37,14 @@ CONFIGS = {
     "gemma": transformers.GemmaConfig,
     "gemma2": transformers.Gemma2Config,
     "gemma3_text": transformers.Gemma3TextConfig,
+    "phi3": transformers.Phi3Config,
 }
+# Config fields some architectures need at these sizes (phi3's default token ids are 32000).
+EXTRA_CONFIG = {"phi3": dict(pad_token_id=0, eos_token_id=2)}
+PHI3_PROJ = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+# phi3's fused modules -> the llama modules of their roles, in row order
+FUSED = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}  # fmt: skip
 
 
 def make_model(folder: Path, model_type: str, *, hidden: int, heads: int, kv: int, layers: int, seed: int) -> Path:
@@ -50,6 +57,7 @@ def make_model(folder: Path, model_type: str, *, hidden: int, heads: int, kv: in
         vocab_size=64,
         head_dim=hidden // heads,
         max_position_embeddings=64,
+        **EXTRA_CONFIG.get(model_type, {}),
     )
     torch.manual_seed(seed)
     transformers.AutoModelForCausalLM.from_config(config).save_pretrained(folder, safe_serialization=True)
@@ -141,9 +149,128 @@ def test_every_target_architecture_loads_in_peft(models, tmp_path, target) -> No
     adapter = make_adapter(tmp_path / "lora", models[source], seed=3)
     out = tmp_path / "out"
     transfer(models[source], models[target], [adapter], out, OPTIONS)
+    if target == "phi3":
+        ours = check_fused_target_against_twin(models[source], models[target], adapter, out, tmp_path)
+        assert len(ours) == 4 * 4  # qkv_proj, o_proj, gate_up_proj, down_proj
+        return
     ours = check_loads_and_matches(models[target], out)
     # 4 target layers from 3 source layers (linear map), all seven projections.
     assert len(ours) == 4 * 7
+
+
+def _phi3_blocks(config: dict) -> dict[str, list[int]]:
+    """Row counts of each fused module's roles, in row order, from the config's own fields."""
+    q = config["num_attention_heads"] * config["head_dim"]
+    kv = config["num_key_value_heads"] * config["head_dim"]
+    return {"self_attn.qkv_proj": [q, kv, kv], "mlp.gate_up_proj": [config["intermediate_size"]] * 2}
+
+
+def unfuse_model(phi3_dir: Path, folder: Path) -> Path:
+    """The same weights as a llama checkpoint: qkv_proj and gate_up_proj split into their roles."""
+    config = json.loads((phi3_dir / "config.json").read_text())
+    blocks = _phi3_blocks(config)
+    tensors = {}
+    for name, value in load_file(str(phi3_dir / "model.safetensors")).items():
+        fused = next((f for f in FUSED if name.endswith(f"{f}.weight")), None)
+        if fused is None:
+            tensors[name] = value
+            continue
+        parts = np.split(value, np.cumsum(blocks[fused])[:-1])
+        for module, part in zip(FUSED[fused], parts, strict=True):
+            tensors[name.replace(fused, module)] = np.ascontiguousarray(part)
+    folder.mkdir()
+    save_file(tensors, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(
+        json.dumps({**config, "model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    )
+    return folder
+
+
+def unfuse_adapter(adapter_dir: Path, phi3_dir: Path, folder: Path) -> Path:
+    """A phi3 PEFT adapter as the llama twin's: each fused module's lora_A shared by its roles,
+    lora_B split by their rows; rank and alpha patterns keyed by the roles' modules."""
+    blocks = _phi3_blocks(json.loads((phi3_dir / "config.json").read_text()))
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    tensors = {}
+    for name, value in load_file(str(adapter_dir / "adapter_model.safetensors")).items():
+        fused = next((f for f in FUSED if f".{f}." in name), None)
+        if fused is None:
+            tensors[name] = value
+        elif ".lora_A." in name:
+            tensors.update({name.replace(fused, module): value for module in FUSED[fused]})
+        else:
+            parts = np.split(value, np.cumsum(blocks[fused])[:-1])
+            tensors.update(
+                {name.replace(fused, m): np.ascontiguousarray(p) for m, p in zip(FUSED[fused], parts, strict=True)}
+            )
+    leaf = {f.rsplit(".", 1)[1]: [m.rsplit(".", 1)[1] for m in ms] for f, ms in FUSED.items()}
+    config["target_modules"] = sorted(t for m in config["target_modules"] for t in leaf.get(m, [m]))
+    for field in ("rank_pattern", "alpha_pattern"):
+        config[field] = {t: v for key, v in (config.get(field) or {}).items() for t in leaf.get(key, [key])}
+    folder.mkdir()
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def check_fused_target_against_twin(source: Path, phi3_dir: Path, adapter: Path, out: Path, tmp_path: Path):
+    """PEFT loads our phi3 adapter, and the deltas it merges into qkv_proj / gate_up_proj are, row
+    block by row block, those of the same transfer onto the llama twin of the target (zero rows
+    for roles not written): fusing, per-role scales and the written patterns all checked by PEFT."""
+    peft_d, in_model, in_file = peft_deltas(phi3_dir, out)
+    assert in_model == in_file, f"missing {in_file - in_model}, unexpected {in_model - in_file}"
+    twin_out = tmp_path / "twin_out"
+    transfer(source, unfuse_model(phi3_dir, tmp_path / "twin"), [adapter], twin_out, OPTIONS)
+    twin = our_deltas(twin_out)
+    assert twin, "nothing was written"
+    blocks = _phi3_blocks(json.loads((phi3_dir / "config.json").read_text()))
+    written = {k.removeprefix("base_model.model.").rsplit(".", 2)[0] for k in in_file}
+    for path, delta in peft_d.items():
+        fused = next((f for f in FUSED if path.endswith(f)), None)
+        roles = [path.replace(fused, m) for m in FUSED[fused]] if fused else [path]
+        if not any(r in twin for r in roles):
+            assert path not in written and not delta.any(), f"{path} changed but we wrote no adapter for it"
+            continue
+        sizes = blocks[fused] if fused else [delta.shape[0]]
+        want = np.concatenate([twin.get(r, np.zeros((m, delta.shape[1]))) for r, m in zip(roles, sizes, strict=True)])
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(delta, want, atol=1e-4 * scale, rtol=1e-4, err_msg=path)
+    return written
+
+
+def test_adapter_trained_on_phi3_moves_to_another_architecture(models, tmp_path) -> None:
+    """phi3 as the source: its fused modules' LoRAs are split by rows (lora_A shared) and its
+    weights' roles read as row blocks: the result equals the same transfer from the unfused
+    llama twin of the model and adapter, and PEFT loads it."""
+    adapter = make_adapter(tmp_path / "lora", models["phi3"], seed=7, target_modules=PHI3_PROJ,
+                           rank_pattern={"gate_up_proj": 2}, alpha_pattern={"qkv_proj": 3.0})  # fmt: skip
+    out = tmp_path / "out"
+    (report,) = transfer(models["phi3"], models["llama"], [adapter], out, OPTIONS)
+    ours = check_loads_and_matches(models["llama"], out)
+    assert len(ours) == 4 * 7
+    assert {m.figures.source_module.rsplit(".", 1)[1] for m in report.modules if m.figures} == set(PHI3_PROJ)
+    twin_dir = unfuse_model(models["phi3"], tmp_path / "twin")
+    twin_adapter = unfuse_adapter(adapter, models["phi3"], tmp_path / "twin_lora")
+    transfer(twin_dir, models["llama"], [twin_adapter], tmp_path / "twin_out", OPTIONS)
+    twin = our_deltas(tmp_path / "twin_out")
+    assert set(twin) == set(ours)
+    for path, delta in ours.items():
+        np.testing.assert_allclose(delta, twin[path], rtol=1e-5, atol=1e-5 * np.abs(twin[path]).max(), err_msg=path)
+
+
+@pytest.mark.parametrize("variant", ["rank_and_alpha_patterns", "rslora", "regex_target_modules"])
+def test_adapter_moved_onto_phi3_keeps_each_roles_scale(models, tmp_path, variant) -> None:
+    """Per-role ranks and alphas (patterns, rslora) and roles missing from a fused module
+    (q and v without k; up without gate) survive fusing: PEFT merges the twin's deltas."""
+    adapter = make_adapter(tmp_path / "lora", models["src_llama"], seed=8, **VARIANTS[variant])
+    out = tmp_path / "out"
+    transfer(models["src_llama"], models["phi3"], [adapter], out, OPTIONS)
+    written = check_fused_target_against_twin(models["src_llama"], models["phi3"], adapter, out, tmp_path)
+    config = json.loads((out / "adapter_config.json").read_text())
+    if variant == "rank_and_alpha_patterns":  # q 4 (2 at layer 1), k 4, v 4: fused ranks 12 and 10
+        assert {v for k, v in config["rank_pattern"].items() if k.endswith("qkv_proj")} == {12, 10}
+    if variant == "regex_target_modules":
+        assert {p.rsplit(".", 1)[1] for p in written} == {"qkv_proj", "gate_up_proj"}
 
 
 def test_adapter_trained_on_gemma3_moves_to_another_architecture(models, tmp_path) -> None:

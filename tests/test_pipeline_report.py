@@ -143,3 +143,27 @@ def test_the_report_file_is_the_returned_reports_json_with_its_keys_in_order(tmp
     assert written["summary"] == {s: sum(m.status == s for m in report.modules) for s in ("transferred", "skipped")}
     for typed, entry in zip(report.modules, written["modules"], strict=True):
         assert typed.status == entry["status"] and (typed.figures is None) == ("rank" not in entry)
+
+
+def test_a_fused_target_module_reports_each_of_its_roles(tmp_path) -> None:
+    """phi3 target: q, k, v share one qkv_proj path; the report has one entry per role (JSON), the
+    table labels them qkv_proj[q] etc., the summary counts per role, and the file holds one LoRA."""
+    phi3 = synthetic.model_config("phi3", hidden=32, intermediate=48, heads=4, kv_heads=2, layers=2)
+    paths = make_inputs(tmp_path)
+    tgt = synthetic.write_model(tmp_path / "phi3", phi3, synthetic.model_tensors(phi3, seed=1))
+    adapter = synthetic.write_adapter(tmp_path / "lora", SRC_CFG, seed=2, roles=("q", "k", "v", "up"), rank=4)
+    (report,) = transfer(paths["source"], tgt, [adapter], tmp_path / "o", TransferOptions(svd=SvdSettings(rank=6)))
+    qkv = "model.layers.1.self_attn.qkv_proj"
+    assert [(m.module, m.role) for m in report.modules if m.target_layer == 1] == [
+        (qkv, "q"), (qkv, "k"), (qkv, "v"), ("model.layers.1.mlp.gate_up_proj", "up")
+    ]  # fmt: skip
+    assert all(m["status"] == "transferred" for m in report["modules"])
+    table = format_table(report.modules).splitlines()
+    assert [line.split()[0] for line in table[1:5]] == [f"model.layers.0.self_attn.qkv_proj[{r}]" for r in "qkv"] + [
+        "model.layers.0.mlp.gate_up_proj[up]"
+    ]
+    summary = format_summary(report, tmp_path / "o", 1.0).splitlines()
+    assert [line.split()[:2] for line in summary[3:]] == [["q", "2/2"], ["k", "2/2"], ["v", "2/2"], ["up", "2/2"]]
+    written = load_file(str(tmp_path / "o" / "adapter_model.safetensors"))
+    assert written[f"base_model.model.{qkv}.lora_A.weight"].shape == (12, 32)  # q, k, v at rank 4
+    assert written[f"base_model.model.{qkv}.lora_B.weight"].shape == (64, 12)  # 32 + 16 + 16 rows

@@ -29,7 +29,7 @@ from crosslora_jax.distillation._train import Batch, Frozen, Objective, heldout_
 from crosslora_jax.eval import load_model
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.output_folder import check_output_location, staged_output
-from crosslora_jax.io.peft_adapter import adapter_config_for_target, read_adapter, write_adapter
+from crosslora_jax.io.peft_adapter import read_adapter, write_target_adapter
 from crosslora_jax.io.report import write_report
 from crosslora_jax.io.tokenizer import read_prompts_file, read_tokenizer, retokenize, same_vocabulary
 from crosslora_jax.ops.svd import Subspace, SvdSettings
@@ -149,7 +149,7 @@ def distill(
         after = heldout_loss(obj, fitted.trainable, frozen, heldout, options.batch_size) if options.heldout else None
         factors = written_factors(student, fitted.trainable)
         dtype = loaded.dtype if options.output_dtype == "auto" else options.output_dtype
-        write_adapter(staging, factors, adapter_config_for_target(loaded.config, target_cfg, student.written), dtype)
+        write_target_adapter(staging, loaded.config, target_cfg, factors, dtype)
         section = {
             "settings": _settings_json(options),
             "objective": options.kd if one_vocab else "sequence (vocabularies differ: teacher text re-tokenized)",

@@ -62,7 +62,7 @@ def _init_stacks(
     role: str,
     target: ModelConfig,
     written: Sequence[LoraModule],
-    factors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    factors: Mapping[LoraModule, tuple[np.ndarray, np.ndarray]],
     adapter: LoraAdapter,
     zero: bool,
     rng: np.random.Generator,
@@ -75,7 +75,7 @@ def _init_stacks(
     b = np.zeros((target.num_layers, m, k), np.float32)
     scale = np.zeros((target.num_layers,), np.float32)
     for w in mods:
-        fa, fb = factors[w.path]
+        fa, fb = factors[w]
         if zero:  # PEFT's own init: B = 0, A uniform with kaiming's bound for a = √5
             fa, fb = rng.uniform(-1, 1, fa.shape) / math.sqrt(n), np.zeros_like(fb)
         a[w.layer, : w.rank], b[w.layer, :, : w.rank] = fa, fb
@@ -89,7 +89,7 @@ def build_student(
     adapter: LoraAdapter,
     target: ModelConfig,
     written: Sequence[LoraModule],
-    factors: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    factors: Mapping[LoraModule, tuple[np.ndarray, np.ndarray]],
     target_to_source: Sequence[int | None],
     subspaces: Mapping[str, tuple[Subspace, Subspace]] | None,
     seed: int,
@@ -158,10 +158,11 @@ def student_lora(learn: str, trainable: Trainable, fixed: Fixed) -> Lora:
     return out
 
 
-def written_factors(student: Student, trainable: Trainable) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Module path -> (A [k, n], B [m, k]) of every written module, trimmed to its own rank."""
+def written_factors(student: Student, trainable: Trainable) -> dict[LoraModule, tuple[np.ndarray, np.ndarray]]:
+    """Target module -> (A [k, n], B [m, k]) of every written module (one per role; fused modules
+    are fused when written), trimmed to its own rank."""
     lora: Any = jax.device_get(student_lora(student.learn, trainable, student.fixed))
     return {
-        w.path: (np.asarray(lora[w.role]["a"][w.layer, : w.rank]), np.asarray(lora[w.role]["b"][w.layer, :, : w.rank]))
+        w: (np.asarray(lora[w.role]["a"][w.layer, : w.rank]), np.asarray(lora[w.role]["b"][w.layer, :, : w.rank]))
         for w in student.written
     }

@@ -8,7 +8,8 @@ Layout (float32, HF weight orientation W [out, in]; L layers, V vocab, D hidden)
                 "<role>_bias": [L, out] for roles with a bias,
                 "<norm name>": [L, D] per block norm, "q_norm", "k_norm": [L, hd] (qk-norm rows)}}
 
-The HF names of these keys come from the architecture table, `ArchSpec.tensor_names`.
+The HF names of these keys come from the architecture table, `ArchSpec.tensor_names`; the roles
+of a fused module (phi3's qkv_proj, gate_up_proj) are its row blocks (`ArchSpec.row_ranges`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslora_jax.arch import ARCHITECTURES, TensorKey
+from crosslora_jax.arch import ARCHITECTURES, Dims, RowRange, TensorKey
 from crosslora_jax.eval._spec import ModelSpec
 from crosslora_jax.io.hf_config import ModelConfig
 from crosslora_jax.io.peft_adapter import read_adapter
@@ -28,32 +29,54 @@ Params = dict[str, object]
 
 
 def hf_names(spec: ModelSpec) -> dict[TensorKey, str]:
-    """(canonical key, layer or None) -> HF tensor name, for every tensor the model has."""
+    """(canonical key, layer or None) -> HF tensor name, for every tensor the model has (the roles
+    of a fused module share a name: `row_ranges`)."""
     arch = ARCHITECTURES[spec.model_type]
     return arch.tensor_names(spec.num_layers, tied=spec.tied, biases=spec.biases)
 
 
+def row_ranges(spec: ModelSpec) -> dict[str, RowRange]:
+    """Canonical key (role or "<role>_bias") -> its rows in a fused module's tensor; others absent."""
+    dims = Dims(hidden=spec.hidden, inter=spec.inter, heads=spec.heads, kv_heads=spec.kv_heads, head_dim=spec.head_dim)
+    rows = ARCHITECTURES[spec.model_type].row_ranges(dims)
+    return {**rows, **{f"{role}_bias": r for role, r in rows.items()}}
+
+
+def _by_tensor(spec: ModelSpec) -> dict[str, list[TensorKey]]:
+    """HF tensor name -> the canonical keys it holds (several for a fused module), in row order."""
+    out: dict[str, list[TensorKey]] = {}
+    for key, name in hf_names(spec).items():
+        out.setdefault(name, []).append(key)
+    rows = row_ranges(spec)
+    return {name: sorted(keys, key=lambda k: rows.get(k[0], (0, 0))) for name, keys in out.items()}
+
+
 def from_hf(spec: ModelSpec, read: object) -> Params:
-    """Canonical params from `read(hf_name) -> np.ndarray`; per-layer tensors stacked on axis 0."""
+    """Canonical params from `read(hf_name) -> np.ndarray` (each tensor read once; a fused module
+    split into its roles' rows); per-layer tensors stacked on axis 0."""
     params: Params = {}
     stacks: dict[str, list[np.ndarray]] = {}
-    for (key, layer), name in hf_names(spec).items():
+    rows = row_ranges(spec)
+    for name, keys in _by_tensor(spec).items():
         value = np.asarray(read(name), np.float32)  # type: ignore[operator]
-        if layer is None:
-            params[key] = value
-        else:
-            stacks.setdefault(key, []).append(value)
+        for key, layer in keys:
+            part = value[slice(*rows[key])] if key in rows else value
+            if layer is None:
+                params[key] = part
+            else:
+                stacks.setdefault(key, []).append(part)
     params["layers"] = {key: np.stack(values) for key, values in stacks.items()}
     return params
 
 
 def to_hf(spec: ModelSpec, params: Mapping[str, object]) -> dict[str, np.ndarray]:
-    """HF tensor name -> float32 array; the inverse of `from_hf`."""
+    """HF tensor name -> float32 array (a fused module's roles stacked in row order); the inverse
+    of `from_hf`."""
     layers = params["layers"]
     out = {}
-    for (key, layer), name in hf_names(spec).items():
-        value = params[key] if layer is None else layers[key][layer]  # type: ignore[index]
-        out[name] = np.asarray(value, np.float32)
+    for name, keys in _by_tensor(spec).items():
+        parts = [params[key] if layer is None else layers[key][layer] for key, layer in keys]  # type: ignore[index]
+        out[name] = np.concatenate([np.asarray(p, np.float32) for p in parts])
     return out
 
 

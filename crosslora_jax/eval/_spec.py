@@ -152,22 +152,29 @@ def _rope_by_layer_kind(
     else:
         theta = raw.get(arch.local_rope_theta_field) or arch.default_local_rope_theta
         local = {"rope_type": "default", "rope_theta": theta, **per_type.get("sliding_attention", {})}
+    field = " / ".join(f for f in ("rope_scaling", "rope_parameters") if raw.get(f) is not None) or "rope_theta"
     return {
-        False: tuple(float(f) for f in _inv_freq(where, raw, full, head_dim)),
-        True: tuple(float(f) for f in _inv_freq(where, raw, local, head_dim)),
+        False: tuple(float(f) for f in _inv_freq(where, raw, full, head_dim, field)),
+        True: tuple(float(f) for f in _inv_freq(where, raw, local, head_dim, field)),
     }
 
 
-def _inv_freq(where: object, raw: Mapping[str, Any], params: Mapping[str, Any], head_dim: int) -> np.ndarray:
-    """RoPE inverse frequencies [head_dim/2] of one set of RoPE parameters."""
+def _inv_freq(
+    where: object, raw: Mapping[str, Any], params: Mapping[str, Any], head_dim: int, field: str
+) -> np.ndarray:
+    """RoPE inverse frequencies [head_dim/2] of one set of RoPE parameters (from config `field`)."""
     rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type not in _ROPE_TYPES:
+    if rope_type not in _ROPE_TYPES:  # e.g. phi3's longrope (or "su", its older name)
         raise ConfigError(
-            where, f"RoPE type {rope_type!r} is not implemented by the evaluator (supported: {', '.join(_ROPE_TYPES)})"
+            where,
+            f"field {field!r}: RoPE type {rope_type!r} is not implemented by the evaluator "
+            f"(supported: {', '.join(_ROPE_TYPES)})",
         )
     if params.get("partial_rotary_factor") not in (None, 1, 1.0):  # transformers 5 keeps it here too
         factor = params["partial_rotary_factor"]
-        raise ConfigError(where, f"RoPE 'partial_rotary_factor'={factor!r} is not implemented by the evaluator")
+        raise ConfigError(
+            where, f"field {field!r}: 'partial_rotary_factor'={factor!r} is not implemented by the evaluator"
+        )
     theta = float(params["rope_theta"])
     inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float64) / head_dim)
     if rope_type == "linear":

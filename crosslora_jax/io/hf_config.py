@@ -13,6 +13,8 @@ from crosslora_jax.arch import (
     REFUSED_ARCHITECTURES,
     REFUSED_CONFIG_FIELDS,
     ArchSpec,
+    RowRange,
+    model_dims,
     role_shapes,
 )
 from crosslora_jax.io._json import read_json_object, require_dir
@@ -24,7 +26,8 @@ _OPTIONAL_INT_FIELDS = ("num_key_value_heads", "head_dim")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """One base model as described by its config: architecture, depth, per-role (m, n)."""
+    """One base model as described by its config: architecture, depth, per-role (m, n), and where
+    the roles of a fused module (phi3's qkv_proj) sit in its weight."""
 
     folder: Path
     model_type: str
@@ -33,6 +36,11 @@ class ModelConfig:
     shapes: Mapping[str, tuple[int, int]]
     raw: Mapping[str, Any]
     name_or_path: str
+    row_ranges: Mapping[str, RowRange] = dataclasses.field(default_factory=dict)  # fused roles only
+
+    def stored_shape(self, role: str) -> tuple[int, int]:
+        """Shape of the tensor that holds `role`'s weight: its own, or its fused module's."""
+        return sum(self.shapes[r][0] for r in self.arch.fused_roles(role)), self.shapes[role][1]
 
 
 def read_model_config(folder: Path | str) -> ModelConfig:
@@ -60,14 +68,16 @@ def read_model_config(folder: Path | str) -> ModelConfig:
         raise ConfigError(path, f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
     if not raw.get("head_dim") and raw["hidden_size"] % heads:
         raise ConfigError(path, "hidden_size is not a multiple of num_attention_heads and no head_dim is given")
+    arch = ARCHITECTURES[model_type]
     return ModelConfig(
         folder=folder,
         model_type=model_type,
-        arch=ARCHITECTURES[model_type],
+        arch=arch,
         num_layers=raw["num_hidden_layers"],
         shapes=role_shapes(raw),
         raw=raw,
         name_or_path=str(raw.get("_name_or_path") or folder.resolve()),
+        row_ranges=arch.row_ranges(model_dims(raw)),
     )
 
 

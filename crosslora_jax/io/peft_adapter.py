@@ -4,6 +4,10 @@ Only safetensors adapters are read (`adapter_model.bin` is pickle and is refused
 `adapter_config.json` field that changes what the weights mean is either honoured (r,
 lora_alpha, use_rslora, rank_pattern, alpha_pattern, target_modules, layers_to_transform) or
 refused by name.
+
+A fused module (phi3's qkv_proj: q, k, v rows) is one LoRA in the file and one `LoraModule` per
+role here: reading splits lora_B by the roles' rows (lora_A is shared); writing fuses the roles
+of one layer again (`fuse_for_target`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import dataclasses
 import json
 import math
 import re
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,6 +25,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from crosslora_jax._errors import AdapterError, CheckpointError
+from crosslora_jax.arch import RowRange
 from crosslora_jax.io._json import read_json_object, require_dir
 from crosslora_jax.io.dtypes import BY_TAG, NUMPY_DTYPES
 from crosslora_jax.io.hf_config import ModelConfig
@@ -99,6 +105,16 @@ class FactorNames(NamedTuple):
 
     a: str  # lora_A [k, n]
     b: str  # lora_B [m, k]
+    b_rows: RowRange | None = None  # a fused module's lora_B: this role's rows; None = all
+
+
+# (A [k, n], B [m, k]) of one module.
+Factors = tuple[np.ndarray, np.ndarray]
+
+
+def lora_scale(alpha: float, rank: int, *, use_rslora: bool) -> float:
+    """PEFT's γ: ΔW = γ·B·A with γ = α/k, or α/√k with rslora."""
+    return alpha / (math.sqrt(rank) if use_rslora else rank)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,18 +134,18 @@ class LoraAdapter:
 
     def scale(self, module: LoraModule) -> float:
         """γ = α/k, or α/√k with rslora."""
-        return module.alpha / (math.sqrt(module.rank) if self.use_rslora else module.rank)
+        return lora_scale(module.alpha, module.rank, use_rslora=self.use_rslora)
 
     def read_factors(self, modules: Sequence[LoraModule]) -> tuple[np.ndarray, np.ndarray]:
         """Float32 (A [L, k, n], B [L, m, k]) of this adapter's modules that share one rank."""
         names = [self.factor_names[m] for m in modules]
         a = np.stack([self._read(n.a) for n in names])
-        b = np.stack([self._read(n.b) for n in names])
+        b = np.stack([self._read(n.b, n.b_rows) for n in names])
         return a, b
 
-    def _read(self, name: str) -> np.ndarray:
+    def _read(self, name: str, rows: RowRange | None = None) -> np.ndarray:
         try:
-            return self.weights.read_f32(name)
+            return self.weights.read_f32(name, rows)
         except CheckpointError as e:
             raise AdapterError(e.where, e.problem) from None
 
@@ -153,7 +169,7 @@ def read_adapter(folder: Path | str, model: ModelConfig) -> LoraAdapter:
     except CheckpointError as e:
         raise AdapterError(e.where, e.problem) from None
     modules, factor_names = _modules(config, weights, model)
-    dtypes = {weights.dtype(name) for names in factor_names.values() for name in names}
+    dtypes = {weights.dtype(name) for names in factor_names.values() for name in (names.a, names.b)}
     unknown = dtypes - set(BY_TAG)
     if unknown:
         raise AdapterError(weights_path, f"LoRA factors have non-float dtype {sorted(unknown)[0]}")
@@ -268,7 +284,7 @@ def _modules(
                 f"module {path!r} is not a q/k/v/o/gate/up/down projection of a "
                 f"{model.model_type} model (is this the adapter for the source model?)",
             )
-        role, layer = parsed
+        roles, layer = parsed
         if layer >= model.num_layers:
             raise AdapterError(where, f"module {path!r} is beyond the source model's {model.num_layers} layers")
         if not selected_by_config(config, path, layer):
@@ -276,7 +292,7 @@ def _modules(
                 where, f"module {path!r} is not selected by {CONFIG_FILE}'s target_modules/layers_to_transform"
             )
         a_shape, b_shape = weights.shape(factors["lora_A"]), weights.shape(factors["lora_B"])
-        m_s, n_s = model.shapes[role]
+        m_s, n_s = model.stored_shape(roles[0])
         if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[1] != n_s or b_shape[0] != m_s or a_shape[0] != b_shape[1]:
             raise AdapterError(
                 where,
@@ -288,9 +304,10 @@ def _modules(
         if rank != want_rank:
             raise AdapterError(where, f"module {path!r} has rank {rank} but {CONFIG_FILE} says {want_rank}")
         alpha = float(pattern_value(config.get("alpha_pattern") or {}, path, config["lora_alpha"]))
-        module = LoraModule(path, role, layer, rank, alpha)
-        modules[(role, layer)] = module
-        names[module] = FactorNames(factors["lora_A"], factors["lora_B"])
+        for role in roles:  # a fused module: one module per role, lora_A shared, lora_B split by rows
+            module = LoraModule(path, role, layer, rank, alpha)
+            modules[(role, layer)] = module
+            names[module] = FactorNames(factors["lora_A"], factors["lora_B"], model.row_ranges.get(role))
     return modules, names
 
 
@@ -299,7 +316,8 @@ def adapter_config_for_target(
     target: ModelConfig,
     written: Iterable[LoraModule],
 ) -> dict[str, Any]:
-    """The adapter_config.json that describes exactly the modules written for `target`."""
+    """The adapter_config.json that describes exactly the modules written for `target`, one per
+    module path (fused modules already fused: `fuse_for_target`)."""
     written = sorted(written, key=lambda m: (m.layer, m.role))
     config = {
         k: v
@@ -318,11 +336,10 @@ def adapter_config_for_target(
         }  # auto_mapping names the source model's class
     }
     r, alpha = source_config["r"], source_config["lora_alpha"]
-    roles = sorted({m.role for m in written})
+    leaves = sorted({m.path.rsplit(".", 1)[-1] for m in written})
     layers = sorted({m.layer for m in written})
-    leaf = {role: target.arch.role_modules[role].rsplit(".", 1)[-1] for role in roles}
-    if len(written) == len(roles) * len(layers):  # a full grid of roles x layers
-        config["target_modules"] = sorted(leaf.values())
+    if len(written) == len(leaves) * len(layers):  # a full grid of modules x layers
+        config["target_modules"] = leaves
         if len(layers) != target.num_layers:
             config["layers_to_transform"] = layers
             config["layers_pattern"] = target.arch.layer_prefix.split(".")[-2]
@@ -337,6 +354,59 @@ def adapter_config_for_target(
     config["rank_pattern"] = {m.path: m.rank for m in written if m.rank != r}
     config["alpha_pattern"] = {m.path: m.alpha for m in written if m.alpha != alpha}
     return config
+
+
+def fuse_for_target(
+    target: ModelConfig, factors: Mapping[LoraModule, Factors], *, use_rslora: bool
+) -> dict[LoraModule, Factors]:
+    """Target modules (one per role) as the target's adapter file stores them: one per module path
+    (a fused module's `LoraModule` names its first role).
+
+    The roles of one fused module and layer (phi3's q, k, v in qkv_proj) become one LoRA of rank
+    K = Σk: A the roles' A stacked [K, n], B block diagonal [m, K] with each role's block at its
+    rows of the module (a role not written keeps zero rows). The fused alpha makes its scale γ the
+    first role's, and each block is multiplied by γ_role/γ, so every role keeps ΔW = γ_role·B·A
+    whatever its own rank and alpha. Unfused modules pass through unchanged.
+    """
+    by_path: dict[str, list[LoraModule]] = defaultdict(list)
+    for module in factors:
+        by_path[module.path].append(module)
+    out: dict[LoraModule, Factors] = {}
+    for path, modules in by_path.items():
+        if len(modules) == 1 and modules[0].role not in target.row_ranges:
+            out[modules[0]] = factors[modules[0]]
+            continue
+        modules.sort(key=lambda m: target.row_ranges[m.role])
+        first, rank = modules[0], sum(m.rank for m in modules)
+        # alpha such that lora_scale(alpha, rank) is the first role's γ (exact when ranks are equal)
+        alpha = first.alpha * (math.sqrt(rank / first.rank) if use_rslora else rank / first.rank)
+        gamma = lora_scale(first.alpha, first.rank, use_rslora=use_rslora)
+        a_blocks, b_blocks = zip(*(factors[m] for m in modules), strict=True)
+        a = np.concatenate(a_blocks)
+        b = np.zeros((target.stored_shape(first.role)[0], rank), np.result_type(*b_blocks))
+        col = 0
+        for module, block in zip(modules, b_blocks, strict=True):
+            start, stop = target.row_ranges[module.role]
+            ratio = lora_scale(module.alpha, module.rank, use_rslora=use_rslora) / gamma
+            b[start:stop, col : col + module.rank] = block if ratio == 1.0 else block * ratio
+            col += module.rank
+        out[LoraModule(path, first.role, first.layer, rank, alpha)] = (a, b)
+    return out
+
+
+def write_target_adapter(
+    folder: Path,
+    source_config: Mapping[str, Any],
+    target: ModelConfig,
+    factors: Mapping[LoraModule, Factors],
+    dtype: str,
+) -> None:
+    """Write target modules' factors (one entry per role) as a PEFT adapter for `target`: fused
+    modules fused (`fuse_for_target`), the adapter_config.json describing exactly what was written,
+    its other fields and the meaning of lora_alpha/use_rslora taken from `source_config`."""
+    stored = fuse_for_target(target, factors, use_rslora=bool(source_config.get("use_rslora")))
+    config = adapter_config_for_target(source_config, target, stored)
+    write_adapter(folder, {m.path: ab for m, ab in stored.items()}, config, dtype)
 
 
 def write_adapter(

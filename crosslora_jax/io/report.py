@@ -38,7 +38,7 @@ _FIGURES = ("energy_source", "energy_target", "phi_u", "chance_u", "phi_v", "cha
 
 
 def _cells(m: ModuleReport) -> list[Any]:
-    return [m.module, m.source_layer, m.status, *(_figure(m.figures, k) for k in _FIGURES)]
+    return [m.label, m.source_layer, m.status, *(_figure(m.figures, k) for k in _FIGURES)]
 
 
 def _figure(figures: ModuleFigures | None, name: str) -> float | None:
@@ -46,7 +46,8 @@ def _figure(figures: ModuleFigures | None, name: str) -> float | None:
 
 
 def format_table(modules: Sequence[ModuleReport]) -> str:
-    """One line per target module; '-' where a value does not apply (skipped modules)."""
+    """One line per target module and role (a fused module's path shows its role: qkv_proj[q]);
+    '-' where a value does not apply (skipped modules)."""
     header = " ".join(name.rjust(width) if i else name.ljust(width) for i, (name, _, width) in enumerate(_COLUMNS))
     lines = [header]
     for m in modules:

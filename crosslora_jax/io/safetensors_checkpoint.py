@@ -2,7 +2,8 @@
 
 Only the tensors asked for are read (positioned reads, no mmap; headers parsed in
 `_safetensors_format`); bf16/f16/f32 come back as NumPy arrays (bf16 through ml_dtypes) and are
-widened to float32 by `read_f32`.
+widened to float32 by `read_f32`. `rows=(start, stop)` reads one block of leading-axis rows (one
+role of a fused projection): in a C-order tensor that is one contiguous byte range.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from crosslora_jax._errors import CheckpointError
+from crosslora_jax.arch import RowRange
 from crosslora_jax.io._json import read_json_object, require_dir
 from crosslora_jax.io._safetensors_format import FormatError, TensorEntry, header_length, parse_header
 from crosslora_jax.io.dtypes import BY_TAG
@@ -53,28 +55,42 @@ class SafetensorsFile:
             raise CheckpointError(self.path, f"tensor {name!r} not found")
         return self._entries[name]
 
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self._entry(name).shape
-
     def dtype(self, name: str) -> str:
         """The safetensors dtype tag, e.g. 'BF16'."""
         return self._entry(name).dtype
 
-    def read(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
-        """The tensor in its stored dtype, into `out` (same shape and dtype) when given."""
+    def shape(self, name: str, rows: RowRange | None = None) -> tuple[int, ...]:
+        """The tensor's shape, or that of its leading-axis rows [start, stop)."""
+        return self._span(name, rows)[0]
+
+    def _span(self, name: str, rows: RowRange | None) -> tuple[tuple[int, ...], int, int]:
+        """(shape, first byte, byte count) of the tensor or of its rows [start, stop)."""
+        entry = self._entry(name)
+        if rows is None:
+            return entry.shape, entry.begin, entry.nbytes
+        start, stop = rows
+        if not entry.shape or not 0 <= start < stop <= entry.shape[0]:
+            raise CheckpointError(self.path, f"tensor {name!r} has shape {list(entry.shape)}, no rows {start}:{stop}")
+        row_bytes = entry.nbytes // entry.shape[0]
+        return (stop - start, *entry.shape[1:]), entry.begin + start * row_bytes, (stop - start) * row_bytes
+
+    def read(self, name: str, out: np.ndarray | None = None, rows: RowRange | None = None) -> np.ndarray:
+        """The tensor (or its rows [start, stop)) in its stored dtype, into `out` (same shape and
+        dtype) when given."""
         entry = self._entry(name)
         if entry.dtype not in BY_TAG:
             raise CheckpointError(self.path, f"tensor {name!r} has dtype {entry.dtype}, expected a float")
+        shape, begin, nbytes = self._span(name, rows)
         stored = BY_TAG[entry.dtype].numpy
         if out is None:
-            out = np.empty(entry.shape, stored)
-        assert out.shape == entry.shape and out.dtype == stored and out.flags.c_contiguous
+            out = np.empty(shape, stored)
+        assert out.shape == shape and out.dtype == stored and out.flags.c_contiguous
         view = memoryview(out.reshape(-1).view(np.uint8))
         try:
             with open(self.path, "rb", buffering=0) as f:
-                f.seek(entry.begin)
+                f.seek(begin)
                 done = 0
-                while done < entry.nbytes:
+                while done < nbytes:
                     got = f.readinto(view[done:])
                     if not got:
                         raise CheckpointError(self.path, f"tensor {name!r}: file ends early (truncated while in use?)")
@@ -83,8 +99,8 @@ class SafetensorsFile:
             raise CheckpointError(self.path, f"tensor {name!r}: {_one_line(e)}") from None
         return out
 
-    def read_f32(self, name: str, *, check_finite: bool = True) -> np.ndarray:
-        x = self.read(name).astype(np.float32, copy=False)
+    def read_f32(self, name: str, rows: RowRange | None = None, *, check_finite: bool = True) -> np.ndarray:
+        x = self.read(name, rows=rows).astype(np.float32, copy=False)
         if check_finite and not np.isfinite(x).all():
             raise CheckpointError(self.path, f"tensor {name!r} contains NaN or Inf")
         return x
@@ -131,27 +147,29 @@ class Checkpoint:
     def shape(self, name: str) -> tuple[int, ...]:
         return self._file_for(name).shape(name)
 
-    def read_f32(self, name: str) -> np.ndarray:
-        return self._file_for(name).read_f32(name)
+    def read_f32(self, name: str, rows: RowRange | None = None) -> np.ndarray:
+        """The tensor, or its leading-axis rows [start, stop), as float32 checked for NaN/Inf."""
+        return self._file_for(name).read_f32(name, rows)
 
-    def read_stack(self, names: Iterable[str]) -> np.ndarray:
-        """Float32 tensors of equal shape stacked on a new leading axis: [L, ...]."""
-        return np.stack([self.read_f32(n) for n in names])
+    def read_stack(self, names: Iterable[str], rows: RowRange | None = None) -> np.ndarray:
+        """Float32 tensors (or the same rows of each) of equal shape stacked on a new leading axis: [L, ...]."""
+        return np.stack([self.read_f32(n, rows) for n in names])
 
-    def read_stack_stored(self, names: Sequence[str]) -> np.ndarray:
-        """Tensors of equal shape stacked [L, ...] in their stored float dtype (float32 if they mix),
-        read straight into the stack and NOT checked for NaN/Inf: the caller widens and checks on
-        its device, where both are cheap (on the host they cost ~2.5 ns per weight)."""
+    def read_stack_stored(self, names: Sequence[str], rows: RowRange | None = None) -> np.ndarray:
+        """Tensors (or the same rows [start, stop) of each) of equal shape stacked [L, ...] in their
+        stored float dtype (float32 if they mix), read straight into the stack and NOT checked for
+        NaN/Inf: the caller widens and checks on its device, where both are cheap (on the host they
+        cost ~2.5 ns per weight)."""
         files = [self._file_for(n) for n in names]
         dtypes = {f.dtype(n) for f, n in zip(files, names, strict=True)}
         if len(dtypes) > 1:
-            return np.stack([f.read_f32(n, check_finite=False) for f, n in zip(files, names, strict=True)])
-        first = files[0].shape(names[0])
+            return np.stack([f.read_f32(n, rows, check_finite=False) for f, n in zip(files, names, strict=True)])
+        first = files[0].shape(names[0], rows)
         out = np.empty((len(names), *first), BY_TAG[dtypes.pop()].numpy)
         for row, (f, n) in enumerate(zip(files, names, strict=True)):
-            if f.shape(n) != first:
-                raise CheckpointError(f.path, f"tensor {n!r} has shape {f.shape(n)}, expected {first}")
-            f.read(n, out=out[row])
+            if f.shape(n, rows) != first:
+                raise CheckpointError(f.path, f"tensor {n!r} has shape {f.shape(n, rows)}, expected {first}")
+            f.read(n, out=out[row], rows=rows)
         return out
 
     def fingerprint_files(self) -> list[Path]:

@@ -60,6 +60,18 @@ def test_distill_writes_an_adapter_for_the_target_with_its_report(tmp_path: Path
     assert section["settings"]["steps"] == 4
 
 
+def test_distilling_onto_phi3_writes_its_fused_modules(tmp_path: Path) -> None:
+    p = _models(tmp_path)
+    phi3 = synthetic.model_config("phi3", hidden=24, intermediate=40, heads=3, kv_heads=1, layers=2, vocab=256)
+    p["target"] = synthetic.write_model(tmp_path / "phi3", phi3, synthetic.model_tensors(phi3, seed=4))
+    synthetic.write_tokenizer(p["target"], "bytes")
+    _distill(p, learn="transform", svd=SvdSettings(rank=8))
+    adapter = read_adapter(p["output"], read_model_config(p["target"]))
+    assert {m.role for m in adapter.modules.values()} == {"q", "v", "down"}  # read back split by role
+    stored = load_file(str(p["output"] / "adapter_model.safetensors"))
+    assert any("qkv_proj.lora_B" in k for k in stored) and not any("q_proj" in k for k in stored)
+
+
 def test_different_tokenizers_take_the_sequence_objective(tmp_path: Path) -> None:
     p = _models(tmp_path, target_tokenizer="bpe")
     with pytest.raises(OptionsError, match="--kd"):

@@ -67,7 +67,13 @@ CASES = {
         rope_scaling=dict(rope_type="linear", factor=4.0),
         final_logit_softcapping=3.0,
     ),
+    # fused qkv_proj (q, k, v rows) and gate_up_proj (gate, up rows); every layer slides; token ids
+    # inside the small vocabulary (transformers' defaults are 32000)
+    "phi3": dict(head_dim=16, sliding_window=5, rope_theta=1000.0, pad_token_id=0, eos_token_id=2),
 }
+# LoRA targets per architecture (phi3's fused modules are one LoRA each in PEFT)
+_LORA_MODULES = {"phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]}
+_LLAMA_LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def _randomise(model, seed, norm_centre):
@@ -94,12 +100,13 @@ def _build(case, tmp_path):
 
 
 def _add_lora(model, tmp_path):
+    modules = _LORA_MODULES.get(model.config.model_type, _LLAMA_LORA_MODULES)
     lora_config = peft.LoraConfig(
         r=4,
         lora_alpha=6,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        target_modules=modules,
         rank_pattern={"down_proj": 2},
-        alpha_pattern={"v_proj": 3},
+        alpha_pattern={modules[2]: 3},  # v_proj, or phi3's gate_up_proj
         layers_to_transform=[0, 2],
         lora_dropout=0.0,
         task_type="CAUSAL_LM",
@@ -203,3 +210,33 @@ def test_unimplemented_config_is_refused_by_name(tmp_path, field, value, named):
     path.write_text(json.dumps(config))
     with pytest.raises(ConfigError, match=named):
         load_model(tmp_path / "model")
+
+
+_LONG_FACTORS = [1.0] * 4  # head_dim 8 (hidden 32 / 4 heads): 4 rotary frequency pairs
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("rope_scaling", {"type": "su", "short_factor": _LONG_FACTORS, "long_factor": _LONG_FACTORS}, "'su'"),
+        (
+            "rope_parameters",
+            {"rope_type": "longrope", "rope_theta": 1e4, "short_factor": _LONG_FACTORS, "long_factor": _LONG_FACTORS},
+            "'longrope'",
+        ),
+        ("partial_rotary_factor", 0.75, "partial_rotary_factor"),
+        ("rope_parameters", {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.75}, "0.75"),
+    ],
+)
+def test_phi3_configs_the_model_cannot_honour_are_refused_by_field(tmp_path, field, value, named):
+    """phi3 checkpoints with long-context RoPE (longrope, formerly "su") or a partial rotary
+    factor (Phi-4-mini's 0.75): refused naming the config field, not computed wrongly."""
+    _build("phi3", tmp_path)
+    path = tmp_path / "model" / "config.json"
+    config = json.loads(path.read_text())
+    config.pop("rope_parameters", None)
+    config[field] = value
+    path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=field) as e:
+        load_model(tmp_path / "model")
+    assert named in str(e.value) and str(e.value.where).endswith("config.json")

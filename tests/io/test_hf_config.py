@@ -39,9 +39,17 @@ def test_every_architecture_gqa_and_head_dim(tmp_path, model_type):
         "up": (96, 64),
         "down": (64, 96),
     }
-    assert cfg.arch.weight_name("k", 2) == "model.layers.2.self_attn.k_proj.weight"
-    assert cfg.arch.parse_module_path("model.layers.2.mlp.down_proj") == ("down", 2)
+    fused = model_type == "phi3"  # q, k, v rows in one qkv_proj; gate, up in one gate_up_proj
+    k_module = "self_attn.qkv_proj" if fused else "self_attn.k_proj"
+    assert cfg.arch.weight_name("k", 2) == f"model.layers.2.{k_module}.weight"
+    assert cfg.arch.parse_module_path(f"model.layers.2.{k_module}") == (("q", "k", "v") if fused else ("k",), 2)
+    assert cfg.arch.parse_module_path("model.layers.2.mlp.down_proj") == (("down",), 2)
     assert cfg.arch.parse_module_path("model.layers.2.mlp.down_proj.lora_A") is None
+    # rows of each fused role from the dimensions above: q 128, k 32, v 32; gate 96, up 96
+    want_rows = {"q": (0, 128), "k": (128, 160), "v": (160, 192), "gate": (0, 96), "up": (96, 192)}
+    assert cfg.row_ranges == (want_rows if fused else {})
+    assert cfg.stored_shape("v") == ((192, 64) if fused else (32, 64))
+    assert cfg.stored_shape("o") == (64, 128)
 
 
 def test_defaults_head_dim_and_kv_heads(tmp_path):
@@ -62,7 +70,7 @@ def test_name_or_path(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"model_type": "phi3"}, "'phi3' is not supported: fused qkv_proj"),
+        ({"model_type": "gemma3"}, "'gemma3' is not supported: the multimodal"),
         ({"model_type": "gpt2"}, "unknown model_type 'gpt2'; supported: gemma, gemma2, gemma3_text, llama"),
         ({"model_type": None}, "missing string field 'model_type'"),
         ({"quantization_config": {"bits": 4}}, "'quantization_config' is set"),

@@ -347,3 +347,112 @@ def test_written_adapter_reads_back_as_written(tmp_path, modules, dtype):
         want_a, want_b = (x.astype(NUMPY_DTYPES[dtype]).astype(np.float32) for x in factors[m.path])
         np.testing.assert_array_equal(a[0], want_a)
         np.testing.assert_array_equal(b[0], want_b)
+
+
+def _phi3_rows(model) -> dict[str, tuple[int, int]]:
+    """Rows of each role in phi3's qkv_proj / gate_up_proj, from the config's own fields."""
+    raw = model.raw
+    q, kv, inter = (
+        raw["num_attention_heads"] * raw["head_dim"],
+        raw["num_key_value_heads"] * raw["head_dim"],
+        raw["intermediate_size"],
+    )
+    return {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv), "gate": (0, inter), "up": (inter, 2 * inter)}
+
+
+def test_fused_adapter_is_split_by_rows(tmp_path):
+    """A PEFT adapter of phi3's fused qkv_proj / gate_up_proj: one module per role, lora_A shared,
+    lora_B the role's rows; rank and alpha from the fused module's patterns."""
+    model = _model(tmp_path, arch="phi3", head_dim=16)  # q 4·16 = 64 rows, k and v 2·16 each; gate, up 48
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for layer in range(LAYERS):
+        # (module, out, in, rank): o_proj reads the 64 attention features, the fused modules the 32 hidden
+        for module, out, inp, k in (("self_attn.qkv_proj", 128, 32, 4), ("mlp.gate_up_proj", 96, 32, 6),
+                                    ("self_attn.o_proj", 32, 64, 4)):  # fmt: skip
+            key = f"{KEY_PREFIX}model.layers.{layer}.{module}"
+            tensors[f"{key}.lora_A.weight"] = rng.standard_normal((k, inp)).astype(np.float32)
+            tensors[f"{key}.lora_B.weight"] = rng.standard_normal((out, k)).astype(np.float32)
+    folder = tmp_path / "a"
+    folder.mkdir()
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["qkv_proj", "gate_up_proj", "o_proj"],
+              "rank_pattern": {"gate_up_proj": 6}, "alpha_pattern": {"gate_up_proj": 3}}  # fmt: skip
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    adapter = read_adapter(folder, model)
+    assert adapter.roles() == sorted(["q", "k", "v", "o", "gate", "up"])
+    rows = _phi3_rows(model)
+    assert set(adapter.modules) == {
+        (role, layer) for role in ("q", "k", "v", "o", "gate", "up") for layer in range(LAYERS)
+    }
+    for (role, _), module in adapter.modules.items():
+        key = f"{KEY_PREFIX}{module.path}"
+        assert module.path.endswith(
+            {"q": "qkv_proj", "k": "qkv_proj", "v": "qkv_proj", "o": "o_proj"}.get(role, "gate_up_proj")
+        )
+        assert (module.rank, module.alpha) == ((6, 3.0) if role in ("gate", "up") else (4, 8.0))
+        a, b = adapter.read_factors([module])
+        np.testing.assert_array_equal(a[0], tensors[f"{key}.lora_A.weight"])
+        start, stop = rows.get(role, (0, 32))
+        np.testing.assert_array_equal(b[0], tensors[f"{key}.lora_B.weight"][start:stop])
+    tensors[f"{KEY_PREFIX}model.layers.1.self_attn.qkv_proj.lora_B.weight"] = np.ones((64, 4), np.float32)  # q only
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(AdapterError, match=re.escape("lora_B [64, 4], which do not fit the source model's [128, 32]")):
+        read_adapter(folder, model)
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_fused_target_modules_are_written_fused_and_read_back_per_role(tmp_path, rslora):
+    """Per-role target factors onto phi3: one LoRA per fused module and layer whose merged delta
+    (γ from the written config, PEFT's rule) is each role's γ_role·B·A at its rows, zero for roles
+    not written, whatever the roles' own ranks and alphas."""
+    target = _model(tmp_path, arch="phi3", name="target", head_dim=16)
+    rows = _phi3_rows(target)
+    # layer 0: q, k, v alike; layer 1: v's rank and k's alpha differ, no q; layer 2: gate only; o, down unfused
+    modules = [("q", 0, 4, 8.0), ("k", 0, 4, 8.0), ("v", 0, 4, 8.0), ("k", 1, 4, 3.0), ("v", 1, 2, 8.0),
+               ("gate", 2, 6, 8.0), ("up", 0, 4, 8.0), ("gate", 0, 4, 8.0), ("o", 1, 4, 8.0), ("down", 2, 3, 5.0)]  # fmt: skip
+    rng = np.random.default_rng(1)
+    factors = {}
+    for m in _written(target, modules):
+        out, inp = target.shapes[m.role]
+        factors[m] = (rng.standard_normal((m.rank, inp)), rng.standard_normal((out, m.rank)))
+    source_config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "use_rslora": rslora, "target_modules": ["x"]}
+    folder = tmp_path / "out"
+    folder.mkdir()
+    peft_adapter.write_target_adapter(folder, source_config, target, factors, "float32")
+
+    def gamma(alpha, rank):
+        return alpha / (math.sqrt(rank) if rslora else rank)
+
+    want: dict[str, np.ndarray] = {}  # module path -> float64 ΔW of the whole stored module
+    for m, (a, b) in factors.items():
+        m_total = target.stored_shape(m.role)[0]
+        delta = want.setdefault(m.path, np.zeros((m_total, a.shape[1])))
+        start, stop = rows.get(m.role, (0, m_total))
+        delta[start:stop] += gamma(m.alpha, m.rank) * (b @ a)
+    written = load_file_f64(folder / "adapter_model.safetensors")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert {k.removeprefix(KEY_PREFIX).rsplit(".", 2)[0] for k in written} == set(want)
+    for path, delta in want.items():
+        a, b = written[f"{KEY_PREFIX}{path}.lora_A.weight"], written[f"{KEY_PREFIX}{path}.lora_B.weight"]
+        rank = peft_adapter.pattern_value(config["rank_pattern"], path, config["r"])
+        alpha = peft_adapter.pattern_value(config["alpha_pattern"], path, config["lora_alpha"])
+        assert a.shape[0] == rank
+        np.testing.assert_allclose(gamma(alpha, rank) * (b @ a), delta, rtol=1e-5, atol=1e-6 * np.abs(delta).max())
+    assert config["rank_pattern"]["model.layers.0.self_attn.qkv_proj"] == 12  # 3 roles of rank 4
+    assert config["rank_pattern"]["model.layers.1.self_attn.qkv_proj"] == 6
+    # read back per role: each role's ΔW at its own rows
+    adapter = read_adapter(folder, target)
+    for m, (a, b) in factors.items():
+        got = adapter.modules[(m.role, m.layer)]
+        a_r, b_r = adapter.read_factors([got])
+        np.testing.assert_allclose(adapter.scale(got) * (b_r[0].astype(np.float64) @ a_r[0]),
+                                   gamma(m.alpha, m.rank) * (b @ a), rtol=1e-5, atol=1e-6 * np.abs(b @ a).max())  # fmt: skip
+    k0 = adapter.modules[("q", 1)]  # not written, yet its module is: zero rows
+    assert not adapter.read_factors([k0])[1].any()
+
+
+def load_file_f64(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return {k: v.astype(np.float64) for k, v in load_file(str(path)).items()}

@@ -50,7 +50,9 @@ def test_every_architecture_config(tmp_path, model_type) -> None:
     assert model.num_layers == 2
     assert model.shapes["q"] == (128, 64) and model.shapes["k"] == (32, 64) and model.shapes["o"] == (64, 128)
     assert model.shapes["down"] == (64, 96)
-    assert model.arch.parse_module_path("model.layers.1.mlp.up_proj") == ("up", 1)
+    up = "mlp.gate_up_proj" if model.arch.fused_modules else "mlp.up_proj"
+    assert model.arch.parse_module_path(f"model.layers.1.{up}")[1] == 1
+    assert "up" in model.arch.parse_module_path(f"model.layers.1.{up}")[0]
 
 
 def test_head_dim_defaults_to_hidden_over_heads() -> None:

@@ -98,9 +98,9 @@ def test_only_requested_tensors_are_read(tmp_path, monkeypatch):
     read: list[str] = []
     real_read = SafetensorsFile.read
 
-    def recording(self, name):
+    def recording(self, name, *args, **kwargs):
         read.append(name)
-        return real_read(self, name)
+        return real_read(self, name, *args, **kwargs)
 
     monkeypatch.setattr(SafetensorsFile, "read", recording)
     ckpt = Checkpoint(_write_single(tmp_path / "m", _tensors()))
@@ -108,6 +108,31 @@ def test_only_requested_tensors_are_read(tmp_path, monkeypatch):
     assert read == []  # shapes come from the header
     ckpt.read_f32("w2")
     assert read == ["w2"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("layout", ["single", "sharded"])
+def test_row_ranges_read_one_block_of_a_fused_tensor(tmp_path, dtype, layout):
+    """A role of a fused projection: rows [start, stop) equal the slice, and only they are read
+    (rows outside hold NaN, which a whole-tensor read refuses)."""
+    tensors = {k: v.astype(dtype) for k, v in _tensors().items()}  # w3: 6 x 5
+    tensors["w3"][[0, 1, 5]] = np.nan
+    write = _write_single if layout == "single" else _write_sharded
+    ckpt = Checkpoint(write(tmp_path / "m", tensors))
+    np.testing.assert_array_equal(ckpt.read_f32("w3", (2, 5)), tensors["w3"][2:5].astype(np.float32))
+    np.testing.assert_array_equal(ckpt.read_f32("w2", (0, 5)), tensors["w2"].astype(np.float32))
+    with pytest.raises(CheckpointError, match="NaN"):
+        ckpt.read_f32("w3")
+    with pytest.raises(CheckpointError, match="NaN"):
+        ckpt.read_f32("w3", (4, 6))
+    stack = ckpt.read_stack_stored(["w3", "w3"], (2, 4))
+    assert stack.dtype == dtype and stack.shape == (2, 2, 5)
+    np.testing.assert_array_equal(stack[1], tensors["w3"][2:4])
+    np.testing.assert_array_equal(ckpt.read_stack(["w1", "w2"], (1, 3)),
+                                  np.stack([tensors[n][1:3] for n in ("w1", "w2")]).astype(np.float32))  # fmt: skip
+    for bad in [(0, 7), (3, 3), (-1, 2)]:
+        with pytest.raises(CheckpointError, match=re.escape(f"no rows {bad[0]}:{bad[1]}")):
+            ckpt.read_f32("w3", bad)
 
 
 def test_reads_leave_no_file_pages_resident(tmp_path):
