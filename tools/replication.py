@@ -94,8 +94,10 @@ class Settings:
     distill_prompts: int = 4000  # teacher sequences of seq_len sampled bytes
     distill_steps: int = 600
     distill_lr: float = 5e-3
-    distill_objectives: tuple[str, ...] = ("full", "delta")
-    distill_anchor: float = 0.0  # > 0: also a `full` row with this --anchor_weight
+    # "kd" or "kd:w" (KL to the target base on its own samples, weight w), for kd in full/delta/sequence
+    distill_variants: tuple[str, ...] = ("full", "delta")
+    distill_init: str = "cross_lora"
+    distill_tag: str = ""  # added to the row labels when the command line overrides the above
 
 
 FULL = Settings(
@@ -133,7 +135,7 @@ SMOKE = Settings(
     corpus_bytes=200_000,
     distill_prompts=32,
     distill_steps=4,
-    distill_anchor=0.5,
+    distill_variants=("full", "delta", "full:0.5"),
 )
 
 
@@ -486,9 +488,7 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
     general text."""
     windows = eval_windows(text["code_eval"], settings.seq_len, settings.eval_windows)
     general = eval_windows(text["general_eval"], settings.seq_len, settings.eval_windows)
-    variants = [(kd, 0.0) for kd in settings.distill_objectives]
-    if settings.distill_anchor > 0:
-        variants.append(("full", settings.distill_anchor))
+    variants = [(v.split(":")[0], float(v.split(":")[1]) if ":" in v else 0.0) for v in settings.distill_variants]
     rows = []
     for target in ("upgrade", "resized", "gemma2"):
         config, spec, params = models[target]
@@ -504,8 +504,9 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
         g_base, g_trained = (score(folder, a, general)[0] for a in (None, loras[target]))
         for kd, anchor in variants:
             label = f"distill {kd}" + (f" + anchor {anchor}" if anchor else "")
+            label += settings.distill_tag
             options = crosslora_jax.DistillOptions(
-                init="cross_lora", learn="lora", kd=kd, svd=crosslora_jax.SvdSettings(rank=settings.svd_ranks[0]),
+                init=settings.distill_init, learn="lora", kd=kd, svd=crosslora_jax.SvdSettings(rank=settings.svd_ranks[0]),
                 prompts=settings.distill_prompts, gen_len=settings.seq_len, gen_batch_size=256, steps=settings.distill_steps,
                 batch_size=settings.batch, learning_rate=settings.distill_lr, warmup_steps=settings.distill_steps // 20,
                 anchor_weight=anchor, heldout=64, seed=seed, log_every=max(settings.distill_steps // 10, 1),
@@ -605,6 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 3, smoke: 1)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out", help="results folder")
     parser.add_argument("--keep", action="store_true", help="keep the trained models and adapters under --out/work")
+    parser.add_argument("--distill_steps", type=int, default=None, help="override the distillation's step count")
+    parser.add_argument("--distill_variants", default=None, help="e.g. full,delta,full:1.0 (kd[:anchor weight])")
+    parser.add_argument("--distill_init", default=None, help="data-free init of the distillation (default cross_lora)")
     parser.add_argument(
         "--groups",
         default="data_free,distill",
@@ -612,6 +616,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = SMOKE if args.smoke else FULL
+    overrides = {
+        "distill_steps": args.distill_steps,
+        "distill_init": args.distill_init,
+        "distill_variants": None if args.distill_variants is None else tuple(args.distill_variants.split(",")),
+    }
+    given = {k: v for k, v in overrides.items() if v is not None and k != "distill_variants"}
+    tag = ", ".join(f"{k.removeprefix('distill_')} {v}" for k, v in given.items())
+    settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None},
+                                   distill_tag=f" ({tag})" if tag else "")  # fmt: skip
     groups = tuple(g for g in args.groups.split(",") if g)
     if not groups or set(groups) - {"data_free", "distill"}:
         parser.error(f"--groups: choose from data_free, distill; got {args.groups!r}")

@@ -67,7 +67,10 @@ def test_distilling_onto_phi3_writes_its_fused_modules(tmp_path: Path) -> None:
     synthetic.write_tokenizer(p["target"], "bytes")
     _distill(p, learn="transform", svd=SvdSettings(rank=8))
     adapter = read_adapter(p["output"], read_model_config(p["target"]))
-    assert {m.role for m in adapter.modules.values()} == {"q", "v", "down"}  # read back split by role
+    # read back split by role; qkv_proj carries k as well, with a zero block: k was not adapted
+    assert {m.role for m in adapter.modules.values()} == {"q", "k", "v", "down"}
+    k_modules = [m for m in adapter.modules.values() if m.role == "k"]
+    assert not np.any(adapter.read_factors(k_modules)[1])
     stored = load_file(str(p["output"] / "adapter_model.safetensors"))
     assert any("qkv_proj.lora_B" in k for k in stored) and not any("q_proj" in k for k in stored)
 
