@@ -52,6 +52,10 @@ def _distill_lines(section: dict) -> str:
         lines.append(f"  training loss {first:.4f} -> {last:.4f}")
     if held["before"] is not None:
         lines.append(f"  held-out {held['measure']}: {held['before']:.4f} -> {held['after']:.4f}")
+    if "kl_to_teacher_before" in held:
+        lines.append(
+            f"  held-out KL to the teacher: {held['kl_to_teacher_before']:.4f} -> {held['kl_to_teacher_after']:.4f}"
+        )
     return "\n".join(lines)
 
 

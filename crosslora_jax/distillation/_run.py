@@ -23,7 +23,7 @@ from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
 from crosslora_jax.distillation import _checkpoint
 from crosslora_jax.distillation._options import DistillOptions
-from crosslora_jax.distillation._student import build_student, source_lora, written_factors
+from crosslora_jax.distillation._student import Trainable, build_student, source_lora, written_factors
 from crosslora_jax.distillation._teacher import as_batch, generic_prompts, sample_sequences, user_prompts
 from crosslora_jax.distillation._train import Batch, Frozen, Objective, heldout_loss, optimizer, train
 from crosslora_jax.eval import load_model
@@ -123,7 +123,20 @@ def distill(
         frozen = Frozen(params_t, None if sequence else params_s, None if sequence else lora_s, student.fixed)
         vocab = tok_s.vocab_size if one_vocab else None
         obj = Objective(options.kd, options.learn, options.anchor_weight, spec_t, None if sequence else spec_s, vocab)
-        before = heldout_loss(obj, student.trainable, frozen, heldout, options.batch_size) if options.heldout else None
+        # delta's objective is not the KL to the teacher itself: report that as well
+        measures = (
+            {"": obj, "kl_to_teacher_": dataclasses.replace(obj, kd="full")} if options.kd == "delta" else {"": obj}
+        )
+
+        def heldout_figures(trainable: Trainable, when: str) -> dict[str, float]:
+            if not options.heldout:
+                return {when: None}
+            return {
+                f"{prefix}{when}": heldout_loss(o, trainable, frozen, heldout, options.batch_size)
+                for prefix, o in measures.items()
+            }
+
+        before = heldout_figures(student.trainable, "before")
         opt = optimizer(options.steps, options.learning_rate, options.warmup_steps, options.weight_decay,
                         options.clip_norm)  # fmt: skip
         key_paths = (source_cfg.folder, target_cfg.folder, adapter)
@@ -146,7 +159,7 @@ def distill(
             checkpoint_every=options.checkpoint_every,
         )
         _interrupt.check()
-        after = heldout_loss(obj, fitted.trainable, frozen, heldout, options.batch_size) if options.heldout else None
+        after = heldout_figures(fitted.trainable, "after")
         factors = written_factors(student, fitted.trainable)
         dtype = loaded.dtype if options.output_dtype == "auto" else options.output_dtype
         write_target_adapter(staging, loaded.config, target_cfg, factors, dtype)
@@ -157,9 +170,9 @@ def distill(
             "loss_curve": [{"step": s, "loss": v} for s, v in fitted.losses],
             "heldout": {
                 "sequences": options.heldout,
-                "before": before,
-                "after": after,
                 "measure": "cross-entropy on the teacher's text" if sequence else f"{options.kd} KL to the teacher",
+                **before,
+                **after,
             },
             "tokens_seen": fitted.tokens,
             "resumed_from_step": 0 if start is None else start[0],

@@ -5,6 +5,7 @@ input through the command line (exit 2, one line, nothing written)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -129,7 +130,38 @@ def test_the_command_prints_progress_and_a_summary(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "step 2/4 loss" in result.stderr and "tokens/s" in result.stderr and "ETA" in result.stderr
     assert "distill: delta" in result.stdout and "held-out" in result.stdout
+    held = json.loads((p["output"] / "crosslora_report.json").read_text())["distill"]["heldout"]
+    assert {"before", "after", "kl_to_teacher_before", "kl_to_teacher_after"} <= held.keys()
     assert (p["output"] / "adapter_model.safetensors").is_file()
+
+
+def test_sigterm_then_the_same_command_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    p = _models(tmp_path)
+    cache = tmp_path / "cache"
+    flags = _flags(p, "--steps=400", "--checkpoint_every=2", f"--cache_dir={cache}")
+    proc = subprocess.Popen([sys.executable, "-m", "crosslora_jax.distill", *flags], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "step 4/400" in line:
+            break
+    else:
+        pytest.fail(f"no progress line; exit {proc.wait()}")
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM, rest
+    assert "error: interrupted" in rest and not p["output"].exists()
+    assert list((cache / "distill").glob("*/step_*")), "a checkpoint survives SIGTERM"
+    again = _cli(*flags)
+    assert again.returncode == 0, again.stderr
+    resumed_from = json.loads((p["output"] / "crosslora_report.json").read_text())["distill"]["resumed_from_step"]
+    assert resumed_from >= 4
+    clean = tmp_path / "clean"
+    assert _cli(*_flags({**p, "output": clean}, "--steps=400", "--checkpoint_every=2")).returncode == 0
+    resumed, fresh = (load_file(str(f / "adapter_model.safetensors")) for f in (p["output"], clean))
+    assert resumed.keys() == fresh.keys()
+    for key in fresh:
+        np.testing.assert_allclose(resumed[key], fresh[key], rtol=1e-5, atol=1e-6 * np.abs(fresh[key]).max())
 
 
 def _one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
