@@ -159,8 +159,9 @@ def student_lora(learn: str, trainable: Trainable, fixed: Fixed) -> Lora:
 
 
 def written_factors(student: Student, trainable: Trainable) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Module path -> (A [k, n], B [m, k]) of every written module, trimmed to its own rank."""
-    lora: Any = jax.device_get(student_lora(student.learn, trainable, student.fixed))
+    """Module path -> (A [k, n], B [m, k]) of every written module, trimmed to its own rank.
+    `trainable` may be replicated over a mesh of several processes: it is fetched first."""
+    lora: Any = jax.device_get(student_lora(student.learn, jax.device_get(trainable), student.fixed))
     return {
         w.path: (np.asarray(lora[w.role]["a"][w.layer, : w.rank]), np.asarray(lora[w.role]["b"][w.layer, :, : w.rank]))
         for w in student.written
