@@ -205,7 +205,8 @@ def _decoder(
             )
         return (h, stacked), None
 
-    body = jax.checkpoint(step, prevent_cse=False) if remat else step  # prevent_cse is moot inside scan
+    # prevent_cse=False: scan itself keeps XLA from merging the recomputation away
+    body = jax.checkpoint(step, prevent_cse=False) if remat else step
     (x, kv), _ = jax.lax.scan(body, (x, kv), (params["layers"], windows, inv_freqs, lora or {}, layer_ids))
     h = rms_norm(x, params["norm"], spec.norm_eps, spec.norm_offset)  # type: ignore[arg-type]
     if cache is None:
