@@ -1,9 +1,13 @@
-"""The device mesh the pipeline runs on: one axis, 'layers', over every device of every process.
+"""The device meshes: one axis over every device of every process.
 
-A stack of L layers is padded (by repeating its last layer) to a multiple of the device count
-and sharded on its leading axis. Each process builds only the shards its own devices hold
-(`place_stack` reads through a callback), and results come back to every process's host with
-the padding cut off (`to_host`).
+The transfer pipeline's axis is 'layers': a stack of L layers is padded (by repeating its last
+layer) to a multiple of the device count and sharded on its leading axis. Each process builds
+only the shards its own devices hold (`place_stack` reads through a callback), and results come
+back to every process's host with the padding cut off (`to_host`).
+
+Distillation's axis is 'data' (`data_mesh`): batches are split over it, and frozen weights are
+stored sharded over the same devices, FSDP-style (`fsdp_sharding`), each model layer gathered
+whole only while it computes. `place` puts a host array that every process holds on any sharding.
 """
 
 from __future__ import annotations
@@ -17,11 +21,46 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 LAYER_AXIS = "layers"
+DATA_AXIS = "data"
 
 
 @functools.cache
 def layer_mesh() -> Mesh:
     return Mesh(np.asarray(jax.devices()), (LAYER_AXIS,))
+
+
+@functools.cache
+def data_mesh() -> Mesh:
+    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def fsdp_sharding(shape: Sequence[int], mesh: Mesh, *, stacked: bool = False) -> NamedSharding:
+    """A matrix's sharding over the mesh's one axis: along its largest axis that the device count
+    divides; vectors, scalars and matrices with no such axis are replicated. `stacked`: a stack of
+    per-layer arrays [L, ...], judged per layer (the layer axis is never split: the layer loop
+    slices it)."""
+    (axis_name,) = mesh.axis_names
+    first = 1 if stacked else 0
+    if len(shape) - first < 2:
+        return replicated(mesh)
+    fits = [i for i in range(first, len(shape)) if shape[i] % mesh.size == 0]
+    if not fits or mesh.size == 1:
+        return replicated(mesh)
+    axis = max(fits, key=lambda i: (shape[i], -i))  # the largest; the first of equals
+    spec = [None] * len(shape)
+    spec[axis] = axis_name
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def place(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A host array that every process holds, on `sharding` (each process copies only the shards
+    of its own devices)."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def layer_sharding(mesh: Mesh | None = None) -> NamedSharding:

@@ -11,7 +11,8 @@ built on the device. Rows:
   `--gen_len` tokens for `--gen_batch` sequences; baseline: the same sampling by a full forward
   over the whole prefix for every new token (what a loop over `logits` does), jitted per length.
 - train step: one `distill` training step (`--kd`, `--learn=lora`, every role, rank 16): teacher
-  forward, student forward and backward, AdamW update; tokens/s = batch × positions / step time.
+  forward, student forward and backward (layers recomputed, as `distill --remat` does, unless
+  `--no_remat`), AdamW update; tokens/s = batch × positions / step time.
 
 Model FLOPs (MFU): 2·N·tokens per forward (N = the matmul parameters of a model, embeddings
 excluded, attention scores included), backward ≈ 2× forward for the student; utilisation =
@@ -113,6 +114,7 @@ def main() -> None:
     parser.add_argument("--kd", default="full", choices=["full", "delta"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no_baseline", action="store_true", help="skip the re-forward generation baseline")
+    parser.add_argument("--no_remat", action="store_true", help="keep every layer's activations (distill --noremat)")
     parser.add_argument("--peak_tflops", type=float, default=None, help="the device's peak, for MFU")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_distill"))
     args = parser.parse_args()
@@ -144,7 +146,7 @@ def main() -> None:
     student = Student("lora", {r: {"a": x["a"], "b": x["b"]} for r, x in _lora(spec_t, shapes_t, 16, 3, True).items()},
                       {r: {"scale": jnp.full((spec_t.num_layers,), 2.0)} for r in ROLES}, ())  # fmt: skip
     frozen = Frozen(params_t, params_s, lora_s, student.fixed)
-    obj = Objective(args.kd, "lora", 0.0, spec_t, spec_s)
+    obj = Objective(args.kd, "lora", 0.0, spec_t, spec_s, remat=not args.no_remat)  # distill's default: remat
     opt = optimizer(100, 1e-3, 10, 0.0, 1.0)
     tokens_in = jax.random.randint(jax.random.key(1), (args.batch, args.seq), 0, vocab)
     batch = Batch(tokens_in, tokens_in, jnp.ones((args.batch, args.seq)))

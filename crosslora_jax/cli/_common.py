@@ -16,7 +16,7 @@ from typing import Any, NoReturn, TypeVar
 from absl import flags, logging
 
 from crosslora_jax import _interrupt, _options
-from crosslora_jax._errors import CrossLoraError
+from crosslora_jax._errors import CrossLoraError, OptionsError
 
 EXIT_BAD_INPUT = 2
 T = TypeVar("T")
@@ -84,6 +84,33 @@ def _define(
             holder = flags.DEFINE_string(name, default, meta.help, **common)
         parts[field.name] = lambda holder=holder: holder.value
     return lambda: cls(**{name: value() for name, value in parts.items()})
+
+
+def define_distributed_flags(module: str) -> Callable[[], None]:
+    """`--distributed` and its three explicit settings, owned by `module`; returns the function that
+    checks them (`OptionsError`) and joins the processes (`jax.distributed.initialize`), to be
+    called before any JAX computation."""
+    common = {"module_name": module}
+    distributed = flags.DEFINE_bool(
+        "distributed", False, "Run as one process of several: jax.distributed (auto-detected on TPU pods/SLURM).",
+        **common,
+    )  # fmt: skip
+    coordinator = flags.DEFINE_string(
+        "coordinator_address", None, "With --distributed: host:port of process 0.", **common
+    )
+    num_processes = flags.DEFINE_integer("num_processes", None, "With --distributed: total process count.", **common)
+    process_id = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.", **common)
+
+    def start() -> None:
+        explicit = [coordinator.value, num_processes.value, process_id.value]
+        if any(v is not None for v in explicit) and not distributed.value:
+            raise OptionsError("--coordinator_address/--num_processes/--process_id", "need --distributed")
+        if distributed.value:
+            import jax  # only here: --help and flag errors stay quick
+
+            jax.distributed.initialize(coordinator.value, num_processes.value, process_id.value)
+
+    return start
 
 
 def _flag_type(hint: Any) -> Any:

@@ -7,7 +7,9 @@ Usage: python -m crosslora_jax.distill --source_model=DIR --target_model=DIR --a
 The source model with its adapter (the teacher) samples text from generic starts (or from
 --prompts_file); the target model with a trainable adapter (the student) learns to match it.
 Progress (loss, tokens/s, ETA) goes to stderr, the summary to stdout; the report
-(crosslora_report.json) gains a `distill` section. Details in docs/method.md of the
+(crosslora_report.json) gains a `distill` section. Every visible device takes part (batches
+split over them, frozen weights sharded); for several hosts, start the same command on each
+with --distributed. Details in docs/method.md of the
 crosslora_jax repository.
 """
 
@@ -17,12 +19,13 @@ import sys
 import time
 from collections.abc import Sequence
 
+import jax
 from absl import app, flags
 
 from crosslora_jax._errors import OptionsError
 from crosslora_jax._progress import Progress
 from crosslora_jax._xla_cache import enable_compilation_cache
-from crosslora_jax.cli._common import define_flags_from, flags_parser, run_guarded
+from crosslora_jax.cli._common import define_distributed_flags, define_flags_from, flags_parser, run_guarded
 from crosslora_jax.distillation import DistillOptions, distill
 from crosslora_jax.io.report import format_summary
 
@@ -42,6 +45,7 @@ _COMPILATION_CACHE = flags.DEFINE_bool(
 )
 # --init, --learn, --kd, --svd_rank, --svd, ..., --output_dtype: one flag per DistillOptions field
 _OPTIONS = define_flags_from(DistillOptions, __name__)
+_START_DISTRIBUTED = define_distributed_flags(__name__)  # --distributed, --coordinator_address, ...
 
 
 def _distill_lines(section: dict) -> str:
@@ -69,6 +73,7 @@ def main(argv: Sequence[str]) -> None:
             if not flag.value:
                 raise OptionsError(name, "is required")
         options = _OPTIONS()
+        _START_DISTRIBUTED()
         if _COMPILATION_CACHE.value:
             enable_compilation_cache(_CACHE_DIR.value or None)
         started = time.perf_counter()
@@ -80,8 +85,10 @@ def main(argv: Sequence[str]) -> None:
             options,
             overwrite=_OVERWRITE.value,
             cache_dir=_CACHE_DIR.value,
-            progress=Progress.to_stderr(),
+            progress=Progress.to_stderr() if jax.process_index() == 0 else None,
         )
+        if jax.process_index() != 0:  # process 0 writes and reports
+            return
         seconds = time.perf_counter() - started
         summary = format_summary(report, _OUTPUT.value, seconds)
         print(f"{summary}\n{_distill_lines(report.distill or {})}", file=sys.stdout, flush=True)

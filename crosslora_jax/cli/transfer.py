@@ -20,7 +20,7 @@ from absl import app, flags, logging
 from crosslora_jax._errors import OptionsError
 from crosslora_jax._progress import Progress
 from crosslora_jax._xla_cache import enable_compilation_cache
-from crosslora_jax.cli._common import define_flags_from, flags_parser, run_guarded
+from crosslora_jax.cli._common import define_distributed_flags, define_flags_from, flags_parser, run_guarded
 from crosslora_jax.io.report import format_summary, format_table
 from crosslora_jax.io.report_plot import require_matplotlib, write_report_plot
 from crosslora_jax.pipeline import TransferOptions, transfer
@@ -39,12 +39,7 @@ _COMPILATION_CACHE = flags.DEFINE_bool(
     True,
     "Keep compiled XLA programs between runs (under --cache_dir/xla, else ~/.cache/crosslora_jax/xla).",
 )
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Run as one process of several: jax.distributed (auto-detected on TPU pods/SLURM)."
-)
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --distributed: total process count.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
+_START_DISTRIBUTED = define_distributed_flags(__name__)  # --distributed, --coordinator_address, ...
 _PLOT = flags.DEFINE_bool(
     "plot", False, "Also write crosslora_report.png (layer × role heat maps) beside each report; needs the plot extra."
 )
@@ -60,12 +55,8 @@ def main(argv: Sequence[str]) -> None:
                 raise OptionsError(name, "is required")
         if not _ADAPTER.value:
             raise OptionsError("--adapter", "is required")
-        explicit = [_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value]
-        if any(v is not None for v in explicit) and not _DISTRIBUTED.value:
-            raise OptionsError("--coordinator_address/--num_processes/--process_id", "need --distributed")
         options = _OPTIONS()
-        if _DISTRIBUTED.value:
-            jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        _START_DISTRIBUTED()
         if _PLOT.value:
             require_matplotlib()  # refuse before any work
         if _COMPILATION_CACHE.value:

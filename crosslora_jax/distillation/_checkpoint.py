@@ -2,6 +2,10 @@
 
 A checkpoint is written to `step_<N>.partial` and renamed into place, so an interrupted save
 leaves only a folder that `restore` ignores; the newest complete one wins.
+
+Several processes: every process calls `save` and `restore` (orbax writes and reads sharded
+arrays collectively); process 0 alone renames and deletes folders, between barriers, and its
+view of which checkpoint is newest is the one every process restores.
 """
 
 from __future__ import annotations
@@ -10,23 +14,39 @@ import shutil
 from pathlib import Path
 
 import jax
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from jax.sharding import Sharding
 
 from crosslora_jax.distillation._student import Trainable
 
 _PREFIX = "step_"
 
 
+def _primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 def save(run_dir: Path, step: int, trainable: Trainable, opt_state: optax.OptState) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"{_PREFIX}{step}"
     partial = run_dir / f"{_PREFIX}{step}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
+    if _primary():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    _barrier(f"distill checkpoint {step}: folder ready")
     ocp.PyTreeCheckpointer().save(partial, {"trainable": trainable, "opt_state": opt_state})
-    partial.rename(final)
-    for old in _complete(run_dir)[:-1]:  # keep only the newest
-        shutil.rmtree(old, ignore_errors=True)
+    if _primary():
+        partial.rename(final)
+        for old in _complete(run_dir)[:-1]:  # keep only the newest
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier(f"distill checkpoint {step}: in place")
 
 
 def _complete(run_dir: Path) -> list[Path]:
@@ -34,23 +54,32 @@ def _complete(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
 
 
+def _newest_step(run_dir: Path) -> int:
+    """The newest complete checkpoint's step (process 0's view), or -1 when there is none."""
+    complete = _complete(run_dir) if run_dir.is_dir() else []
+    newest = int(complete[-1].name[len(_PREFIX) :]) if complete else -1
+    if jax.process_count() > 1:
+        newest = int(multihost_utils.broadcast_one_to_all(np.asarray(newest, np.int64)))
+    return newest
+
+
 def restore(
-    run_dir: Path, like: Trainable, opt: optax.GradientTransformation
+    run_dir: Path, like: Trainable, opt: optax.GradientTransformation, sharding: Sharding | None = None
 ) -> tuple[int, Trainable, optax.OptState] | None:
-    """(step, trainable, optimizer state) of the newest checkpoint, or None when there is none."""
-    if not run_dir.is_dir():
+    """(step, trainable, optimizer state) of the newest checkpoint, or None when there is none;
+    arrays on `sharding` (default: this process's first device)."""
+    step = _newest_step(run_dir)
+    if step < 0:
         return None
-    complete = _complete(run_dir)
-    if not complete:
-        return None
-    newest = complete[-1]
-    template = {"trainable": like, "opt_state": opt.init(like)}
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), template)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = {"trainable": like, "opt_state": jax.eval_shape(opt.init, like)}
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
-    state = ocp.PyTreeCheckpointer().restore(newest, item=abstract, restore_args=restore_args)
-    return int(newest.name[len(_PREFIX) :]), state["trainable"], state["opt_state"]
+    state = ocp.PyTreeCheckpointer().restore(run_dir / f"{_PREFIX}{step}", item=abstract, restore_args=restore_args)
+    return step, state["trainable"], state["opt_state"]
 
 
 def remove(run_dir: Path) -> None:
-    shutil.rmtree(run_dir, ignore_errors=True)
+    _barrier("distill finished")
+    if _primary():
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -15,6 +15,7 @@ from crosslora_jax.ops.svd import SvdSettings
 
 Init = Literal["cross_lora", "lora_x", "truncate", "zero"]
 Learn = Literal["lora", "transform"]
+ParamDtype = Literal["float32", "bfloat16"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,14 @@ class DistillOptions:
     seed: int = option(0, "Seed of sampling, batching and init (a seed repeats its result).")
     log_every: int = option(10, "A progress line every this many steps.", low=1)
     checkpoint_every: int = option(100, "With --cache_dir: checkpoint every this many steps.", low=1)
+    param_dtype: ParamDtype = option(
+        "float32", "dtype the frozen base weights are kept in on the devices: bfloat16 halves their memory (matmuls "
+        "still accumulate in float32; the adapter, loss and optimizer state stay float32)."
+    )  # fmt: skip
+    remat: bool = option(
+        True, "Activation checkpointing: recompute each layer of the student in the backward pass instead of "
+        "keeping its activations (memory of one layer, about a third more compute)."
+    )  # fmt: skip
     output_dtype: str = option("auto", "dtype of the written factors.", choices=("auto", *NUMPY_DTYPES),
                                flag_choices=("auto", *OUTPUT_CHOICES))  # fmt: skip
 

@@ -2,10 +2,15 @@
 
 Order of work: validate everything (options, configs, tokenizers, adapter, output location),
 transfer (the init), sample the teacher's text, train, write the adapter and report atomically.
+
+Every device of every process takes part (`_placement`: data parallel, frozen weights FSDP-
+sharded); with several processes (`jax.distributed`) all run this same function and process 0
+alone writes the output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -15,18 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from crosslora_jax import _interrupt
+from crosslora_jax import _interrupt, _mesh
 from crosslora_jax._errors import OptionsError
 from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
 from crosslora_jax.distillation import _checkpoint
 from crosslora_jax.distillation._options import DistillOptions
+from crosslora_jax.distillation._placement import Placement
 from crosslora_jax.distillation._student import Trainable, build_student, source_lora, written_factors
 from crosslora_jax.distillation._teacher import as_batch, generic_prompts, sample_sequences, user_prompts
 from crosslora_jax.distillation._train import Batch, Frozen, Objective, heldout_loss, optimizer, train
 from crosslora_jax.eval import load_model
+from crosslora_jax.io.dtypes import NUMPY_DTYPES
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.output_folder import check_output_location, staged_output
 from crosslora_jax.io.peft_adapter import read_adapter, write_target_adapter
@@ -53,7 +59,8 @@ def distill(
 
     With `cache_dir`, base-model subspaces are cached as for `transfer`, and training state is
     checkpointed under `cache_dir/distill/<run>` every `options.checkpoint_every` steps: rerunning
-    an interrupted command resumes where it stopped, with the uninterrupted run's result.
+    an interrupted command resumes where it stopped, with the uninterrupted run's result. With
+    several processes, `cache_dir` must be a folder they all share.
     """
     progress = progress or Progress()
     source_model, target_model, output = absolute(source_model), absolute(target_model), absolute(output)
@@ -72,8 +79,10 @@ def distill(
     init_method = "truncate" if options.init == "zero" else options.init
     transfer_options = TransferOptions(method=init_method, svd=options.svd, layer_map=options.layer_map)
     cache_dir = None if cache_dir is None else absolute(cache_dir)
+    placement = Placement(_mesh.data_mesh())
     started = time.perf_counter()
-    with staged_output(output) as staging:
+    writer = jax.process_index() == 0  # the others compute their shards and write nothing
+    with staged_output(output) if writer else contextlib.nullcontext() as staging:
         (result,) = run_transfer(source_cfg, target_cfg, [loaded], transfer_options, progress, cache_dir=cache_dir)
         init_seconds = time.perf_counter() - started
         subspaces = None
@@ -91,10 +100,13 @@ def distill(
             subspaces,
             options.seed,
         )
-        spec_s, params_s = load_model(source_model)
-        spec_t, params_t = load_model(target_model)
-        params_s, params_t = jax.tree.map(jnp.asarray, (params_s, params_t))
-        lora_s = source_lora(loaded, source_cfg)
+        weights_dtype = NUMPY_DTYPES[options.param_dtype]  # matrices only; norms and biases stay float32
+        spec_s, params_s = load_model(source_model, dtype=weights_dtype)
+        params_s = placement.params(params_s)
+        spec_t, params_t = load_model(target_model, dtype=weights_dtype)
+        params_t = placement.params(params_t)
+        lora_s = placement.stacks(source_lora(loaded, source_cfg))
+        mesh = placement.mesh
         key = jax.random.key(options.seed)
         gen = dict(gen_len=options.gen_len, temperature=options.temperature, top_p=options.top_p)
         gen_batch = options.gen_batch_size
@@ -105,7 +117,7 @@ def distill(
             prompts = user_prompts(tok_s, seed_texts, total, options.seed, prompts_file)
         data_started = time.perf_counter()
         tokens = sample_sequences(spec_s, params_s, lora_s, prompts, key=jax.random.fold_in(key, 1),
-                                  batch_size=gen_batch, progress=progress, label="teacher", **gen)  # fmt: skip
+                                  batch_size=gen_batch, progress=progress, label="teacher", mesh=mesh, **gen)  # fmt: skip
         if one_vocab:
             sequences = as_batch(tokens)
         else:  # the teacher's text, re-tokenized for the student
@@ -117,31 +129,35 @@ def distill(
         if options.anchor_weight > 0:
             anchor_prompts = generic_prompts(tok_t, options.prompts, options.seed + 1)
             anchor = as_batch(sample_sequences(spec_t, params_t, None, anchor_prompts, key=jax.random.fold_in(key, 2),
-                                               batch_size=gen_batch, progress=progress, label="anchor", **gen))  # fmt: skip
+                                               batch_size=gen_batch, progress=progress, label="anchor", mesh=mesh,
+                                               **gen))  # fmt: skip
         data_seconds = time.perf_counter() - data_started
         sequence = options.kd == "sequence"
-        frozen = Frozen(params_t, None if sequence else params_s, None if sequence else lora_s, student.fixed)
+        fixed = placement.stacks(student.fixed)
+        frozen = Frozen(params_t, None if sequence else params_s, None if sequence else lora_s, fixed)
+        del params_s, lora_s  # `sequence` needs no source model on the devices from here on
         vocab = tok_s.vocab_size if one_vocab else None
-        obj = Objective(options.kd, options.learn, options.anchor_weight, spec_t, None if sequence else spec_s, vocab)
+        obj = Objective(options.kd, options.learn, options.anchor_weight, spec_t, None if sequence else spec_s, vocab,
+                        remat=options.remat, mesh=mesh)  # fmt: skip
         # delta's objective is not the KL to the teacher itself: report that as well
         measures = (
             {"": obj, "kl_to_teacher_": dataclasses.replace(obj, kd="full")} if options.kd == "delta" else {"": obj}
         )
 
-        def heldout_figures(trainable: Trainable, when: str) -> dict[str, float]:
+        def heldout_figures(trainable: Trainable, when: str) -> dict[str, float | None]:
             if not options.heldout:
                 return {when: None}
             return {
-                f"{prefix}{when}": heldout_loss(o, trainable, frozen, heldout, options.batch_size)
+                f"{prefix}{when}": heldout_loss(o, trainable, frozen, heldout, options.batch_size, placement)
                 for prefix, o in measures.items()
             }
 
-        before = heldout_figures(student.trainable, "before")
+        before = heldout_figures(placement.replicate(student.trainable), "before")
         opt = optimizer(options.steps, options.learning_rate, options.warmup_steps, options.weight_decay,
                         options.clip_norm)  # fmt: skip
         key_paths = (source_cfg.folder, target_cfg.folder, adapter)
         run_dir = None if cache_dir is None else cache_dir / "distill" / _run_key(options, *key_paths)
-        start = None if run_dir is None else _checkpoint.restore(run_dir, student.trainable, opt)
+        start = None if run_dir is None else _checkpoint.restore(run_dir, student.trainable, opt, placement.replicated)
         fitted = train(
             obj,
             student,
@@ -157,12 +173,14 @@ def distill(
             start=start,
             on_checkpoint=None if run_dir is None else lambda s, t, o: _checkpoint.save(run_dir, s, t, o),
             checkpoint_every=options.checkpoint_every,
+            placement=placement,
         )
         _interrupt.check()
         after = heldout_figures(fitted.trainable, "after")
         factors = written_factors(student, fitted.trainable)
         dtype = loaded.dtype if options.output_dtype == "auto" else options.output_dtype
-        write_target_adapter(staging, loaded.config, target_cfg, factors, dtype)
+        if staging is not None:
+            write_target_adapter(staging, loaded.config, target_cfg, factors, dtype)
         section = {
             "settings": _settings_json(options),
             "objective": options.kd if one_vocab else "sequence (vocabularies differ: teacher text re-tokenized)",
@@ -180,7 +198,8 @@ def distill(
         }
         report = report_for(source_cfg, target_cfg, result, transfer_options, init_seconds, output, dtype)
         report = dataclasses.replace(report, distill=section)
-        write_report(staging, report)
+        if staging is not None:
+            write_report(staging, report)
     if run_dir is not None:
         _checkpoint.remove(run_dir)  # the run is complete: nothing to resume
     return report

@@ -26,7 +26,7 @@ from crosslora_jax.ops.distill import transform_factors, transform_init
 from crosslora_jax.ops.svd import Subspace
 
 Trainable = dict[str, dict[str, jax.Array]]  # role -> {"a", "b"} or {"m_u", "m_v"}
-Fixed = dict[str, dict[str, jax.Array]]  # role -> {"scale"} (+ transform's "a_proj", "b_proj", "ut", "vt")
+Fixed = dict[str, dict[str, Any]]  # role -> {"scale"} (+ transform's "a_proj", "b_proj", "ut", "vt"): arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +118,9 @@ def build_student(
             m_u = jnp.zeros_like(m_u)
         trainable[role] = {"m_u": m_u, "m_v": m_v}
         fixed[role].update(a_proj=a_proj, b_proj=b_proj, ut=ut, vt=vt)
-    return Student(learn, trainable, fixed, tuple(written))
+    # Fixed tensors go back to the host (transform's subspace stacks are as large as a few layers):
+    # the caller places them once, sharded, instead of a second copy staying on the first device.
+    return Student(learn, trainable, jax.device_get(fixed), tuple(written))
 
 
 def _source_stacks(
@@ -160,8 +162,9 @@ def student_lora(learn: str, trainable: Trainable, fixed: Fixed) -> Lora:
 
 def written_factors(student: Student, trainable: Trainable) -> dict[LoraModule, tuple[np.ndarray, np.ndarray]]:
     """Target module -> (A [k, n], B [m, k]) of every written module (one per role; fused modules
-    are fused when written), trimmed to its own rank."""
-    lora: Any = jax.device_get(student_lora(student.learn, trainable, student.fixed))
+    are fused when written), trimmed to its own rank. `trainable` may be replicated over a mesh of
+    several processes: it is fetched first."""
+    lora: Any = jax.device_get(student_lora(student.learn, jax.device_get(trainable), student.fixed))
     return {
         w: (np.asarray(lora[w.role]["a"][w.layer, : w.rank]), np.asarray(lora[w.role]["b"][w.layer, :, : w.rank]))
         for w in student.written

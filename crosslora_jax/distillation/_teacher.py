@@ -12,7 +12,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from crosslora_jax import _mesh
 from crosslora_jax._errors import PromptsError
 from crosslora_jax._progress import Progress
 from crosslora_jax.distillation._train import Batch
@@ -33,9 +35,12 @@ def sample_sequences(
     batch_size: int,
     progress: Progress,
     label: str,
+    mesh: Mesh | None = None,
 ) -> np.ndarray:
     """Token ids [N, P + G]: each prompt [N, P] continued by the model (KV-cached sampling),
-    generated `batch_size` rows at a time; deterministic for `key`."""
+    generated `batch_size` rows at a time; deterministic for `key`, whatever the device count.
+    With `mesh`, rows are split over its data axis and `params` may be FSDP-sharded over it
+    (each layer gathered inside the decode loop); every process gets every row."""
     out = []
     n = prompts.shape[0]
     for start in range(0, n, batch_size):
@@ -52,8 +57,10 @@ def sample_sequences(
             temperature=temperature,
             top_p=top_p,
             lora=lora,
+            mesh=mesh,
+            layer_sharding=None if mesh is None else _mesh.replicated(mesh),
         )
-        out.append(np.asarray(tokens)[:rows])
+        out.append(_mesh.to_host(tokens, rows))  # type: ignore[arg-type]
         progress.note(f"{label}: {min(start + batch_size, n)}/{n} sequences sampled")
     return np.concatenate(out)
 

@@ -1,5 +1,10 @@
 """The training loop: one jitted optax step on the student's parameters only.
 
+With a `Placement` the step is data parallel: each device takes its rows of the batch, the frozen
+weights are stored sharded and gathered one layer at a time (FSDP), and the gradient (a mean over
+the whole batch) and the update come out replicated; the result equals one device's up to the
+order of float sums.
+
 Legend: N sequences, B batch, T positions, V vocabulary.
 """
 
@@ -15,9 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
 
-from crosslora_jax import _interrupt
+from crosslora_jax import _interrupt, _mesh
 from crosslora_jax._progress import Progress
+from crosslora_jax.distillation._placement import Placement
 from crosslora_jax.distillation._student import Fixed, Student, Trainable, student_lora
 from crosslora_jax.eval import Lora, ModelSpec, logits
 from crosslora_jax.ops.distill import delta_teacher, full_kl, sequence_ce
@@ -44,7 +51,7 @@ class Frozen(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """What the loss is; static under jit."""
+    """What the loss is and how it is computed; static under jit."""
 
     kd: str
     learn: str
@@ -52,16 +59,30 @@ class Objective:
     spec_target: ModelSpec
     spec_source: ModelSpec | None
     vocab: int | None = None  # the tokenizers' shared vocabulary size: logits beyond it (embedding padding) are cut
+    remat: bool = False  # recompute the student's layers for the gradient (activation checkpointing)
+    mesh: Mesh | None = None  # with a Placement's mesh: layers gathered inside the loop, the step's results replicated
+
+    @property
+    def layer_sharding(self) -> NamedSharding | None:
+        return None if self.mesh is None else _mesh.replicated(self.mesh)
+
+    def forward(
+        self, spec: ModelSpec | None, params: Any, inputs: jax.Array, lora: Lora | None = None, *, trained: bool = False
+    ) -> jax.Array:
+        """Logits [B, T, V]: of the student when `trained` (remat'd when asked), else of a model
+        that gets no gradient."""
+        z = logits(spec, params, inputs, lora, remat=self.remat and trained, layer_sharding=self.layer_sharding)  # type: ignore[arg-type]
+        return z if trained else jax.lax.stop_gradient(z)
 
 
 def _distill_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
     lora = student_lora(obj.learn, trainable, frozen.fixed)
-    z = logits(obj.spec_target, frozen.target, batch.inputs, lora)
+    z = obj.forward(obj.spec_target, frozen.target, batch.inputs, lora, trained=True)
     if obj.kd == "sequence":
         return sequence_ce(z, batch.targets, batch.mask)
 
-    def frozen_logits(spec: ModelSpec, params: Mapping[str, Any], lora: Lora | None = None) -> jax.Array:
-        return jax.lax.stop_gradient(logits(spec, params, batch.inputs, lora))[..., : obj.vocab]
+    def frozen_logits(spec: ModelSpec | None, params: Any, lora: Lora | None = None) -> jax.Array:
+        return obj.forward(spec, params, batch.inputs, lora)[..., : obj.vocab]
 
     teacher = frozen_logits(obj.spec_source, frozen.source, frozen.source_lora)
     if obj.kd == "delta":
@@ -73,8 +94,8 @@ def _distill_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: B
 def _anchor_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
     """KL(target base ‖ student) on the target base's own samples."""
     lora = student_lora(obj.learn, trainable, frozen.fixed)
-    base = jax.lax.stop_gradient(logits(obj.spec_target, frozen.target, batch.inputs))
-    return full_kl(base, logits(obj.spec_target, frozen.target, batch.inputs, lora), batch.mask)
+    base = obj.forward(obj.spec_target, frozen.target, batch.inputs)
+    return full_kl(base, obj.forward(obj.spec_target, frozen.target, batch.inputs, lora, trained=True), batch.mask)
 
 
 def optimizer(
@@ -105,7 +126,10 @@ def train_step(
 
     (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     updates, opt_state = opt.update(grads, opt_state, trainable)
-    return optax.apply_updates(trainable, updates), opt_state, loss
+    out = optax.apply_updates(trainable, updates), opt_state, loss
+    if obj.mesh is not None:  # the state stays replicated step after step
+        out = jax.lax.with_sharding_constraint(out, _mesh.replicated(obj.mesh))
+    return out
 
 
 @functools.partial(jax.jit, static_argnames=("obj",))
@@ -113,13 +137,21 @@ def _eval_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: Batc
     return _distill_loss(obj, trainable, frozen, batch)
 
 
-def heldout_loss(obj: Objective, trainable: Trainable, frozen: Frozen, data: Batch, batch_size: int) -> float:
+def heldout_loss(
+    obj: Objective,
+    trainable: Trainable,
+    frozen: Frozen,
+    data: Batch,
+    batch_size: int,
+    placement: Placement | None = None,
+) -> float:
     """The objective on held-out teacher samples (mask-weighted mean over all of them)."""
     total = weight = 0.0
     for start in range(0, int(data.inputs.shape[0]), batch_size):
         part = Batch(*(x[start : start + batch_size] for x in data))
         w = float(np.sum(np.asarray(part.mask)))
-        total += float(_eval_loss(obj, trainable, frozen, part)) * w
+        placed = part if placement is None else placement.batch(part)
+        total += float(_eval_loss(obj, trainable, frozen, placed)) * w
         weight += w
     return total / max(weight, 1.0)
 
@@ -154,11 +186,22 @@ def train(
     start: tuple[int, Trainable, optax.OptState] | None = None,
     on_checkpoint: Callable[[int, Trainable, optax.OptState], None] | None = None,
     checkpoint_every: int = 0,
-    place: Callable[[Batch], Batch] = lambda b: b,
+    placement: Placement | None = None,
 ) -> TrainResult:
-    """`steps` steps from step 0 (or from `start`: a checkpoint's step, parameters, optimizer state)."""
-    first, trainable, opt_state = start if start is not None else (0, student.trainable, opt.init(student.trainable))
-    trainable = jax.tree.map(jnp.array, trainable)  # own copies: the step donates its inputs
+    """`steps` steps from step 0 (or from `start`: a checkpoint's step, parameters, optimizer state,
+    placed as `placement` places them). Without a `placement`, arrays are used as given."""
+    if start is not None:
+        first, trainable, opt_state = start
+    elif placement is None:
+        first, trainable, opt_state = 0, student.trainable, opt.init(student.trainable)
+    else:
+        first, trainable = 0, placement.replicate(student.trainable)
+        opt_state = placement.init_optimizer(opt, trainable)
+    trainable = jax.tree.map(jnp.copy, trainable)  # own copies: the step donates its inputs
+
+    def place(batch: Batch) -> Batch:
+        return batch if placement is None else placement.batch(batch)
+
     losses: list[tuple[int, float]] = []
     window: list[jax.Array] = []
     tokens = 0

@@ -1,8 +1,8 @@
 """Evaluate a base model, with or without a PEFT LoRA adapter, on the architectures the transfer supports.
 
 Public API:
-- `load_model(model_dir, adapter_dir=None) -> (ModelSpec, params)`: weights through the project's
-  own reader, the adapter merged in (W += γ·B·A).
+- `load_model(model_dir, adapter_dir=None, dtype=float32) -> (ModelSpec, params)`: weights through
+  the project's own reader, the adapter merged in (W += γ·B·A), matrices in `dtype`.
 - `logits`, `token_logprobs`, `hidden_states`: the jittable forward pass (pure functions of
   `(spec, params, tokens)`; `spec` is static), with an optional LoRA side path for training.
 - `init_cache`, `logits_with_cache`, `KVCache`: the same forward pass continued token by token
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from crosslora_jax.eval._generate import generate
 from crosslora_jax.eval._model import (
@@ -46,11 +48,15 @@ from crosslora_jax.eval._tasks import (
 from crosslora_jax.io.hf_config import read_model_config
 
 
-def load_model(model_dir: Path | str, adapter_dir: Path | str | None = None) -> tuple[ModelSpec, Params]:
-    """Spec and float32 params of an HF model folder, with an optional PEFT adapter merged in."""
+def load_model(
+    model_dir: Path | str, adapter_dir: Path | str | None = None, *, dtype: Any = np.float32
+) -> tuple[ModelSpec, Params]:
+    """Spec and host params of an HF model folder, with an optional PEFT adapter merged in; weight
+    matrices in `dtype` (e.g. bfloat16: the forward pass then accumulates them in float32),
+    vectors float32."""
     config = read_model_config(model_dir)
     spec = model_spec(config)
-    return spec, load_params(config, spec, adapter_dir)
+    return spec, load_params(config, spec, adapter_dir, dtype)
 
 
 def evaluate(

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 from crosslora_jax._errors import OptionsError
 from crosslora_jax.eval._model import KVCache, Lora, init_cache, logits_with_cache
@@ -44,6 +44,7 @@ def generate(
     lora: Lora | None = None,
     mesh: Mesh | None = None,
     data_axis: str = DATA_AXIS,
+    layer_sharding: Sharding | None = None,
     return_logits: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Prompts int32 [B, P] (equal lengths) followed by `gen_len` sampled tokens: int32 [B, P+N].
@@ -52,6 +53,8 @@ def generate(
     probability reaches it. `lora` is the side path of `logits` (the teacher's adapter unmerged).
     With `mesh`, the batch (prompts, cache, output) is sharded over its `data_axis`, padded to a
     multiple of that axis; params are used as placed (replicated when given as host arrays).
+    `layer_sharding`: each layer's weights are constrained to it inside the layer loop (params
+    stored sharded FSDP-style: the mesh's replicated sharding gathers one layer at a time).
     `return_logits` also returns the logits [B, N, V] each new token was drawn from (before
     temperature and top-p). The same key gives the same tokens, on any number of devices.
     """
@@ -93,6 +96,7 @@ def generate(
         temperature=float(temperature),
         top_p=float(top_p),
         batch_sharding=sharding,
+        layer_sharding=layer_sharding,
         keep_logits=return_logits,
     )
     if return_logits:
@@ -101,7 +105,8 @@ def generate(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("spec", "gen_len", "temperature", "top_p", "batch_sharding", "keep_logits")
+    jax.jit,
+    static_argnames=("spec", "gen_len", "temperature", "top_p", "batch_sharding", "layer_sharding", "keep_logits"),
 )
 def _generate(
     spec: ModelSpec,
@@ -114,6 +119,7 @@ def _generate(
     temperature: float,
     top_p: float,
     batch_sharding: NamedSharding | None,
+    layer_sharding: Sharding | None,
     keep_logits: bool,
 ) -> tuple[jax.Array, jax.Array | None]:
     """(tokens [B, P+N], the logits [B, N, V] they were drawn from, or None)."""
@@ -132,12 +138,12 @@ def _generate(
         keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
         return _sample(step_logits, keys, temperature, top_p)
 
-    prefill, cache = logits_with_cache(spec, params, cache, prompts, lora)
+    prefill, cache = logits_with_cache(spec, params, cache, prompts, lora, layer_sharding=layer_sharding)
 
     def step(carry: tuple[KVCache, jax.Array], i: jax.Array) -> tuple[tuple[KVCache, jax.Array], tuple]:
         cache, last = carry  # last: [B, V], the logits of the newest position
         token = draw(last, i)
-        nxt, cache = logits_with_cache(spec, params, cache, token[:, None], lora)
+        nxt, cache = logits_with_cache(spec, params, cache, token[:, None], lora, layer_sharding=layer_sharding)
         return (cache, nxt[:, 0]), (token, last if keep_logits else None)
 
     (_, last), (tokens, seen) = jax.lax.scan(step, (cache, prefill[:, -1]), jnp.arange(gen_len - 1))

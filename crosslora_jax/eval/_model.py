@@ -4,6 +4,13 @@ One implementation serves the full forward (`logits`) and incremental decoding w
 cache (`init_cache`, `logits_with_cache`): the same projections, norms, RoPE, masks and softcaps,
 the cache path only attending to stored keys at their absolute positions.
 
+Precision: activations, norms, attention and the LoRA side path are float32. Weight matrices
+may be stored narrower (bfloat16): their matmuls then round the input to the weight's dtype and
+accumulate in float32 (`_dot`), so the weight is never widened in memory. For training,
+`remat=True` recomputes each layer in the backward pass instead of keeping its activations, and
+`layer_sharding` (weights stored sharded, FSDP-style) gathers each layer's weights there, one
+layer at a time — in the backward pass too.
+
 Shapes: B batch, T tokens, D hidden, H query heads, KV key/value heads, G = H/KV, hd head_dim,
 V vocab, L layers, k LoRA rank, S cache slots.
 """
@@ -15,6 +22,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Sharding
 
 from crosslora_jax.eval._spec import ModelSpec
 
@@ -60,9 +68,18 @@ def _rope(x: jax.Array, inv_freq: jax.Array, positions: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
+def _dot(equation: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """einsum of float32 activations with a weight: at full precision for float32 weights; for
+    narrower ones x is rounded to their dtype and the products accumulate in float32 (what
+    tensor cores and TPUs do natively), the weight never copied wider."""
+    if w.dtype == jnp.float32:
+        return jnp.einsum(equation, x, w, precision=_HI)
+    return jnp.einsum(equation, x.astype(w.dtype), w, preferred_element_type=jnp.float32)
+
+
 def _linear(x: jax.Array, layer: Mapping[str, jax.Array], role: str, lora: Mapping[str, jax.Array] | None) -> jax.Array:
-    """x [B, T, n] @ W [m, n]ᵀ (+ bias) (+ LoRA side path) -> [B, T, m]."""
-    y = jnp.einsum("btn,mn->btm", x, layer[role], precision=_HI)
+    """x [B, T, n] @ W [m, n]ᵀ (+ bias) (+ LoRA side path) -> [B, T, m], float32."""
+    y = _dot("btn,mn->btm", x, layer[role])
     if f"{role}_bias" in layer:
         y = y + layer[f"{role}_bias"]
     if lora is not None:
@@ -152,11 +169,16 @@ def _decoder(
     positions: jax.Array,
     lora: Lora | None,
     cache: KVCache | None,
+    remat: bool = False,
+    layer_sharding: Sharding | None = None,
 ) -> tuple[jax.Array, KVCache | None]:
     """Final normed hidden states [B, T, D] of token ids [B, T] at `positions` [T]; with a cache,
-    attending to it and returning it with these tokens' keys and values written in."""
+    attending to it and returning it with these tokens' keys and values written in. `remat`:
+    checkpoint each layer (its activations recomputed for the gradient); `layer_sharding`: where
+    each layer's weights and LoRA factors are put inside the loop (replicated over a mesh: the
+    FSDP gather)."""
     embed = params["embed"]
-    x = jnp.take(embed, tokens, axis=0)  # type: ignore[arg-type]
+    x = jnp.take(embed, tokens, axis=0).astype(jnp.float32)  # type: ignore[arg-type]
     if spec.embed_scale:
         x = x * jnp.asarray(spec.hidden**0.5, jnp.float32)
     windows = jnp.asarray(spec.windows, jnp.int32)  # [L]
@@ -171,6 +193,8 @@ def _decoder(
     ) -> tuple[tuple[jax.Array, Stacked], None]:
         h, stacked = carry
         layer, window, inv_freq, layer_lora, i = xs
+        if layer_sharding is not None:
+            layer, layer_lora = jax.lax.with_sharding_constraint((layer, layer_lora), layer_sharding)
         past = None if stacked is None else (stacked[0][i], stacked[1][i])
         h, (k, v) = _block(spec, h, layer, window, inv_freq, layer_lora, positions, past)
         if stacked is not None:  # the cache rides in the carry, so only the new slots are written, in place
@@ -181,7 +205,9 @@ def _decoder(
             )
         return (h, stacked), None
 
-    (x, kv), _ = jax.lax.scan(step, (x, kv), (params["layers"], windows, inv_freqs, lora or {}, layer_ids))
+    # prevent_cse=False: scan itself keeps XLA from merging the recomputation away
+    body = jax.checkpoint(step, prevent_cse=False) if remat else step
+    (x, kv), _ = jax.lax.scan(body, (x, kv), (params["layers"], windows, inv_freqs, lora or {}, layer_ids))
     h = rms_norm(x, params["norm"], spec.norm_eps, spec.norm_offset)  # type: ignore[arg-type]
     if cache is None:
         return h, None
@@ -191,22 +217,43 @@ def _decoder(
 def _head(spec: ModelSpec, params: Mapping[str, object], h: jax.Array) -> jax.Array:
     """Logits [B, T, V] of final hidden states [B, T, D] (with the final softcap, if any)."""
     head = params["embed"] if spec.tied else params["lm_head"]
-    out = jnp.einsum("btd,vd->btv", h, head, precision=_HI)
+    out = _dot("btd,vd->btv", h, head)  # type: ignore[arg-type]
     if spec.final_softcap is not None:
         out = jnp.tanh(out / spec.final_softcap) * spec.final_softcap
     return out
 
 
 def hidden_states(
-    spec: ModelSpec, params: Mapping[str, object], tokens: jax.Array, lora: Lora | None = None
+    spec: ModelSpec,
+    params: Mapping[str, object],
+    tokens: jax.Array,
+    lora: Lora | None = None,
+    *,
+    remat: bool = False,
+    layer_sharding: Sharding | None = None,
 ) -> jax.Array:
-    """Final normed hidden states [B, T, D] of token ids [B, T]."""
-    return _decoder(spec, params, tokens, jnp.arange(tokens.shape[1]), lora, None)[0]
+    """Final normed hidden states [B, T, D] of token ids [B, T] (`remat`, `layer_sharding`: see `logits`)."""
+    positions = jnp.arange(tokens.shape[1])
+    return _decoder(spec, params, tokens, positions, lora, None, remat, layer_sharding)[0]
 
 
-def logits(spec: ModelSpec, params: Mapping[str, object], tokens: jax.Array, lora: Lora | None = None) -> jax.Array:
-    """Next-token logits [B, T, V] of token ids [B, T] (right padding is harmless: attention is causal)."""
-    return _head(spec, params, hidden_states(spec, params, tokens, lora))
+def logits(
+    spec: ModelSpec,
+    params: Mapping[str, object],
+    tokens: jax.Array,
+    lora: Lora | None = None,
+    *,
+    remat: bool = False,
+    layer_sharding: Sharding | None = None,
+) -> jax.Array:
+    """Next-token logits [B, T, V] of token ids [B, T] (right padding is harmless: attention is causal).
+
+    `remat`: recompute each layer's activations in the backward pass rather than keep them (for
+    training; the values and gradients are the same). `layer_sharding`: each layer's weights and
+    LoRA factors are constrained to it inside the layer loop — for weights stored sharded over a
+    mesh, its replicated sharding gathers one layer at a time (FSDP).
+    """
+    return _head(spec, params, hidden_states(spec, params, tokens, lora, remat=remat, layer_sharding=layer_sharding))
 
 
 def token_logprobs(
@@ -225,12 +272,18 @@ def init_cache(spec: ModelSpec, batch: int, slots: int, dtype: jnp.dtype = jnp.f
 
 
 def logits_with_cache(
-    spec: ModelSpec, params: Mapping[str, object], cache: KVCache, tokens: jax.Array, lora: Lora | None = None
+    spec: ModelSpec,
+    params: Mapping[str, object],
+    cache: KVCache,
+    tokens: jax.Array,
+    lora: Lora | None = None,
+    *,
+    layer_sharding: Sharding | None = None,
 ) -> tuple[jax.Array, KVCache]:
     """Logits [B, T, V] of token ids [B, T] that continue the cached sequences, and the cache with
     them appended: the prompt in one call (prefill), then one token per call (decode). Equals
     `logits` of the whole sequence at these positions. The caller keeps `cache.length + T` within
-    its slots (writes past the end are clamped by XLA, not refused)."""
+    its slots (writes past the end are clamped by XLA, not refused). `layer_sharding` as in `logits`."""
     positions = cache.length + jnp.arange(tokens.shape[1])
-    h, cache = _decoder(spec, params, tokens, positions, lora, cache)
+    h, cache = _decoder(spec, params, tokens, positions, lora, cache, layer_sharding=layer_sharding)
     return _head(spec, params, h), cache  # type: ignore[return-value]

@@ -1,6 +1,7 @@
 """The canonical parameter pytree of the evaluator, and its conversion from/to HF tensor names.
 
-Layout (float32, HF weight orientation W [out, in]; L layers, V vocab, D hidden):
+Layout (float32, or matrices in a narrower `dtype` on request; HF weight orientation W [out, in];
+L layers, V vocab, D hidden):
 
     {"embed": [V, D], "norm": [D], "lm_head": [V, D] (only when untied),
      "layers": {"q": [L, H·hd, D], "k", "v": [L, KV·hd, D], "o": [L, D, H·hd],
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,9 +53,11 @@ def _by_tensor(spec: ModelSpec) -> dict[str, list[TensorKey]]:
     return {name: sorted(keys, key=lambda k: rows.get(k[0], (0, 0))) for name, keys in out.items()}
 
 
-def from_hf(spec: ModelSpec, read: object) -> Params:
+def from_hf(spec: ModelSpec, read: object, dtype: Any = np.float32) -> Params:
     """Canonical params from `read(hf_name) -> np.ndarray` (each tensor read once; a fused module
-    split into its roles' rows); per-layer tensors stacked on axis 0."""
+    split into its roles' rows); per-layer tensors stacked on axis 0. Weight matrices
+    (projections, embeddings, head) are stored in `dtype` as each is read (host memory of the
+    narrow copy only); vectors (norms, biases) stay float32."""
     params: Params = {}
     stacks: dict[str, list[np.ndarray]] = {}
     rows = row_ranges(spec)
@@ -61,6 +65,7 @@ def from_hf(spec: ModelSpec, read: object) -> Params:
         value = np.asarray(read(name), np.float32)  # type: ignore[operator]
         for key, layer in keys:
             part = value[slice(*rows[key])] if key in rows else value
+            part = part.astype(dtype) if part.ndim >= 2 else part
             if layer is None:
                 params[key] = part
             else:
@@ -80,15 +85,19 @@ def to_hf(spec: ModelSpec, params: Mapping[str, object]) -> dict[str, np.ndarray
     return out
 
 
-def load_params(config: ModelConfig, spec: ModelSpec, adapter: Path | str | None = None) -> Params:
-    """Read a model's weights through `Checkpoint`, with a PEFT LoRA merged in: W += γ·B·A."""
+def load_params(
+    config: ModelConfig, spec: ModelSpec, adapter: Path | str | None = None, dtype: Any = np.float32
+) -> Params:
+    """Read a model's weights through `Checkpoint`, with a PEFT LoRA merged in: W += γ·B·A (in
+    float32, then stored in `dtype` with the other matrices)."""
     ckpt = Checkpoint(config.folder)
-    params = from_hf(spec, ckpt.read_f32)
+    params = from_hf(spec, ckpt.read_f32, dtype)
     if adapter is not None:
         lora = read_adapter(adapter, config)
         layers = params["layers"]
         for (role, layer), module in lora.modules.items():
             a, b = lora.read_factors([module])  # [1, k, n], [1, m, k]
             delta = lora.scale(module) * (b[0].astype(np.float64) @ a[0].astype(np.float64))
-            layers[role][layer] += delta.astype(np.float32)  # type: ignore[index]
+            merged = np.asarray(layers[role][layer], np.float32) + delta.astype(np.float32)  # type: ignore[index]
+            layers[role][layer] = merged.astype(dtype)  # type: ignore[index]
     return params

@@ -78,7 +78,8 @@ def test_bad_flags_exit_2_with_one_line(tmp_path, extra, fragment) -> None:
      ("evaluate", ["--task_format=csv"], "--task_format"), ("evaluate", ["--batch_size=0"], "--batch_size"),
      ("evaluate", ["--max_length=1"], "--max_length: must be at least 2"),
      ("distill", ["--kd=reverse"], "--kd"), ("distill", ["--top_p=0"], "--top_p"),
-     ("distill", ["--batch_size=64", "--prompts=8"], "--batch_size")],
+     ("distill", ["--batch_size=64", "--prompts=8"], "--batch_size"),
+     ("distill", ["--param_dtype=float16"], "--param_dtype"), ("distill", ["--process_id=1"], "need --distributed")],
 )  # fmt: skip
 def test_every_command_refuses_a_bad_flag_value_with_exit_2(tmp_path, module, extra, fragment) -> None:
     if module == "transfer":

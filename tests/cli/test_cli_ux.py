@@ -23,10 +23,12 @@ def run_module(module: str, *args: str, env: dict[str, str] | None = None) -> su
 
 @pytest.mark.parametrize(
     ("module", "own_flags"),
-    [("transfer", ["--source_model", "--svd_rank", "--min_similarity", "--cache_dir", "--compilation_cache"]),
+    [("transfer", ["--source_model", "--svd_rank", "--min_similarity", "--cache_dir", "--compilation_cache",
+                   "--distributed", "--process_id"]),
      ("demo", ["--workdir", "--method"]),
      ("evaluate", ["--model", "--task", "--batch_size"]),
-     ("distill", ["--source_model", "--init", "--learn", "--kd", "--steps", "--svd_rank", "--anchor_weight"])],
+     ("distill", ["--source_model", "--init", "--learn", "--kd", "--steps", "--svd_rank", "--anchor_weight",
+                  "--param_dtype", "--remat", "--distributed", "--coordinator_address"])],
 )  # fmt: skip
 def test_help_lists_the_commands_own_flags_and_exits_0(module, own_flags) -> None:
     for spelling in ("--help", "-h"):
