@@ -22,6 +22,7 @@ import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,7 @@ import numpy as np
 from _randomized_arg import randomized_settings
 
 from crosslora_jax.ops import SvdSettings, transfer_stack, truncated_svd
+from crosslora_jax.ops import svd as svd_module
 from crosslora_jax.synthetic import Spectrum
 
 SHAPES = {
@@ -140,6 +142,13 @@ def main() -> None:
                             repeats=args.repeats)  # fmt: skip
         lines.append(f"| {name} {m}×{n} | truncated_svd gram (the default engine) | {t / args.layers:.3f} | "
                      f"{COMPILE_S[0]:.1f} | {distance(exact.u, gram.u):.3f} |")  # fmt: skip
+        # The same engine with the Gram matrix's full eigh (how gram ran before block Lanczos);
+        # seed 1 only gives it its own compiled program, the full-eigh path draws nothing.
+        with mock.patch.object(svd_module, "_KRYLOV_MAX_FRACTION", 0.0):
+            _, t = best_time(lambda x, ids=ids: truncated_svd(x, ids, SvdSettings(rank=args.rank, engine="gram", seed=1)),
+                             w, repeats=args.repeats)  # fmt: skip
+        lines.append(f"| {name} {m}×{n} | truncated_svd gram, full eigh of the Gram matrix | {t / args.layers:.3f} | "
+                     f"{COMPILE_S[0]:.1f} | — |")  # fmt: skip
         a = jax.random.normal(key, (args.layers, 16, n)) / np.sqrt(n)
         b = jax.random.normal(key, (args.layers, m, 16)) * 0.05
         _, t = best_time(lambda a, b, u, v: transfer_stack("cross_lora", a, b, u, v, u, v), a, b, exact.u, exact.v,

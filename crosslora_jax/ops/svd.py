@@ -41,7 +41,9 @@ class SvdSettings:
     )
     oversample: int = option(16, "Randomized SVD: extra sketch columns.", flag="svd_oversample", low=0)
     power_iters: int = option(2, "Randomized SVD: power iterations.", flag="svd_power_iters", low=0)
-    seed: int = option(0, "Randomized SVD: seed (results are deterministic per seed).", flag="svd_seed")
+    seed: int = option(
+        0, "Randomized SVD and gram's Krylov start: seed (results are deterministic per seed).", flag="svd_seed"
+    )
 
     def __post_init__(self) -> None:
         check_options(self)
@@ -104,16 +106,60 @@ def _randomized(
 _GRAM_OVERSAMPLE = 64
 
 
-def engine_constants(settings: SvdSettings) -> dict[str, int]:
+# Where the Gram matrix is large against the basis Krylov needs, block Lanczos replaces its full
+# eigh: blocks of this width, this many blocks past those covering the wanted s (the polynomial
+# degree that separates σ_r from σ_{r+block} on slowly decaying spectra), and only where the
+# basis is at most this fraction of d (below that a full eigh costs about as much).
+_KRYLOV_BLOCK = 64
+_KRYLOV_DEPTH = 12
+_KRYLOV_MAX_FRACTION = 0.5
+
+
+def engine_constants(settings: SvdSettings) -> dict[str, int | float]:
     """Fixed parameters of `settings.engine` that change its results: part of the cache key."""
-    return {"gram_oversample": _GRAM_OVERSAMPLE} if settings.engine == "gram" else {}
+    if settings.engine != "gram":
+        return {}
+    return {"gram_oversample": _GRAM_OVERSAMPLE, "gram_krylov_block": _KRYLOV_BLOCK,
+            "gram_krylov_depth": _KRYLOV_DEPTH, "gram_krylov_max_fraction": _KRYLOV_MAX_FRACTION}  # fmt: skip
 
 
-def _gram(w: Annotated[Array, "m n"], rank: int) -> tuple[Array, Array, Array]:
+def _krylov_size(d: int, s: int) -> int:
+    """Columns of the block Krylov basis for the top s of d eigenvectors; 0 where a full eigh is used."""
+    size = _KRYLOV_BLOCK * (-(-s // _KRYLOV_BLOCK) + _KRYLOV_DEPTH)
+    return size if size <= _KRYLOV_MAX_FRACTION * d else 0
+
+
+def _top_eigenvectors(g: Annotated[Array, "d d"], s: int, key: Array) -> Annotated[Array, "d s"]:
+    """A basis of (approximately) the top-s eigenspace of the symmetric PSD g.
+
+    Full eigh where d is small against the Krylov basis; otherwise block Lanczos from a random
+    start block with full re-orthogonalisation, then Rayleigh–Ritz on the basis. Its error is left to `_gram`'s
+    refinement against W, which the contract tests hold to float32 accuracy.
+    """
+    d = g.shape[0]
+    size = _krylov_size(d, s)
+    if not size:
+        return jnp.linalg.eigh(g)[1][:, d - s :]  # ascending
+    q = _orthonormal(mm(g, jax.random.normal(key, (d, _KRYLOV_BLOCK), jnp.float32)))
+    basis = q
+    for _ in range(size // _KRYLOV_BLOCK - 1):
+        q = mm(g, q)
+        # Project and normalise twice: where the Krylov space is exhausted (rank-deficient or
+        # flat spectra) the projected block is rounding noise, which one pass leaves far from
+        # orthogonal to the basis; a second pass on unit columns fixes that to float32 ε.
+        for _ in range(2):
+            q = _orthonormal(q - mm(basis, mm(basis.T, q)))
+        basis = jnp.concatenate([basis, q], axis=1)
+    _, z = jnp.linalg.eigh(mm(basis.T, mm(g, basis)))
+    return mm(basis, z[:, -s:])
+
+
+def _gram(w: Annotated[Array, "m n"], rank: int, key: Array) -> tuple[Array, Array, Array]:
     """Top-r SVD from the Gram matrix of the smaller side, refined against W.
 
     With a (d × N, d ≤ N) the smaller-side orientation of W: Q = top s = r + oversample
-    eigenvectors of a aᵀ (d×d, cheap: one product and a small eigh), Y = orth(aᵀ Q), then the
+    eigenvectors of a aᵀ (d×d: one product, then a full eigh or, where d is large, block Lanczos
+    started from `key`; `_top_eigenvectors`), Y = orth(aᵀ Q), then the
     thin SVD of a Y (d×s) gives U and V = Y Z. Squaring in float32 leaves Q wrong only in
     directions with σ near or below √ε·σ₁; the two products with W (not a aᵀ) shrink what Q
     holds outside the top-s space by (σ_{s+1}/σ_r)², and the final SVD separates the top r from
@@ -129,8 +175,7 @@ def _gram(w: Annotated[Array, "m n"], rank: int) -> tuple[Array, Array, Array]:
     d = a.shape[0]
     r = effective_rank(rank, m, n)
     s = min(r + _GRAM_OVERSAMPLE, d)
-    _, vecs = jnp.linalg.eigh(mm(a, a.T))  # ascending
-    q = vecs[:, d - s :]
+    q = _top_eigenvectors(mm(a, a.T), s, key)
     y = _orthonormal(mm(a.T, q))  # [N, s]
     ux, sx, zt = jnp.linalg.svd(mm(a, y), full_matrices=False)  # [d, s], [s], [s, s]
     u, sigma, v = ux[:, :r], sx[:r] * scale, mm(y, zt[:r].T)
@@ -140,15 +185,15 @@ def _gram(w: Annotated[Array, "m n"], rank: int) -> tuple[Array, Array, Array]:
 @functools.partial(jax.jit, static_argnames=("settings",))
 def truncated_svd(w: Annotated[Array, "L m n"], layer_ids: Annotated[Array, " L"], settings: SvdSettings) -> Subspace:
     """Truncated SVD of each layer. `layer_ids` (absolute layer numbers) seed the randomized
-    engine per layer, so results do not depend on how layers are chunked or sharded."""
+    engine (and gram's Krylov start block) per layer, so results do not depend on how layers are chunked or sharded."""
     w = w.astype(jnp.float32)
 
     def one(w1: Array, layer: Array) -> tuple[Array, Array, Array]:
+        key = jax.random.fold_in(jax.random.key(settings.seed), layer)
         if settings.engine == "gram":
-            return _gram(w1, settings.rank)
+            return _gram(w1, settings.rank, key)
         if settings.engine == "exact":
             return _exact(w1, settings.rank)
-        key = jax.random.fold_in(jax.random.key(settings.seed), layer)
         return _randomized(w1, settings.rank, key, settings.oversample, settings.power_iters)
 
     u, s, v = jax.vmap(one)(w, layer_ids)

@@ -223,3 +223,21 @@ def test_huge_and_tiny_weights_give_the_subspaces_of_unit_ones(engine: str, scal
         assert np.linalg.norm(x @ x.T - ref @ ref.T) < CONTRACT
     s64 = np.linalg.svd(w.astype(np.float64), compute_uv=False)[:R]
     np.testing.assert_allclose(np.asarray(sub.s[0], np.float64) / scale, s64, rtol=1e-4)
+
+
+# Shapes where gram replaces the Gram matrix's full eigh by block Lanczos (at R = 16 that takes
+# d ≥ 2 × its 896-column basis); the cases above are too small to reach that path.
+KRYLOV_SHAPE = (1800, 2000)
+
+
+@pytest.mark.parametrize("case", [*SPECTRA, "zero_rows_and_columns"])
+def test_gram_krylov_path_within_contract_of_float64(case: str) -> None:
+    from crosslora_jax.ops import svd
+
+    m, n = KRYLOV_SHAPE
+    assert svd._krylov_size(min(m, n), R + svd._GRAM_OVERSAMPLE) > 0  # the path under test runs
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    w = _zero_rows_and_columns(rng, m, n) if case == "zero_rows_and_columns" else _weight(rng, m, n, SPECTRA[case](m))
+    a, b = _lora(rng, m, n)
+    err = _relative(_ours("lora_x", "gram", a, b, w, w, R), _reference("lora_x", a, b, w, w, R))
+    assert err < CONTRACT, f"{case}/krylov: ΔW_t off by {err:.2e}"
