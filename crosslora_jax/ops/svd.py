@@ -1,9 +1,9 @@
 """Rank-r truncated SVD of a stack of weights, vmapped over layers, by one of three engines:
 
-- `gram` (default): eigh of the Gram matrix of the smaller side, then one subspace iteration and a
-  Rayleigh–Ritz step against W itself (`_gram`); as accurate as `exact` where float32 can be.
-  Its eigh is several times cheaper than a full SVD per matrix on CPUs; end to end it has not
-  yet been timed on an idle machine (docs/benchmark.md).
+- `gram` (default): the top eigenvectors of the Gram matrix of the smaller side (a full eigh, or
+  block Lanczos where that side is at least twice the Krylov basis), then one subspace iteration
+  and a Rayleigh–Ritz step against W itself (`_gram`); as accurate as `exact` where float32 can
+  be, and 2.0× exact end to end on the 2-core CPU (docs/benchmark.md).
 - `exact`: LAPACK's (CPU) or XLA's QDWH (GPU) SVD of the whole matrix.
 - `randomized`: a Halko–Martinsson–Tropp sketch; fast and, at its defaults, inaccurate at r = 320.
 
