@@ -368,6 +368,30 @@ def _heldout_metrics(spec, params, tokens):
     return loss, acc
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _window_logits(spec, params, tokens):
+    return logits(spec, params, tokens[:, :-1])
+
+
+def teacher_losses(source: Path, source_lora: Path, target: Path, windows: np.ndarray) -> dict[str, float]:
+    """Held-out next-byte loss of each objective's teacher distribution on the windows: what a
+    student that imitated its teacher perfectly would score (the cap of pure imitation).
+    full/sequence: S + its LoRA; delta: softmax(z_target + z_{S+LoRA} − z_S)."""
+    tokens = jnp.asarray(windows)
+    z = {}
+    for name, (folder, adapter) in {"sl": (source, source_lora), "s": (source, None), "t": (target, None)}.items():
+        spec, params = load_model(folder, adapter)
+        z[name] = np.asarray(_window_logits(spec, jax.tree.map(jnp.asarray, params), tokens), np.float64)
+
+    def ce(z_teacher):
+        z_teacher = z_teacher - z_teacher.max(-1, keepdims=True)
+        logp = z_teacher - np.log(np.exp(z_teacher).sum(-1, keepdims=True))
+        return float(-np.take_along_axis(logp, windows[:, 1:, None], axis=-1).mean())
+
+    full = ce(z["sl"])
+    return {"full": full, "sequence": full, "delta": ce(z["t"] + z["sl"] - z["s"])}
+
+
 def score(model_dir: Path, adapter_dir: Path | None, windows: np.ndarray) -> tuple[float, float]:
     """Held-out (loss, accuracy) of the model files, with the adapter files merged in."""
     spec, params = load_model(model_dir, adapter_dir)
@@ -502,6 +526,7 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
             score(folder, a, windows) for a in (None, loras[target], matched_dir)
         )
         g_base, g_trained = (score(folder, a, general)[0] for a in (None, loras[target]))
+        teachers = teacher_losses(seed_dir / "S", loras["S"], folder, windows)
         for kd, anchor in variants:
             label = f"distill {kd}" + (f" + anchor {anchor}" if anchor else "")
             label += settings.distill_tag
@@ -523,6 +548,8 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
                 "L_base": l_base, "L_transfer": l_d, "L_trained": l_trained, "L_matched": l_matched,
                 "recovered": (l_base - l_d) / gain if gain > 0 else float("nan"),
                 "recovered_matched": (l_base - l_d) / matched_gain if matched_gain > 0 else float("nan"),
+                "L_teacher": teachers[kd],
+                "recovered_teacher": (l_base - teachers[kd]) / gain if gain > 0 else float("nan"),
                 "G_base": g_base, "G_distill": g_d, "G_trained": g_trained,
                 "heldout_before": report.distill["heldout"]["before"], "heldout_after": report.distill["heldout"]["after"],
                 "seconds": seconds, "matched_seconds": matched_seconds,
@@ -531,6 +558,7 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
             log(
                 f"seed {seed}: {target:8s} {label:22s} L_base {l_base:.4f} L_distill {l_d:.4f} L_trained "
                 f"{l_trained:.4f} (matched {l_matched:.4f}) recovered {r['recovered']:+.3f} "
+                f"(its teacher {r['recovered_teacher']:+.3f}) "
                 f"(vs matched {r['recovered_matched']:+.3f}); general {g_base:.4f} -> {g_d:.4f} "
                 f"(trained LoRA {g_trained:.4f}); {seconds:.0f}s"
             )
@@ -541,9 +569,9 @@ def distill_table(rows: list[dict]) -> str:
     """Markdown for the distillation rows, mean ± sd over seeds."""
     lines = [
         "| target | method | L_base | L_distill | L_trained (150 steps) | L_trained (matched) | recovered | "
-        "recovered min…max | recovered vs matched | general: base → distill (Δ) | general Δ of the trained LoRA | "
-        "seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "recovered min…max | recovered vs matched | teacher recovers | general: base → distill (Δ) | "
+        "general Δ of the trained LoRA | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for target, method in dict.fromkeys((r["target"], r["method"]) for r in rows):
         g = [r for r in rows if r["target"] == target and r["method"] == method]
@@ -555,6 +583,7 @@ def distill_table(rows: list[dict]) -> str:
             f"{_mean_spread([r['L_transfer'] for r in g])} | {_mean_spread([r['L_trained'] for r in g])} | "
             f"{_mean_spread([r['L_matched'] for r in g])} | {_mean_spread(rec)} | {min(rec):+.3f}…{max(rec):+.3f} | "
             f"{_mean_spread([r['recovered_matched'] for r in g])} | "
+            f"{_mean_spread([r.get('recovered_teacher', float('nan')) for r in g])} | "
             f"{np.mean([r['G_base'] for r in g]):.3f} → {np.mean([r['G_distill'] for r in g]):.3f} "
             f"({_mean_spread(d_dist)}) | {_mean_spread(d_trained)} | {np.mean([r['seconds'] for r in g]):.0f} |"
         )

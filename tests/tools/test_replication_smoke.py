@@ -36,7 +36,9 @@ def test_smoke_run_produces_a_full_table(tmp_path):
         (t, m) for t in targets for m in ("distill full", "distill delta", "distill full + anchor 0.5")
     }
     for r in distilled:
-        for key in ("L_base", "L_transfer", "L_trained", "L_matched", "G_base", "G_distill", "G_trained"):
+        for key in ("L_base", "L_transfer", "L_trained", "L_matched", "L_teacher", "G_base", "G_distill", "G_trained"):
             assert math.isfinite(r[key]) and 0 < r[key] < 10, r
+        if r["method"].startswith("distill full"):  # its teacher is S + LoRA, scored on the same windows
+            assert abs(r["L_teacher"] - rows[0]["L_source_lora"]) < 1e-4 * rows[0]["L_source_lora"], r
     data_free, distill = (tmp_path / "smoke.md").read_text().split("\n\n")
     assert data_free.count("\n") == len(rows) + 1 and distill.count("\n") == len(distilled) + 2
