@@ -141,16 +141,22 @@ def _top_eigenvectors(g: Annotated[Array, "d d"], s: int, key: Array) -> Annotat
     if not size:
         return jnp.linalg.eigh(g)[1][:, d - s :]  # ascending
     q = _orthonormal(mm(g, jax.random.normal(key, (d, _KRYLOV_BLOCK), jnp.float32)))
-    basis = q
+    blocks, products = [q], []
     for _ in range(size // _KRYLOV_BLOCK - 1):
-        q = mm(g, q)
+        products.append(mm(g, q))
+        basis = jnp.concatenate(blocks, axis=1)
+        q = products[-1]
         # Project and normalise twice: where the Krylov space is exhausted (rank-deficient or
         # flat spectra) the projected block is rounding noise, which one pass leaves far from
         # orthogonal to the basis; a second pass on unit columns fixes that to float32 ε.
         for _ in range(2):
             q = _orthonormal(q - mm(basis, mm(basis.T, q)))
-        basis = jnp.concatenate([basis, q], axis=1)
-    _, z = jnp.linalg.eigh(mm(basis.T, mm(g, basis)))
+        blocks.append(q)
+    products.append(mm(g, q))
+    # g·basis is the products already formed: Rayleigh–Ritz costs d·size² here, not another d²·size.
+    basis = jnp.concatenate(blocks, axis=1)
+    t = mm(basis.T, jnp.concatenate(products, axis=1))
+    _, z = jnp.linalg.eigh((t + t.T) / 2)
     return mm(basis, z[:, -s:])
 
 
