@@ -32,6 +32,10 @@ def compute_subspaces(
     seconds spent reading the weights (the rest of the call is the SVD)."""
     names = [model.arch.weight_name(role, layer) for layer in layers]
     role_rows = model.row_ranges.get(role)  # a fused module's tensor: only this role's rows are read
+    m, n = model.shapes[role]
+    # gram works on the wide orientation (d ≤ N) anyway; handing it Wᵀ of tall roles lets
+    # gate/up and down share one compiled program per model instead of compiling two.
+    flip = settings.engine == "gram" and m > n
     read_seconds = 0.0
 
     def read(rows: Sequence[int]) -> np.ndarray:
@@ -39,11 +43,12 @@ def compute_subspaces(
         started = time.perf_counter()
         out = ckpt.read_stack_stored([names[r] for r in rows], role_rows)
         read_seconds += time.perf_counter() - started
-        return out
+        return np.ascontiguousarray(out.swapaxes(1, 2)) if flip else out
 
-    w = _mesh.place_stack(len(layers), model.shapes[role], read)
+    w = _mesh.place_stack(len(layers), (n, m) if flip else (m, n), read)
     ids = _mesh.shard_layers(np.asarray(layers, np.int32))
     sub, finite = _sharded_svd(settings)(w, ids)
     for row in np.flatnonzero(~_mesh.to_host(finite, len(layers))):
         raise CheckpointError(ckpt.file_of(names[row]), f"tensor {names[row]!r} contains NaN or Inf")
-    return Subspace(*(_mesh.to_host(x, len(layers)) for x in sub)), read_seconds
+    u, s, v, energy = (_mesh.to_host(x, len(layers)) for x in sub)
+    return (Subspace(v, s, u, energy) if flip else Subspace(u, s, v, energy)), read_seconds

@@ -23,15 +23,16 @@ from crosslora_jax import (
 
 @pytest.mark.parametrize("target", ["qwen3", "phi3"])  # phi3: q, v read from and written into qkv_proj
 def test_the_ops_inside_a_callers_jit_give_what_transfer_writes(tmp_path, target) -> None:
+    # gate is tall (m > n): the pipeline hands gram Wᵀ and swaps U, V back; the ops here do not.
     src_cfg = synthetic.model_config("llama", hidden=32, intermediate=64, heads=4, kv_heads=2, layers=3)
     tgt_cfg = synthetic.model_config(target, hidden=48, intermediate=80, heads=4, kv_heads=2, layers=3)
     src = synthetic.write_model(tmp_path / "src", src_cfg, synthetic.model_tensors(src_cfg, seed=0))
     tgt = synthetic.write_model(tmp_path / "tgt", tgt_cfg, synthetic.model_tensors(tgt_cfg, seed=1))
-    adapter = synthetic.write_adapter(tmp_path / "lora", src_cfg, seed=2, roles=("q", "v", "down"), rank=4)
+    adapter = synthetic.write_adapter(tmp_path / "lora", src_cfg, seed=2, roles=("q", "v", "gate", "down"), rank=4)
     settings = SvdSettings(rank=10)
 
     lora = load_lora_stacks(adapter, src)
-    assert set(lora) == {"q", "v", "down"} and lora["q"].a.shape == (3, 4, 32) and lora["q"].layers == (0, 1, 2)
+    assert set(lora) == {"q", "v", "gate", "down"} and lora["q"].a.shape == (3, 4, 32) and lora["q"].layers == (0, 1, 2)
     w_s, w_t = load_weight_stacks(src), load_weight_stacks(tgt)
     assert w_t["v"].shape == (3, 2 * 12, 48)  # a fused module's role: its own rows
 
