@@ -59,6 +59,8 @@ def test_svd_timing_tiny(tmp_path) -> None:
     assert float(gram.split("|")[-2]) < 1e-2  # well-separated top of the spectrum: Gram is accurate
     engine = next(r for r in rows if "truncated_svd gram" in r)
     assert float(engine.split("|")[-2]) < 1e-2  # the gram engine agrees with exact
+    floor = next(r for r in rows if "Gram product only" in r)
+    assert float(floor.split("|")[3]) > 0
 
 
 def test_svd_timing_projection_only_tiny(tmp_path) -> None:
