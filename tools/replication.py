@@ -97,6 +97,7 @@ class Settings:
     # "kd" or "kd:w" (KL to the target base on its own samples, weight w), for kd in full/delta/sequence
     distill_variants: tuple[str, ...] = ("full", "delta")
     distill_init: str = "cross_lora"
+    distill_learn: str = "lora"  # or "transform": r_t×r_s maps between the subspaces
     distill_tag: str = ""  # added to the row labels when the command line overrides the above
 
 
@@ -531,7 +532,7 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
             label = f"distill {kd}" + (f" + anchor {anchor}" if anchor else "")
             label += settings.distill_tag
             options = crosslora_jax.DistillOptions(
-                init=settings.distill_init, learn="lora", kd=kd, svd=crosslora_jax.SvdSettings(rank=settings.svd_ranks[0]),
+                init=settings.distill_init, learn=settings.distill_learn, kd=kd, svd=crosslora_jax.SvdSettings(rank=settings.svd_ranks[0]),
                 prompts=settings.distill_prompts, gen_len=settings.seq_len, gen_batch_size=256, steps=settings.distill_steps,
                 batch_size=settings.batch, learning_rate=settings.distill_lr, warmup_steps=settings.distill_steps // 20,
                 anchor_weight=anchor, heldout=64, seed=seed, log_every=max(settings.distill_steps // 10, 1),
@@ -639,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill_variants", default=None, help="e.g. full,delta,full:1.0 (kd[:anchor weight])")
     parser.add_argument("--distill_init", default=None, help="data-free init of the distillation (default cross_lora)")
     parser.add_argument(
+        "--distill_learn", default=None, help="what the distillation trains: lora (default) or transform"
+    )
+    parser.add_argument(
         "--groups",
         default="data_free,distill",
         help="row groups to run: data_free (the transfer methods), distill (crosslora_jax.distill per objective)",
@@ -648,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "distill_steps": args.distill_steps,
         "distill_init": args.distill_init,
+        "distill_learn": args.distill_learn,
         "distill_variants": None if args.distill_variants is None else tuple(args.distill_variants.split(",")),
     }
     given = {k: v for k, v in overrides.items() if v is not None and k != "distill_variants"}
