@@ -396,6 +396,32 @@ def _sharded_transfer(method: str):  # noqa: ANN202
     return _mesh.sharded_jit(functools.partial(transfer_stack, method))
 
 
+def _project(
+    method: str, a: np.ndarray, b: np.ndarray, src: Subspace, tgt: Subspace, s_idx: np.ndarray, t_idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """`transfer_stack` on host stacks, tall roles (m_s > n_s) posed transposed: every method maps
+    ΔWᵀ = Aᵀ Bᵀ through (V, U) as it maps ΔW through (U, V), so gate/up then share down's
+    compiled program (one fewer per pair)."""
+    n = a.shape[0]
+    flip = b.shape[1] > a.shape[2]
+    if flip:
+        a, b = np.swapaxes(b, 1, 2), np.swapaxes(a, 1, 2)
+        src, tgt = src._replace(u=src.v, v=src.u), tgt._replace(u=tgt.v, v=tgt.u)
+    a_t, b_t, stats = _sharded_transfer(method)(
+        _mesh.shard_layers(np.ascontiguousarray(a)),
+        _mesh.shard_layers(np.ascontiguousarray(b)),
+        *(_mesh.shard_layers(x[s_idx]) for x in (src.u, src.v)),
+        *(_mesh.shard_layers(x[t_idx]) for x in (tgt.u, tgt.v)),
+    )
+    diag = {k: _mesh.to_host(v, n) for k, v in stats._asdict().items()}
+    a_t, b_t = _mesh.to_host(a_t, n), _mesh.to_host(b_t, n)
+    if not flip:
+        return a_t, b_t, diag
+    swap = {"phi_u": "phi_v", "phi_v": "phi_u", "chance_u": "chance_v", "chance_v": "chance_u"}
+    a_t, b_t = (np.ascontiguousarray(np.swapaxes(x, 1, 2)) for x in (b_t, a_t))
+    return a_t, b_t, {swap.get(k, k): v for k, v in diag.items()}
+
+
 def _transfer_chunk(
     role: str,
     chunk: Sequence[tuple[int, int]],
@@ -422,17 +448,11 @@ def _transfer_chunk(
             if src is None or tgt is None:
                 a_t, b_t, *norms = _sharded_truncate(*target.shapes[role])(_mesh.shard_layers(a), _mesh.shard_layers(b))
                 diag = dict(zip(("source_norm", "target_norm"), (_mesh.to_host(x, n) for x in norms), strict=True))
+                a_t, b_t = _mesh.to_host(a_t, n), _mesh.to_host(b_t, n)
             else:
                 s_idx = np.asarray([src_pos[i] for _, _, i, _ in group])
                 t_idx = np.asarray([t for t, _, _, _ in group])
-                a_t, b_t, stats = _sharded_transfer(options.method)(
-                    _mesh.shard_layers(a),
-                    _mesh.shard_layers(b),
-                    *(_mesh.shard_layers(x[s_idx]) for x in (src.u, src.v)),
-                    *(_mesh.shard_layers(x[t_idx]) for x in (tgt.u, tgt.v)),
-                )
-                diag = {k: _mesh.to_host(v, n) for k, v in stats._asdict().items()}
-            a_t, b_t = _mesh.to_host(a_t, n), _mesh.to_host(b_t, n)
+                a_t, b_t, diag = _project(options.method, a, b, src, tgt, s_idx, t_idx)
             outcome.project_seconds += time.perf_counter() - started
             for row, (t, j, i, module) in enumerate(group):
                 subspace = None

@@ -40,15 +40,17 @@ def test_the_ops_inside_a_callers_jit_give_what_transfer_writes(tmp_path, target
     def users_step(w_s, w_t, a, b):  # the user's own jitted computation
         ids = jax.numpy.arange(w_s.shape[0])
         s, t = truncated_svd(w_s, ids, settings), truncated_svd(w_t, ids, settings)
-        a_t, b_t, _ = transfer_stack("cross_lora", a, b, s.u, s.v, t.u, t.v)
-        return a_t, b_t
+        return transfer_stack("cross_lora", a, b, s.u, s.v, t.u, t.v)
 
-    out = {}
+    out, phis = {}, {}
     for role, stack in lora.items():
-        a_t, b_t = users_step(w_s[role], w_t[role], stack.a, stack.b)
+        a_t, b_t, diag = users_step(w_s[role], w_t[role], stack.a, stack.b)
         out[role] = stack._replace(a=np.asarray(a_t), b=np.asarray(b_t))
+        phis[role] = np.stack([np.asarray(diag.phi_u), np.asarray(diag.phi_v)], axis=1)
     save_lora_stacks(tmp_path / "mine", tgt, out, like=adapter)
-    transfer(src, tgt, [adapter], tmp_path / "cli", TransferOptions(svd=settings))
+    (report,) = transfer(src, tgt, [adapter], tmp_path / "cli", TransferOptions(svd=settings))
+    for m in report.modules:  # each side's φ stays on its side (the pipeline poses tall roles transposed)
+        np.testing.assert_allclose((m.figures.phi_u, m.figures.phi_v), phis[m.role][m.target_layer], atol=1e-4)
     mine, cli = (
         load_file(str(tmp_path / "mine/adapter_model.safetensors")),
         load_file(str(tmp_path / "cli/adapter_model.safetensors")),
