@@ -77,13 +77,16 @@ class SubspaceCache:
     def save(self, ckpt: Checkpoint, role: str, layer: int, entry: Subspace) -> None:
         """Write one layer's entry and its checksum record; call it on every process."""
         path = self._entry(ckpt, role, layer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._checkpointer.save(path, entry._asdict(), force=True)
-        # orbax's save ends in a barrier, so the files are final on every process; each writes the
-        # same record (atomically), so none restores an entry before its record exists.
-        tmp = path / f"{_CHECKSUMS}.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(_entry_files(path)))
-        tmp.replace(path / _CHECKSUMS)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._checkpointer.save(path, entry._asdict(), force=True)
+            # orbax's save ends in a barrier, so the files are final on every process; each writes
+            # the same record (atomically), so none restores an entry before its record exists.
+            tmp = path / f"{_CHECKSUMS}.tmp{os.getpid()}"
+            tmp.write_text(json.dumps(_entry_files(path)))
+            tmp.replace(path / _CHECKSUMS)
+        except OSError as e:  # else the output folder would be named as what failed
+            raise OutputError(self.folder, f"cannot write a cache entry: {e.strerror or e}") from None
 
     def _entry(self, ckpt: Checkpoint, role: str, layer: int) -> Path:
         if ckpt.folder not in self._fingerprints:

@@ -14,7 +14,7 @@ import pytest
 from _xla_env import xla_flags
 from safetensors.numpy import load_file
 
-from crosslora_jax import Progress, SvdSettings, TransferOptions, synthetic, transfer
+from crosslora_jax import OutputError, Progress, SvdSettings, TransferOptions, synthetic, transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,6 +147,17 @@ def test_damaged_and_partial_cache_entries_are_recomputed(pair, tmp_path, monkey
     a, b = _factors(tmp_path / "o1"), _factors(tmp_path / "o2")
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_failed_cache_write_names_the_cache_folder(pair, tmp_path, monkeypatch) -> None:
+    def full_disk(self, path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, "save", full_disk)
+    with pytest.raises(OutputError, match="No space left") as failure:
+        transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "out", OPTIONS, cache_dir=tmp_path / "c")
+    assert str(tmp_path / "c") in str(failure.value)  # names the cache folder, not the output
+    assert not (tmp_path / "out").exists()
 
 
 class _CtrlCAtThirdChunk(Progress):

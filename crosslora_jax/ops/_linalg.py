@@ -1,4 +1,4 @@
-"""Matmul and crop/pad helpers shared by the ops; always float32 at highest precision."""
+"""Matmul, thin-SVD and crop/pad helpers shared by the ops; always float32 at highest precision."""
 
 from __future__ import annotations
 
@@ -17,3 +17,40 @@ def crop_or_pad(x: Annotated[Array, "a b"], rows: int, cols: int) -> Annotated[A
     """`pad(X, rows, cols)` of docs/method.md: keep the leading block, zero-fill the rest."""
     x = x[:rows, :cols]
     return jnp.pad(x, ((0, rows - x.shape[0]), (0, cols - x.shape[1])))
+
+
+def thin_svd_via_qr(x: Annotated[Array, "p c"]) -> tuple[Array, Array, Array]:
+    """Thin SVD x = U diag(s) Vᵀ (returns U, s, Vᵀ); tall blocks (p > c) go through a QR first.
+
+    On the CPU, XLA's SVD of a tall p×c block (p up to 8192, c ≈ 320–384) took about twice a QR
+    plus the c×c SVD of R (tools/svd_timing.py, docs/benchmark.md). R has x's singular values.
+    """
+    if x.shape[0] <= x.shape[1]:
+        return jnp.linalg.svd(x, full_matrices=False)
+    qx, rx = jnp.linalg.qr(x, mode="reduced")
+    ur, s, vt = jnp.linalg.svd(rx, full_matrices=False)
+    return mm(qx, ur), s, vt
+
+
+_GRAM_BLOCKS = 4
+_GRAM_BLOCKED_FROM = 2048  # below this the saving did not pay for the extra compile time
+
+
+def gram(a: Annotated[Array, "d N"]) -> Annotated[Array, "d d"]:
+    """a aᵀ from the products of row blocks on and above the diagonal, mirrored below.
+
+    XLA has no symmetric rank-k product; with 4 row blocks 10 of the 16 block products are
+    formed, each entry the same dot of the same two rows as in the full product. The 10 dots
+    compile slower than one (≈0.15 s per program on the 2-core CPU), so small d keeps one dot.
+    """
+    d = a.shape[0]
+    if d < _GRAM_BLOCKED_FROM:
+        return mm(a, a.T)
+    size = -(-d // _GRAM_BLOCKS)
+    rows = [a[i : i + size] for i in range(0, d, size)]
+    blocks: list[list[Array]] = [[None] * len(rows) for _ in rows]  # type: ignore[list-item]
+    for i, x in enumerate(rows):
+        for j in range(i, len(rows)):
+            blocks[i][j] = mm(x, rows[j].T)
+            blocks[j][i] = blocks[i][j].T
+    return jnp.block(blocks)

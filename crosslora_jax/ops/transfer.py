@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import Array
 
 from crosslora_jax._options import check_choice
-from crosslora_jax.ops._linalg import crop_or_pad, mm
+from crosslora_jax.ops._linalg import crop_or_pad, mm, thin_svd_via_qr
 
 Method = Literal["cross_lora", "lora_x", "truncate"]
 METHODS: tuple[str, ...] = typing.get_args(Method)
@@ -48,14 +48,7 @@ def _range_basis(x: Annotated[Array, "p r"], orthonormal: bool) -> tuple[Array, 
     if orthonormal:
         r = x.shape[1]
         return x, jnp.ones((r,), x.dtype), jnp.eye(r, dtype=x.dtype)
-    if x.shape[0] > x.shape[1]:
-        # Crops are tall (p up to 8192, r = 320): XLA's CPU SVD of the p×r block took 2× a QR
-        # plus the r×r SVD of R in one run. R has x's singular values, so the threshold is unchanged.
-        qx, rx = jnp.linalg.qr(x, mode="reduced")
-        ur, s, wt = jnp.linalg.svd(rx, full_matrices=False)
-        q = mm(qx, ur)
-    else:
-        q, s, wt = jnp.linalg.svd(x, full_matrices=False)
+    q, s, wt = thin_svd_via_qr(x)  # crops are tall: p up to 8192, r = 320
     tol = jnp.finfo(jnp.float32).eps * max(x.shape) * jnp.max(s, initial=0.0)
     return q, jnp.where(s > tol, s, 0.0), wt
 
