@@ -19,6 +19,8 @@ bf16 LoRAs on every projection. Then runs each variant in its own process, so pe
   code itself calls it. Ratios are taken against the FASTER of the baseline rows present.
 - gram: `crosslora_jax.transfer`, cross_lora, SVD rank 320, the default gram engine; fills a cache.
 - warm: the second adapter with that cache: no SVD is computed.
+- programs: the first adapter again with an empty subspace cache but the XLA programs the gram row
+  compiled (what a second model pair of the same shapes costs: every SVD, no compile).
 - exact: the same with the exact engine (its own cache); "ΔW_t vs exact" of the other rows is
   measured against it.
 - randomized: the randomized engine with `--power_iters`/`--oversample`, or one row per
@@ -62,13 +64,14 @@ PAIRS = {
         ("llama", dict(hidden=96, intermediate=128, heads=4, kv_heads=2, head_dim=24)),
     ),
 }
-VARIANTS = ("baseline", "torch_baseline", "gram", "warm", "exact", "randomized", "depth")
+VARIANTS = ("baseline", "torch_baseline", "gram", "warm", "programs", "exact", "randomized", "depth")
 BASELINES = {
     "baseline": "baseline (reference-style, NumPy SVD)",
     "torch_baseline": "baseline (reference-style, torch SVD)",
 }
 GRAM = "ours, gram SVD (default; 1st adapter, fills cache)"
 WARM = "ours, gram, warm cache (2nd adapter)"
+PROGRAMS = "ours, gram, empty subspace cache, XLA programs cached"
 EXACT = "ours, exact SVD (1st adapter, fills its cache)"
 
 
@@ -101,8 +104,8 @@ def child_ours(args: argparse.Namespace) -> dict:
 
     from crosslora_jax import SvdSettings, TransferOptions, enable_compilation_cache, transfer
 
-    if args.cache_dir:  # as the CLI does with --cache_dir
-        enable_compilation_cache(args.cache_dir)
+    if args.cache_dir or args.xla_cache:  # as the CLI does with --cache_dir
+        enable_compilation_cache(args.xla_cache or args.cache_dir)
     svd = SvdSettings(rank=args.svd_rank, engine=args.engine, power_iters=args.power_iters, oversample=args.oversample)
     options = TransferOptions(method="cross_lora", svd=svd, layers_per_chunk=args.chunk)
     started = time.perf_counter()
@@ -259,7 +262,7 @@ def main() -> None:
     parser.add_argument("--work", default="tools/out/bench")
     parser.add_argument("--out", default=None, help="also write the markdown table here (after every row)")
     parser.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
-    for name in ("source", "target", "adapter", "output", "cache_dir", "engine", "backend", "trace"):
+    for name in ("source", "target", "adapter", "output", "cache_dir", "xla_cache", "engine", "backend", "trace"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -277,8 +280,10 @@ def main() -> None:
     input_seconds = time.perf_counter() - started
     common = [f"--svd_rank={args.svd_rank}"]
 
-    def ours(paths, engine, out, adapter="a1", cache=None, chunk=args.chunk, setting=settings[0], trace=None):
+    def ours(paths, engine, out, adapter="a1", cache=None, chunk=args.chunk, setting=settings[0], trace=None,
+             xla_cache=None):  # fmt: skip
         extra = [f"--cache_dir={cache}"] if cache else []
+        extra += [f"--xla_cache={xla_cache}"] if xla_cache else []
         extra += [f"--trace={trace}"] if trace else []
         return run_child(["--child=ours", f"--source={paths['source']}", f"--target={paths['target']}",
                           f"--adapter={paths[adapter]}", f"--output={work / out}", f"--engine={engine}",
@@ -287,7 +292,7 @@ def main() -> None:
 
     import shutil
 
-    caches = {"gram": work / "cache", "exact": work / "cache_exact"}
+    caches = {"gram": work / "cache", "exact": work / "cache_exact", "programs": work / "cache_programs"}
     for folder in caches.values():
         shutil.rmtree(folder, ignore_errors=True)
     rows: dict[str, dict] = {}
@@ -314,6 +319,10 @@ def main() -> None:
             if GRAM not in rows:
                 parser.error("--variants: 'warm' needs 'gram' before it")
             record(WARM, ours(small, "gram", "o_warm", adapter="a2", cache=caches["gram"], trace=args.trace_warm))
+        elif variant == "programs":
+            if GRAM not in rows:
+                parser.error("--variants: 'programs' needs 'gram' before it")
+            record(PROGRAMS, ours(small, "gram", "o_programs", cache=caches["programs"], xla_cache=caches["gram"]))
         elif variant == "exact":
             record(EXACT, ours(small, "exact", "o_exact", cache=caches["exact"]))
         elif variant == "randomized":

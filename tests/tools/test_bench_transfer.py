@@ -21,12 +21,12 @@ def test_bench_transfer_tiny_pair(tmp_path) -> None:
     # oversample covers the whole width, so the randomized engine must agree with the exact one.
     # A second setting with no oversampling and no power iterations must show a visible error.
     _run(["tools/bench_transfer.py", "--pair=tiny", "--layers=1", "--svd_rank=16", "--randomized=2:200,0:0",
-          "--variants=gram,warm,exact,randomized,baseline,torch_baseline,depth", f"--work={tmp_path / 'w'}",
+          "--variants=gram,warm,programs,exact,randomized,baseline,torch_baseline,depth", f"--work={tmp_path / 'w'}",
           f"--out={out}"])  # fmt: skip
     text = out.read_text()
     rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ours") or
             line.startswith("| baseline")}  # fmt: skip
-    assert len(rows) == 9, text
+    assert len(rows) == 10, text
 
     def cell(name: str, column: int) -> str:
         return rows[name].split("|")[column].strip()
@@ -46,6 +46,12 @@ def test_bench_transfer_tiny_pair(tmp_path) -> None:
     assert "Code at commit" in text and "CPU:" in text
     for folder in ("o_gram", "o_exact", "o_baseline", "o_torch_baseline"):
         assert (tmp_path / "w" / folder / "adapter_model.safetensors").exists(), folder
+    # The programs row computes every subspace again (its own cache) with the gram row's XLA programs.
+    work = tmp_path / "w"
+    assert any((work / "cache" / "xla").iterdir()) and not (work / "cache_programs" / "xla").exists()
+    assert len([p for p in (work / "cache_programs").rglob("layer_*") if p.is_dir()]) == 14
+    again, first = ((work / f / "adapter_model.safetensors").read_bytes() for f in ("o_programs", "o_gram"))
+    assert again == first  # the same programs, loaded instead of compiled, give the same file
 
 
 def test_svd_timing_tiny(tmp_path) -> None:
