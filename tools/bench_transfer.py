@@ -104,8 +104,8 @@ def child_ours(args: argparse.Namespace) -> dict:
 
     from crosslora_jax import SvdSettings, TransferOptions, enable_compilation_cache, transfer
 
-    if args.cache_dir or args.xla_cache:  # as the CLI does with --cache_dir
-        enable_compilation_cache(args.xla_cache or args.cache_dir)
+    if args.cache_dir or args.program_cache:  # as the CLI does with --cache_dir
+        enable_compilation_cache(args.program_cache or args.cache_dir)
     svd = SvdSettings(rank=args.svd_rank, engine=args.engine, power_iters=args.power_iters, oversample=args.oversample)
     options = TransferOptions(method="cross_lora", svd=svd, layers_per_chunk=args.chunk)
     started = time.perf_counter()
@@ -262,7 +262,7 @@ def main() -> None:
     parser.add_argument("--work", default="tools/out/bench")
     parser.add_argument("--out", default=None, help="also write the markdown table here (after every row)")
     parser.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
-    for name in ("source", "target", "adapter", "output", "cache_dir", "xla_cache", "engine", "backend", "trace"):
+    for name in ("source", "target", "adapter", "output", "cache_dir", "program_cache", "engine", "backend", "trace"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -281,9 +281,9 @@ def main() -> None:
     common = [f"--svd_rank={args.svd_rank}"]
 
     def ours(paths, engine, out, adapter="a1", cache=None, chunk=args.chunk, setting=settings[0], trace=None,
-             xla_cache=None):  # fmt: skip
+             program_cache=None):  # fmt: skip
         extra = [f"--cache_dir={cache}"] if cache else []
-        extra += [f"--xla_cache={xla_cache}"] if xla_cache else []
+        extra += [f"--program_cache={program_cache}"] if program_cache else []  # "--xla…" argv would enter JAX's cache key
         extra += [f"--trace={trace}"] if trace else []
         return run_child(["--child=ours", f"--source={paths['source']}", f"--target={paths['target']}",
                           f"--adapter={paths[adapter]}", f"--output={work / out}", f"--engine={engine}",
@@ -322,7 +322,7 @@ def main() -> None:
         elif variant == "programs":
             if GRAM not in rows:
                 parser.error("--variants: 'programs' needs 'gram' before it")
-            record(PROGRAMS, ours(small, "gram", "o_programs", cache=caches["programs"], xla_cache=caches["gram"]))
+            record(PROGRAMS, ours(small, "gram", "o_programs", cache=caches["programs"], program_cache=caches["gram"]))
         elif variant == "exact":
             record(EXACT, ours(small, "exact", "o_exact", cache=caches["exact"]))
         elif variant == "randomized":
