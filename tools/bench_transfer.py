@@ -283,7 +283,8 @@ def main() -> None:
     def ours(paths, engine, out, adapter="a1", cache=None, chunk=args.chunk, setting=settings[0], trace=None,
              program_cache=None):  # fmt: skip
         extra = [f"--cache_dir={cache}"] if cache else []
-        extra += [f"--program_cache={program_cache}"] if program_cache else []  # "--xla…" argv would enter JAX's cache key
+        # not "--xla_cache": JAX puts every "--xla…" argv entry into its compilation-cache key
+        extra += [f"--program_cache={program_cache}"] if program_cache else []
         extra += [f"--trace={trace}"] if trace else []
         return run_child(["--child=ours", f"--source={paths['source']}", f"--target={paths['target']}",
                           f"--adapter={paths[adapter]}", f"--output={work / out}", f"--engine={engine}",
