@@ -31,26 +31,3 @@ def thin_svd_via_qr(x: Annotated[Array, "p c"]) -> tuple[Array, Array, Array]:
     ur, s, vt = jnp.linalg.svd(rx, full_matrices=False)
     return mm(qx, ur), s, vt
 
-
-_GRAM_BLOCKS = 4
-_GRAM_BLOCKED_FROM = 2048  # below this the saving did not pay for the extra compile time
-
-
-def gram(a: Annotated[Array, "d N"]) -> Annotated[Array, "d d"]:
-    """a aᵀ from the products of row blocks on and above the diagonal, mirrored below.
-
-    XLA has no symmetric rank-k product; with 4 row blocks 10 of the 16 block products are
-    formed, each entry the same dot of the same two rows as in the full product. The 10 dots
-    compile slower than one (≈0.15 s per program on the 2-core CPU), so small d keeps one dot.
-    """
-    d = a.shape[0]
-    if d < _GRAM_BLOCKED_FROM:
-        return mm(a, a.T)
-    size = -(-d // _GRAM_BLOCKS)
-    rows = [a[i : i + size] for i in range(0, d, size)]
-    blocks: list[list[Array]] = [[None] * len(rows) for _ in rows]  # type: ignore[list-item]
-    for i, x in enumerate(rows):
-        for j in range(i, len(rows)):
-            blocks[i][j] = mm(x, rows[j].T)
-            blocks[j][i] = blocks[i][j].T
-    return jnp.block(blocks)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from crosslora_jax._options import check_options, option
-from crosslora_jax.ops._linalg import gram, mm, thin_svd_via_qr
+from crosslora_jax.ops._linalg import mm, thin_svd_via_qr
 
 SvdEngine = Literal["gram", "exact", "randomized"]
 ENGINES: tuple[str, ...] = typing.get_args(SvdEngine)
@@ -181,7 +181,7 @@ def _gram(w: Annotated[Array, "m n"], rank: int, key: Array) -> tuple[Array, Arr
     d = a.shape[0]
     r = effective_rank(rank, m, n)
     s = min(r + _GRAM_OVERSAMPLE, d)
-    q = _top_eigenvectors(gram(a), s, key)
+    q = _top_eigenvectors(mm(a, a.T), s, key)
     y = _orthonormal(mm(a.T, q))  # [N, s]
     ux, sx, zt = thin_svd_via_qr(mm(a, y))  # [d, s], [s], [s, s]
     u, sigma, v = ux[:, :r], sx[:r] * scale, mm(y, zt[:r].T)

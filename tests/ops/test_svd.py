@@ -64,17 +64,3 @@ def test_gpu_polar_route_is_accurate_and_orthonormal(m, n, rank) -> None:
     # jax 0.10.2 measured 1.8x the Wedin bound at (96, 64, rank 20), so the bound gets a factor 4.
     assert _distance(u[:, :top], u64[:, :top]) < 4 * _subspace_tol(s64, top, m, n)
 
-
-@pytest.mark.parametrize("d", [1, 3, 7, 64])
-def test_blocked_gram_equals_the_float64_product(d, monkeypatch) -> None:
-    """`gram` forms only the blocks on and above the diagonal; every d, also d not a multiple of
-    the block count and d below it, must give the whole symmetric a aᵀ."""
-    from crosslora_jax.ops import _linalg
-
-    monkeypatch.setattr(_linalg, "_GRAM_BLOCKED_FROM", 1)  # the blocked path at test sizes
-    a = np.random.default_rng(d).standard_normal((d, 37)).astype(np.float32)
-    ours = np.asarray(_linalg.gram(jax.numpy.asarray(a)), np.float64)
-    ref = a.astype(np.float64) @ a.T.astype(np.float64)
-    assert ours.shape == (d, d)
-    np.testing.assert_array_equal(ours, ours.T)
-    np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
