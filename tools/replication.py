@@ -374,23 +374,90 @@ def _window_logits(spec, params, tokens):
     return logits(spec, params, tokens[:, :-1])
 
 
-def teacher_losses(source: Path, source_lora: Path, target: Path, windows: np.ndarray) -> dict[str, float]:
-    """Held-out next-byte loss of each objective's teacher distribution on the windows: what a
-    student that imitated its teacher perfectly would score (the cap of pure imitation).
-    full/sequence: S + its LoRA; delta: softmax(z_target + z_{S+LoRA} − z_S)."""
+def _teacher_logits(source: Path, source_lora: Path, target: Path, windows: np.ndarray) -> dict[str, np.ndarray]:
+    """float64 logits on the windows of S + LoRA ("sl"), S ("s") and the target ("t")."""
     tokens = jnp.asarray(windows)
     z = {}
     for name, (folder, adapter) in {"sl": (source, source_lora), "s": (source, None), "t": (target, None)}.items():
         spec, params = load_model(folder, adapter)
         z[name] = np.asarray(_window_logits(spec, jax.tree.map(jnp.asarray, params), tokens), np.float64)
+    return z
 
-    def ce(z_teacher):
-        z_teacher = z_teacher - z_teacher.max(-1, keepdims=True)
-        logp = z_teacher - np.log(np.exp(z_teacher).sum(-1, keepdims=True))
-        return float(-np.take_along_axis(logp, windows[:, 1:, None], axis=-1).mean())
 
-    full = ce(z["sl"])
-    return {"full": full, "sequence": full, "delta": ce(z["t"] + z["sl"] - z["s"])}
+def _cross_entropy(z_teacher: np.ndarray, windows: np.ndarray) -> float:
+    z_teacher = z_teacher - z_teacher.max(-1, keepdims=True)
+    logp = z_teacher - np.log(np.exp(z_teacher).sum(-1, keepdims=True))
+    return float(-np.take_along_axis(logp, windows[:, 1:, None], axis=-1).mean())
+
+
+def teacher_losses(source: Path, source_lora: Path, target: Path, windows: np.ndarray) -> dict[str, float]:
+    """Held-out next-byte loss of each objective's teacher distribution on the windows: what a
+    student that imitated its teacher perfectly would score (the cap of pure imitation).
+    full/sequence: S + its LoRA; delta: softmax(z_target + z_{S+LoRA} − z_S)."""
+    z = _teacher_logits(source, source_lora, target, windows)
+    full = _cross_entropy(z["sl"], windows)
+    return {"full": full, "sequence": full, "delta": _cross_entropy(z["t"] + z["sl"] - z["s"], windows)}
+
+
+# Teacher distributions beyond the two objectives: is there one a student could imitate past 80 %?
+# delta ×a: softmax(z_T + a·(z_{S+L} − z_S)); product b: softmax((1 − b)·z_T + b·z_{S+L}).
+TEACHER_VARIANTS = {
+    **{f"delta ×{a:g}": ("delta", a) for a in (0.5, 1.0, 1.5)},
+    **{f"product b={b:g}": ("product", b) for b in (0.25, 0.5, 0.75)},
+    "full (S + LoRA)": ("product", 1.0),
+}
+
+
+def _teacher_variant(kind: str, weight: float, z: dict[str, np.ndarray]) -> np.ndarray:
+    if kind == "delta":
+        return z["t"] + weight * (z["sl"] - z["s"])
+    return (1.0 - weight) * z["t"] + weight * z["sl"]
+
+
+def teacher_rows(seed: int, settings: Settings, text: dict[str, np.ndarray], seed_dir: Path, loras: dict,
+                 log) -> list[dict]:  # fmt: skip
+    """Per target × teacher variant: held-out code and general-text loss of the teacher itself."""
+    windows = {name: eval_windows(text[f"{name}_eval"], settings.seq_len, settings.eval_windows)
+               for name in ("code", "general")}  # fmt: skip
+    rows = []
+    for target in ("upgrade", "resized", "gemma2"):
+        folder = seed_dir / target
+        base = {k: score(folder, None, w)[0] for k, w in windows.items()}
+        trained = {k: score(folder, loras[target], w)[0] for k, w in windows.items()}
+        z = {k: _teacher_logits(seed_dir / "S", loras["S"], folder, w) for k, w in windows.items()}
+        for label, (kind, weight) in TEACHER_VARIANTS.items():
+            loss = {k: _cross_entropy(_teacher_variant(kind, weight, z[k]), windows[k]) for k in windows}
+            gain = base["code"] - trained["code"]
+            rows.append({
+                "kind": "teacher", "seed": seed, "target": target, "method": label,
+                "L_base": base["code"], "L_teacher": loss["code"], "L_trained": trained["code"],
+                "recovered": (base["code"] - loss["code"]) / gain if gain > 0 else float("nan"),
+                "G_base": base["general"], "G_teacher": loss["general"], "G_trained": trained["general"],
+            })  # fmt: skip
+            log(f"seed {seed}: {target:8s} teacher {label:16s} code {loss['code']:.4f} recovered "
+                f"{rows[-1]['recovered']:+.3f}; general {base['general']:.4f} -> {loss['general']:.4f}")  # fmt: skip
+    return rows
+
+
+def teacher_table(rows: list[dict]) -> str:
+    """Markdown for the teacher rows, mean ± sd over seeds."""
+    lines = [
+        "| target | teacher | L_base | L_teacher | L_trained | teacher recovers | min…max | "
+        "general: base → teacher (Δ) | general Δ of the trained LoRA |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for target, method in dict.fromkeys((r["target"], r["method"]) for r in rows):
+        g = [r for r in rows if r["target"] == target and r["method"] == method]
+        rec = [r["recovered"] for r in g]
+        lines.append(
+            f"| {target} | {method} | {_mean_spread([r['L_base'] for r in g])} | "
+            f"{_mean_spread([r['L_teacher'] for r in g])} | {_mean_spread([r['L_trained'] for r in g])} | "
+            f"{_mean_spread(rec)} | {min(rec):+.3f}…{max(rec):+.3f} | "
+            f"{np.mean([r['G_base'] for r in g]):.3f} → {np.mean([r['G_teacher'] for r in g]):.3f} "
+            f"({_mean_spread([r['G_teacher'] - r['G_base'] for r in g])}) | "
+            f"{_mean_spread([r['G_trained'] - r['G_base'] for r in g])} |"
+        )
+    return "\n".join(lines)
 
 
 def score(model_dir: Path, adapter_dir: Path | None, windows: np.ndarray) -> tuple[float, float]:
@@ -449,6 +516,8 @@ def run_seed(
     rows = []
     if "distill" in groups:
         rows += distill_rows(seed, settings, text, seed_dir, models, loras, log)
+    if "teachers" in groups:
+        rows += teacher_rows(seed, settings, text, seed_dir, loras, log)
     for target in ("upgrade", "resized", "gemma2") if "data_free" in groups else ():
         l_base, a_base = score(seed_dir / target, None, windows)
         l_trained, a_trained = score(seed_dir / target, loras[target], windows)
@@ -645,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--groups",
         default="data_free,distill",
-        help="row groups to run: data_free (the transfer methods), distill (crosslora_jax.distill per objective)",
+        help="row groups to run: data_free (the transfer methods), distill (crosslora_jax.distill per objective), "
+        "teachers (the held-out scores of teacher distributions themselves: no training past the LoRAs)",
     )
     args = parser.parse_args(argv)
     settings = SMOKE if args.smoke else FULL
@@ -660,8 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None},
                                    distill_tag=f" ({tag})" if tag else "")  # fmt: skip
     groups = tuple(g for g in args.groups.split(",") if g)
-    if not groups or set(groups) - {"data_free", "distill"}:
-        parser.error(f"--groups: choose from data_free, distill; got {args.groups!r}")
+    if not groups or set(groups) - {"data_free", "distill", "teachers"}:
+        parser.error(f"--groups: choose from data_free, distill, teachers; got {args.groups!r}")
     if args.seeds is not None:
         settings = dataclasses.replace(settings, seeds=args.seeds)
     logging.set_verbosity(logging.ERROR)  # the pipeline's per-chunk info and energy warnings
@@ -688,10 +758,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    data_free = [r for r in rows if r.get("kind") != "distill"]
+    data_free = [r for r in rows if r.get("kind") not in ("distill", "teacher")]
     distilled = [r for r in rows if r.get("kind") == "distill"]
-    md = "\n\n".join(t for t in (data_free and table(data_free), distilled and distill_table(distilled)) if t)
-    name = ("smoke" if args.smoke else "replication") + ("" if len(groups) == 2 else f"_{groups[0]}")
+    teachers = [r for r in rows if r.get("kind") == "teacher"]
+    tables = (
+        data_free and table(data_free),
+        distilled and distill_table(distilled),
+        teachers and teacher_table(teachers),
+    )
+    md = "\n\n".join(t for t in tables if t)
+    name = ("smoke" if args.smoke else "replication") + ("" if len(groups) > 1 else f"_{groups[0]}")
     (args.out / f"{name}.json").write_text(
         json.dumps(
             {"settings": dataclasses.asdict(settings), "seconds": elapsed, "cpus": os.cpu_count(), "rows": rows},

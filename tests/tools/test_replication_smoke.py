@@ -42,3 +42,35 @@ def test_smoke_run_produces_a_full_table(tmp_path):
             assert abs(r["L_teacher"] - rows[0]["L_source_lora"]) < 1e-4 * rows[0]["L_source_lora"], r
     data_free, distill = (tmp_path / "smoke.md").read_text().split("\n\n")
     assert data_free.count("\n") == len(rows) + 1 and distill.count("\n") == len(distilled) + 2
+
+
+def test_smoke_teacher_rows(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(TOOL), "--smoke", "--groups=teachers", f"--out={tmp_path}"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "smoke_teachers.json").read_text())["rows"]
+    assert {(r["target"], r["method"]) for r in rows} == {
+        (t, m)
+        for t in ("upgrade", "resized", "gemma2")
+        for m in (
+            "delta ×0.5",
+            "delta ×1",
+            "delta ×1.5",
+            "product b=0.25",
+            "product b=0.5",
+            "product b=0.75",
+            "full (S + LoRA)",
+        )
+    }
+    for r in rows:
+        for key in ("L_base", "L_teacher", "L_trained", "G_base", "G_teacher", "G_trained"):
+            assert math.isfinite(r[key]) and 0 < r[key] < 10, r
+        gain = r["L_base"] - r["L_trained"]
+        if gain > 0:
+            assert abs(r["recovered"] - (r["L_base"] - r["L_teacher"]) / gain) < 1e-9, r
+    # S + LoRA does not depend on the target: the same score on every target's row.
+    full = [r["L_teacher"] for r in rows if r["method"] == "full (S + LoRA)"]
+    assert max(full) - min(full) < 1e-9 * max(full), full
+    assert (tmp_path / "smoke_teachers.md").read_text().count("\n") == len(rows) + 2
