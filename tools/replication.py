@@ -99,6 +99,7 @@ class Settings:
     distill_init: str = "cross_lora"
     distill_learn: str = "lora"  # or "transform": r_t×r_s maps between the subspaces
     distill_tag: str = ""  # added to the row labels when the command line overrides the above
+    targets: tuple[str, ...] = ("upgrade", "resized", "gemma2")  # scored; every base is trained anyway
 
 
 FULL = Settings(
@@ -420,7 +421,7 @@ def teacher_rows(seed: int, settings: Settings, text: dict[str, np.ndarray], see
     windows = {name: eval_windows(text[f"{name}_eval"], settings.seq_len, settings.eval_windows)
                for name in ("code", "general")}  # fmt: skip
     rows = []
-    for target in ("upgrade", "resized", "gemma2"):
+    for target in settings.targets:
         folder = seed_dir / target
         base = {k: score(folder, None, w)[0] for k, w in windows.items()}
         trained = {k: score(folder, loras[target], w)[0] for k, w in windows.items()}
@@ -518,7 +519,7 @@ def run_seed(
         rows += distill_rows(seed, settings, text, seed_dir, models, loras, log)
     if "teachers" in groups:
         rows += teacher_rows(seed, settings, text, seed_dir, loras, log)
-    for target in ("upgrade", "resized", "gemma2") if "data_free" in groups else ():
+    for target in settings.targets if "data_free" in groups else ():
         l_base, a_base = score(seed_dir / target, None, windows)
         l_trained, a_trained = score(seed_dir / target, loras[target], windows)
         totals: dict[int, int] = {}
@@ -584,7 +585,7 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
     general = eval_windows(text["general_eval"], settings.seq_len, settings.eval_windows)
     variants = [(v.split(":")[0], float(v.split(":")[1]) if ":" in v else 0.0) for v in settings.distill_variants]
     rows = []
-    for target in ("upgrade", "resized", "gemma2"):
+    for target in settings.targets:
         config, spec, params = models[target]
         t0 = time.perf_counter()
         matched = train_lora(spec, params, config, text["code_train"], settings, seed=1000 * seed + 50,
@@ -712,6 +713,9 @@ def main(argv: list[str] | None = None) -> int:
         "--distill_learn", default=None, help="what the distillation trains: lora (default) or transform"
     )
     parser.add_argument(
+        "--targets", default=None, help="comma-separated subset of upgrade,resized,gemma2 to score (default: all)"
+    )
+    parser.add_argument(
         "--groups",
         default="data_free,distill",
         help="row groups to run: data_free (the transfer methods), distill (crosslora_jax.distill per objective), "
@@ -734,6 +738,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--groups: choose from data_free, distill, teachers; got {args.groups!r}")
     if args.seeds is not None:
         settings = dataclasses.replace(settings, seeds=args.seeds)
+    if args.targets is not None:
+        targets = tuple(t for t in args.targets.split(",") if t)
+        if not targets or set(targets) - set(settings.targets):
+            parser.error(f"--targets: choose from {','.join(settings.targets)}; got {args.targets!r}")
+        settings = dataclasses.replace(settings, targets=targets)
     logging.set_verbosity(logging.ERROR)  # the pipeline's per-chunk info and energy warnings
     started = time.perf_counter()
 

@@ -3,7 +3,7 @@
 - `gram` (default): the top eigenvectors of the Gram matrix of the smaller side (a full eigh, or
   block Lanczos where that side is at least twice the Krylov basis), then one subspace iteration
   and a Rayleigh–Ritz step against W itself (`_gram`); as accurate as `exact` where float32 can
-  be, and 2.0× exact end to end on the 2-core CPU (docs/benchmark.md).
+  be, and 2.4× exact end to end on the 2-core CPU in the latest run (docs/benchmark.md).
 - `exact`: LAPACK's (CPU) or XLA's QDWH (GPU) SVD of the whole matrix.
 - `randomized`: a Halko–Martinsson–Tropp sketch; fast and, at its defaults, inaccurate at r = 320.
 
