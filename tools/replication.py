@@ -94,7 +94,7 @@ class Settings:
     distill_prompts: int = 4000  # teacher sequences of seq_len sampled bytes
     distill_steps: int = 600
     distill_lr: float = 5e-3
-    # "kd" or "kd:w" (KL to the target base on its own samples, weight w), for kd in full/delta/sequence
+    # "kd" or "kd:w" (KL to the target base on its own samples, weight w), for kd in full/delta/product/sequence
     distill_variants: tuple[str, ...] = ("full", "delta")
     distill_init: str = "cross_lora"
     distill_learn: str = "lora"  # or "transform": r_t×r_s maps between the subspaces
@@ -394,10 +394,13 @@ def _cross_entropy(z_teacher: np.ndarray, windows: np.ndarray) -> float:
 def teacher_losses(source: Path, source_lora: Path, target: Path, windows: np.ndarray) -> dict[str, float]:
     """Held-out next-byte loss of each objective's teacher distribution on the windows: what a
     student that imitated its teacher perfectly would score (the cap of pure imitation).
-    full/sequence: S + its LoRA; delta: softmax(z_target + z_{S+LoRA} − z_S)."""
+    full/sequence: S + its LoRA; delta: softmax(z_target + z_{S+LoRA} − z_S); product (at the
+    default weight b): softmax((1 − b)·z_target + b·z_{S+LoRA})."""
     z = _teacher_logits(source, source_lora, target, windows)
     full = _cross_entropy(z["sl"], windows)
-    return {"full": full, "sequence": full, "delta": _cross_entropy(z["t"] + z["sl"] - z["s"], windows)}
+    b = crosslora_jax.DistillOptions().product_weight
+    return {"full": full, "sequence": full, "delta": _cross_entropy(z["t"] + z["sl"] - z["s"], windows),
+            "product": _cross_entropy(_teacher_variant("product", b, z), windows)}  # fmt: skip
 
 
 # Teacher distributions beyond the two objectives: is there one a student could imitate past 80 %?

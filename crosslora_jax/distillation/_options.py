@@ -33,8 +33,13 @@ class DistillOptions:
     kd: Objective = option(
         "full",
         "Objective: full (KL to the teacher), delta (KL to target base + what the adapter changes in the "
-        "source; one vocabulary only), sequence (cross-entropy on the teacher's text; any vocabularies).",
+        "source; one vocabulary only), product (KL to the geometric mix target^(1-b) * teacher^b, b = "
+        "--product_weight; one vocabulary only), sequence (cross-entropy on the teacher's text; any vocabularies).",
     )
+    product_weight: float = option(
+        0.75, "--kd=product: weight b of the teacher (source + adapter) against the target base in the mix.",
+        low=0.0, high=1.0,
+    )  # fmt: skip
     svd: SvdSettings = dataclasses.field(default_factory=SvdSettings)
     layer_map: LayerMapKind = option("auto", "Target→source layer map (see `transfer --help`).")
     prompts: int = option(1024, "Teacher sequences to sample for training.", low=1)

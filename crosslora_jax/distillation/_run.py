@@ -138,11 +138,11 @@ def distill(
         del params_s, lora_s  # `sequence` needs no source model on the devices from here on
         vocab = tok_s.vocab_size if one_vocab else None
         obj = Objective(options.kd, options.learn, options.anchor_weight, spec_t, None if sequence else spec_s, vocab,
-                        remat=options.remat, mesh=mesh)  # fmt: skip
-        # delta's objective is not the KL to the teacher itself: report that as well
-        measures = (
-            {"": obj, "kl_to_teacher_": dataclasses.replace(obj, kd="full")} if options.kd == "delta" else {"": obj}
-        )
+                        product_weight=options.product_weight, remat=options.remat, mesh=mesh)  # fmt: skip
+        # delta's and product's objectives are not the KL to the teacher itself: report that as well
+        measures = {"": obj}
+        if options.kd in ("delta", "product"):
+            measures["kl_to_teacher_"] = dataclasses.replace(obj, kd="full")
 
         def heldout_figures(trainable: Trainable, when: str) -> dict[str, float | None]:
             if not options.heldout:

@@ -27,7 +27,7 @@ from crosslora_jax._progress import Progress
 from crosslora_jax.distillation._placement import Placement
 from crosslora_jax.distillation._student import Fixed, Student, Trainable, student_lora
 from crosslora_jax.eval import Lora, ModelSpec, logits
-from crosslora_jax.ops.distill import delta_teacher, full_kl, sequence_ce
+from crosslora_jax.ops.distill import delta_teacher, full_kl, product_teacher, sequence_ce
 
 
 class Batch(NamedTuple):
@@ -59,6 +59,7 @@ class Objective:
     spec_target: ModelSpec
     spec_source: ModelSpec | None
     vocab: int | None = None  # the tokenizers' shared vocabulary size: logits beyond it (embedding padding) are cut
+    product_weight: float = 0.75  # `product`'s b: the teacher's share of the mixed logits
     remat: bool = False  # recompute the student's layers for the gradient (activation checkpointing)
     mesh: Mesh | None = None  # with a Placement's mesh: layers gathered inside the loop, the step's results replicated
 
@@ -88,6 +89,8 @@ def _distill_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: B
     if obj.kd == "delta":
         base_t = frozen_logits(obj.spec_target, frozen.target)
         teacher = delta_teacher(base_t, teacher, frozen_logits(obj.spec_source, frozen.source))
+    elif obj.kd == "product":
+        teacher = product_teacher(frozen_logits(obj.spec_target, frozen.target), teacher, obj.product_weight)
     return full_kl(teacher, z[..., : obj.vocab], batch.mask)
 
 

@@ -30,4 +30,3 @@ def thin_svd_via_qr(x: Annotated[Array, "p c"]) -> tuple[Array, Array, Array]:
     qx, rx = jnp.linalg.qr(x, mode="reduced")
     ur, s, vt = jnp.linalg.svd(rx, full_matrices=False)
     return mm(qx, ur), s, vt
-

@@ -17,7 +17,7 @@ from jax import Array
 
 from crosslora_jax.ops._linalg import mm
 
-Objective = Literal["full", "delta", "sequence"]
+Objective = Literal["full", "delta", "product", "sequence"]
 
 
 def _masked_mean(per_position: Annotated[Array, "B T"], mask: Annotated[Array, "B T"]) -> Array:
@@ -60,6 +60,26 @@ def delta_kl(
 ) -> Array:
     """`delta`: KL(p(z_T + z_S⁺ − z_S) ‖ p(z_θ)); needs one vocabulary for both models."""
     return full_kl(delta_teacher(target_base, source_adapted, source_base), student_logits, mask)
+
+
+def product_teacher(
+    target_base: Annotated[Array, "B T V"], source_adapted: Annotated[Array, "B T V"], weight: float
+) -> Annotated[Array, "B T V"]:
+    """`product`'s teacher logits (1 − b)·z_T + b·z_S⁺: a geometric mix of the target base and the
+    source system, p ∝ p_T^(1−b) · p_S⁺^b (b = 1 is `full`'s teacher, b = 0 the target itself)."""
+    f32 = jnp.float32
+    return (1.0 - weight) * target_base.astype(f32) + weight * source_adapted.astype(f32)
+
+
+def product_kl(
+    target_base: Annotated[Array, "B T V"],
+    source_adapted: Annotated[Array, "B T V"],
+    student_logits: Annotated[Array, "B T V"],
+    mask: Annotated[Array, "B T"],
+    weight: float,
+) -> Array:
+    """`product`: KL(p((1 − b)·z_T + b·z_S⁺) ‖ p(z_θ)); needs one vocabulary for both models."""
+    return full_kl(product_teacher(target_base, source_adapted, weight), student_logits, mask)
 
 
 def sequence_ce(

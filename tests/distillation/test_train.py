@@ -59,7 +59,9 @@ def _run(obj, student: Student, frozen: Frozen, data: Batch, steps: int, **kw) -
                  progress=Progress(), **kw)  # fmt: skip
 
 
-@pytest.mark.parametrize(("learn", "kd"), [("lora", "full"), ("transform", "full"), ("lora", "delta")])
+@pytest.mark.parametrize(
+    ("learn", "kd"), [("lora", "full"), ("transform", "full"), ("lora", "delta"), ("lora", "product")]
+)
 def test_only_the_student_moves_and_the_objective_falls(tmp_path: Path, learn: str, kd: str) -> None:
     student, frozen, obj, data, _ = _setup(tmp_path, learn, kd)
     frozen_before = jax.tree.map(np.array, frozen)

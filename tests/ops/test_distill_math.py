@@ -14,6 +14,7 @@ import pytest
 from crosslora_jax.ops.distill import (
     delta_kl,
     full_kl,
+    product_kl,
     sequence_ce,
     shared_vocab_kl,
     transform_factors,
@@ -80,6 +81,23 @@ def test_delta_teacher_is_the_target_when_the_adapter_changes_nothing() -> None:
     got = float(delta_kl(*(jnp.asarray(x) for x in (z_target, z_source, z_source, z_student, mask))))
     want = ref_kl(z_target, z_student, mask)
     assert abs(got - want) <= _tol(want, z_target.shape[-1]) * 4
+
+
+@pytest.mark.parametrize(("seed", "weight"), [(0, 0.75), (1, 0.3)])
+def test_product_kl_matches_reference(seed: int, weight: float) -> None:
+    (z_target, z_source_lora, _, z_student), mask = _batch(seed)
+    teacher = (1 - weight) * z_target.astype(np.float64) + weight * z_source_lora.astype(np.float64)
+    want = ref_kl(teacher, z_student, mask)
+    got = float(product_kl(*(jnp.asarray(x) for x in (z_target, z_source_lora, z_student, mask)), weight))
+    assert abs(got - want) <= _tol(want, z_target.shape[-1]) * 4
+
+
+def test_product_teacher_at_weight_one_is_full_and_at_zero_the_target() -> None:
+    (z_target, z_source_lora, _, z_student), mask = _batch(5)
+    args = [jnp.asarray(x) for x in (z_target, z_source_lora, z_student, mask)]
+    for weight, teacher in ((1.0, z_source_lora), (0.0, z_target)):
+        want = ref_kl(teacher, z_student, mask)
+        assert abs(float(product_kl(*args, weight)) - want) <= _tol(want, z_target.shape[-1]) * 4, weight
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -63,4 +63,3 @@ def test_gpu_polar_route_is_accurate_and_orthonormal(m, n, rank) -> None:
     # QDWH's backward error is a small multiple of a plain SVD's (polar iterations, then an eigh):
     # jax 0.10.2 measured 1.8x the Wedin bound at (96, 64, rank 20), so the bound gets a factor 4.
     assert _distance(u[:, :top], u64[:, :top]) < 4 * _subspace_tol(s64, top, m, n)
-
