@@ -450,8 +450,7 @@ def teacher_table(rows: list[dict]) -> str:
         "general: base → teacher (Δ) | general Δ of the trained LoRA |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for target, method in dict.fromkeys((r["target"], r["method"]) for r in rows):
-        g = [r for r in rows if r["target"] == target and r["method"] == method]
+    for target, method, g in _groups(rows):
         rec = [r["recovered"] for r in g]
         lines.append(
             f"| {target} | {method} | {_mean_spread([r['L_base'] for r in g])} | "
@@ -647,8 +646,7 @@ def distill_table(rows: list[dict]) -> str:
         "general Δ of the trained LoRA | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for target, method in dict.fromkeys((r["target"], r["method"]) for r in rows):
-        g = [r for r in rows if r["target"] == target and r["method"] == method]
+    for target, method, g in _groups(rows):
         rec = [r["recovered"] for r in g]
         d_dist = [r["G_distill"] - r["G_base"] for r in g]
         d_trained = [r["G_trained"] - r["G_base"] for r in g]
@@ -662,6 +660,12 @@ def distill_table(rows: list[dict]) -> str:
             f"({_mean_spread(d_dist)}) | {_mean_spread(d_trained)} | {np.mean([r['seconds'] for r in g]):.0f} |"
         )
     return "\n".join(lines)
+
+
+def _groups(rows: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    """(target, method, its rows over seeds), in first-seen order: one table line each."""
+    keys = dict.fromkeys((r["target"], r["method"]) for r in rows)
+    return [(t, m, [r for r in rows if r["target"] == t and r["method"] == m]) for t, m in keys]
 
 
 def _mean_spread(values: list[float], digits: int = 3) -> str:
@@ -680,9 +684,7 @@ def table(rows: list[dict]) -> str:
         "acc base / transfer / trained | modules | mean min(φ_U,φ_V) (chance) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    keys = list(dict.fromkeys((r["target"], r["method"]) for r in rows))
-    for target, method in keys:
-        group = [r for r in rows if r["target"] == target and r["method"] == method]
+    for target, method, group in _groups(rows):
         rec = [r["recovered"] for r in group]
         finite = [v for v in rec if not math.isnan(v)]
         span = f"{min(finite):+.3f}…{max(finite):+.3f}" if finite else "n/a"
