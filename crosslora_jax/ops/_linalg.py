@@ -22,8 +22,8 @@ def crop_or_pad(x: Annotated[Array, "a b"], rows: int, cols: int) -> Annotated[A
 def thin_svd_via_qr(x: Annotated[Array, "p c"]) -> tuple[Array, Array, Array]:
     """Thin SVD x = U diag(s) Vᵀ (returns U, s, Vᵀ); tall blocks (p > c) go through a QR first.
 
-    On the CPU, XLA's SVD of a tall p×c block (p up to 8192, c ≈ 320–384) took about twice a QR
-    plus the c×c SVD of R (tools/svd_timing.py, docs/benchmark.md). R has x's singular values.
+    XLA's CPU SVD is slow on tall p×c blocks (p up to 8192, c ≈ 320–384); a QR and the c×c SVD
+    of R cost less and give the same singular values (R has x's).
     """
     if x.shape[0] <= x.shape[1]:
         return jnp.linalg.svd(x, full_matrices=False)
