@@ -34,11 +34,17 @@ class DistillOptions:
         "full",
         "Objective: full (KL to the teacher), delta (KL to target base + what the adapter changes in the "
         "source; one vocabulary only), product (KL to the geometric mix target^(1-b) * teacher^b, b = "
-        "--product_weight; one vocabulary only), sequence (cross-entropy on the teacher's text; any vocabularies).",
+        "--product_weight; one vocabulary only), sequence (cross-entropy on the teacher's text; any vocabularies), "
+        "shared (tokenizers that differ: KL on the tokens both vocabularies have, where the two tokenizations "
+        "have read the same bytes, + --sequence_weight × sequence).",
     )
     product_weight: float = option(
         0.75, "--kd=product: weight b of the teacher (source + adapter) against the target base in the mix.",
         low=0.0, high=1.0,
+    )  # fmt: skip
+    sequence_weight: float = option(
+        1.0, "--kd=shared: weight of the cross-entropy on the teacher's text beside the shared-vocabulary KL (0: KL "
+        "only).", low=0.0,
     )  # fmt: skip
     svd: SvdSettings = dataclasses.field(default_factory=SvdSettings)
     layer_map: LayerMapKind = option("auto", "Target→source layer map (see `transfer --help`).")

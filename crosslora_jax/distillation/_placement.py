@@ -40,11 +40,15 @@ class Placement:
         return self.mesh.size
 
     def batch(self, batch: T) -> T:
-        """A NamedTuple of host arrays [N, ...] (inputs, targets, mask) → rows sharded over the axis."""
+        """A NamedTuple of host arrays [N, ...] (inputs, targets, mask, …; None fields stay None)
+        → rows sharded over the axis."""
         (axis,) = self.mesh.axis_names
         rows = NamedSharding(self.mesh, PartitionSpec(axis))
-        fields = []
+        fields: list[jax.Array | None] = []
         for x in batch:  # type: ignore[attr-defined]
+            if x is None:
+                fields.append(None)
+                continue
             x = np.asarray(x)
             pad = -x.shape[0] % self.devices
             if pad:

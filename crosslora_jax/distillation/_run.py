@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from crosslora_jax import _interrupt, _mesh
 from crosslora_jax._errors import OptionsError
@@ -37,7 +38,14 @@ from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.output_folder import check_output_location, staged_output
 from crosslora_jax.io.peft_adapter import read_adapter, write_target_adapter
 from crosslora_jax.io.report import write_report
-from crosslora_jax.io.tokenizer import read_prompts_file, read_tokenizer, retokenize, same_vocabulary
+from crosslora_jax.io.tokenizer import (
+    read_prompts_file,
+    read_tokenizer,
+    retokenize,
+    retokenize_aligned,
+    same_vocabulary,
+    shared_vocabulary,
+)
 from crosslora_jax.ops.svd import Subspace, SvdSettings
 from crosslora_jax.pipeline import TransferOptions, report_for, run_transfer, weight_subspaces
 from crosslora_jax.transfer_report import TransferReport
@@ -69,10 +77,14 @@ def distill(
     source_cfg, target_cfg = read_model_config(source_model), read_model_config(target_model)
     tok_s, tok_t = read_tokenizer(source_model), read_tokenizer(target_model)
     one_vocab = same_vocabulary(tok_s, tok_t)
-    if not one_vocab and options.kd != "sequence":
+    if not one_vocab and options.kd not in ("sequence", "shared"):
         raise OptionsError(
-            "--kd", f"{options.kd} needs one vocabulary, but the tokenizers of the two models differ; use --kd=sequence"
+            "--kd",
+            f"{options.kd} needs one vocabulary, but the tokenizers of the two models differ; use --kd=shared or "
+            "--kd=sequence",
         )
+    if one_vocab and options.kd == "shared":
+        raise OptionsError("--kd", "shared is for tokenizers that differ; these two models share one: use --kd=full")
     prompts_file = None if options.prompts_file is None else absolute(options.prompts_file)
     seed_texts = None if prompts_file is None else read_prompts_file(prompts_file)
     loaded = read_adapter(adapter, source_cfg)
@@ -118,13 +130,22 @@ def distill(
         data_started = time.perf_counter()
         tokens = sample_sequences(spec_s, params_s, lora_s, prompts, key=jax.random.fold_in(key, 1),
                                   batch_size=gen_batch, progress=progress, label="teacher", mesh=mesh, **gen)  # fmt: skip
+        shared_ids, alignment = None, None
         if one_vocab:
             sequences = as_batch(tokens)
+        elif options.kd == "shared":  # the text tokenized by both, and where the two meet
+            aligned = retokenize_aligned(tokens, tok_s, tok_t)
+            sequences = as_batch(aligned.b_ids, aligned.b_mask)._replace(
+                teacher_inputs=aligned.a_ids[:, :-1], teacher_positions=aligned.a_position
+            )
+            shared_ids = shared_vocabulary(tok_s, tok_t)
+            alignment = _alignment_figures(sequences, shared_ids[0].size, tok_t.vocab_size)
+            shared_ids = tuple(placement.replicate(x) for x in shared_ids)
         else:  # the teacher's text, re-tokenized for the student
             ids, mask = retokenize(tokens, tok_s, tok_t)
             sequences = as_batch(ids, mask)
-        train_data = Batch(*(x[: options.prompts] for x in sequences))
-        heldout = Batch(*(x[options.prompts :] for x in sequences))
+        train_data = sequences.take(slice(None, options.prompts))
+        heldout = sequences.take(slice(options.prompts, None))
         anchor = None
         if options.anchor_weight > 0:
             anchor_prompts = generic_prompts(tok_t, options.prompts, options.seed + 1)
@@ -134,15 +155,18 @@ def distill(
         data_seconds = time.perf_counter() - data_started
         sequence = options.kd == "sequence"
         fixed = placement.stacks(student.fixed)
-        frozen = Frozen(params_t, None if sequence else params_s, None if sequence else lora_s, fixed)
+        frozen = Frozen(params_t, None if sequence else params_s, None if sequence else lora_s, fixed, shared_ids)  # type: ignore[arg-type]
         del params_s, lora_s  # `sequence` needs no source model on the devices from here on
         vocab = tok_s.vocab_size if one_vocab else None
         obj = Objective(options.kd, options.learn, options.anchor_weight, spec_t, None if sequence else spec_s, vocab,
-                        product_weight=options.product_weight, remat=options.remat, mesh=mesh)  # fmt: skip
-        # delta's and product's objectives are not the KL to the teacher itself: report that as well
+                        product_weight=options.product_weight, sequence_weight=options.sequence_weight,
+                        remat=options.remat, mesh=mesh)  # fmt: skip
+        # delta's, product's and shared's objectives are not the KL to the teacher itself: report that as well
         measures = {"": obj}
         if options.kd in ("delta", "product"):
             measures["kl_to_teacher_"] = dataclasses.replace(obj, kd="full")
+        if options.kd == "shared" and options.sequence_weight > 0:
+            measures["shared_vocab_kl_"] = dataclasses.replace(obj, sequence_weight=0.0)
 
         def heldout_figures(trainable: Trainable, when: str) -> dict[str, float | None]:
             if not options.heldout:
@@ -183,12 +207,13 @@ def distill(
             write_target_adapter(staging, loaded.config, target_cfg, factors, dtype)
         section = {
             "settings": _settings_json(options),
-            "objective": options.kd if one_vocab else "sequence (vocabularies differ: teacher text re-tokenized)",
+            "objective": _objective_label(options, one_vocab),
             "vocabulary": "shared" if one_vocab else "different",
+            **({} if alignment is None else {"alignment": alignment}),
             "loss_curve": [{"step": s, "loss": v} for s, v in fitted.losses],
             "heldout": {
                 "sequences": options.heldout,
-                "measure": "cross-entropy on the teacher's text" if sequence else f"{options.kd} KL to the teacher",
+                "measure": _heldout_measure(options),
                 **before,
                 **after,
             },
@@ -203,6 +228,35 @@ def distill(
     if run_dir is not None:
         _checkpoint.remove(run_dir)  # the run is complete: nothing to resume
     return report
+
+
+def _objective_label(options: DistillOptions, one_vocab: bool) -> str:
+    if one_vocab:
+        return options.kd
+    if options.kd == "shared":
+        return (f"shared (vocabularies differ: KL on the tokens both have where the tokenizations meet, "
+                f"+ {options.sequence_weight:g} × cross-entropy on the teacher's re-tokenized text)")  # fmt: skip
+    return "sequence (vocabularies differ: teacher text re-tokenized)"
+
+
+def _heldout_measure(options: DistillOptions) -> str:
+    if options.kd == "sequence":
+        return "cross-entropy on the teacher's text"
+    if options.kd == "shared":
+        return f"shared-vocabulary KL + {options.sequence_weight:g} × cross-entropy on the teacher's text"
+    return f"{options.kd} KL to the teacher"
+
+
+def _alignment_figures(sequences: Batch, shared_tokens: int, student_vocab: int) -> dict[str, float | int]:
+    """What `shared` can compare: the shared tokens, and the share of counted student positions
+    where the two tokenizations have read the same bytes."""
+    counted = np.asarray(sequences.mask) > 0
+    met = counted & (np.asarray(sequences.teacher_positions) >= 0)
+    return {
+        "shared_tokens": int(shared_tokens),
+        "shared_of_student_vocabulary": shared_tokens / student_vocab,
+        "positions_aligned": float(met.sum() / max(counted.sum(), 1)),
+    }
 
 
 def role_subspaces(

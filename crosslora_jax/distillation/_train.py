@@ -27,17 +27,25 @@ from crosslora_jax._progress import Progress
 from crosslora_jax.distillation._placement import Placement
 from crosslora_jax.distillation._student import Fixed, Student, Trainable, student_lora
 from crosslora_jax.eval import Lora, ModelSpec, logits
-from crosslora_jax.ops.distill import delta_teacher, full_kl, product_teacher, sequence_ce
+from crosslora_jax.ops.distill import delta_teacher, full_kl, product_teacher, sequence_ce, shared_objective
 
 
 class Batch(NamedTuple):
     """Student inputs [B, T] int32, next tokens [B, T] (the sequence objective's labels) and the
-    mask [B, T] of positions that count. Teacher inputs equal student inputs unless the
-    vocabularies differ (then the teacher is not run: `sequence`)."""
+    mask [B, T] of positions that count. Teacher inputs equal student inputs when the two models
+    share a vocabulary; when they do not, `sequence` runs no teacher, and `shared` gives the
+    teacher its own tokenization of the text (`teacher_inputs` [B, U]) and, per student position,
+    the teacher position that has read the same bytes (`teacher_positions` [B, T], −1: none)."""
 
     inputs: jax.Array
     targets: jax.Array
     mask: jax.Array
+    teacher_inputs: jax.Array | None = None
+    teacher_positions: jax.Array | None = None
+
+    def take(self, rows: Any) -> Batch:
+        """The batch's rows `rows` (an index array or a slice) of every field it has."""
+        return Batch(*(None if x is None else x[rows] for x in self))
 
 
 class Frozen(NamedTuple):
@@ -47,6 +55,8 @@ class Frozen(NamedTuple):
     source: Mapping[str, Any] | None  # None for `sequence` (the teacher's text is all it needs)
     source_lora: Lora | None
     fixed: Fixed
+    # `shared`: [S] ids of the tokens both vocabularies have (the teacher's, the student's)
+    shared_ids: tuple[jax.Array, jax.Array] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +70,7 @@ class Objective:
     spec_source: ModelSpec | None
     vocab: int | None = None  # the tokenizers' shared vocabulary size: logits beyond it (embedding padding) are cut
     product_weight: float = 0.75  # `product`'s b: the teacher's share of the mixed logits
+    sequence_weight: float = 1.0  # `shared`'s weight on the cross-entropy of the teacher's text
     remat: bool = False  # recompute the student's layers for the gradient (activation checkpointing)
     mesh: Mesh | None = None  # with a Placement's mesh: layers gathered inside the loop, the step's results replicated
 
@@ -81,6 +92,11 @@ def _distill_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: B
     z = obj.forward(obj.spec_target, frozen.target, batch.inputs, lora, trained=True)
     if obj.kd == "sequence":
         return sequence_ce(z, batch.targets, batch.mask)
+    if obj.kd == "shared":
+        teacher_ids, student_ids = frozen.shared_ids  # type: ignore[misc]
+        teacher = obj.forward(obj.spec_source, frozen.source, batch.teacher_inputs, frozen.source_lora)  # type: ignore[arg-type]
+        return shared_objective(teacher, z, batch.teacher_positions, teacher_ids, student_ids, batch.targets,  # type: ignore[arg-type]
+                                batch.mask, obj.sequence_weight)  # fmt: skip
 
     def frozen_logits(spec: ModelSpec | None, params: Any, lora: Lora | None = None) -> jax.Array:
         return obj.forward(spec, params, batch.inputs, lora)[..., : obj.vocab]
@@ -151,7 +167,7 @@ def heldout_loss(
     """The objective on held-out teacher samples (mask-weighted mean over all of them)."""
     total = weight = 0.0
     for start in range(0, int(data.inputs.shape[0]), batch_size):
-        part = Batch(*(x[start : start + batch_size] for x in data))
+        part = data.take(slice(start, start + batch_size))
         w = float(np.sum(np.asarray(part.mask)))
         placed = part if placement is None else placement.batch(part)
         total += float(_eval_loss(obj, trainable, frozen, placed)) * w
@@ -216,11 +232,11 @@ def train(
     for step in range(first, steps):
         _interrupt.check()
         rows = batch_rows(seed, step, n, batch_size)
-        batch = place(Batch(*(x[rows] for x in data)))
+        batch = place(data.take(rows))
         anchor = None
         if anchor_data is not None:
             arows = batch_rows(seed + 1, step, int(anchor_data.inputs.shape[0]), batch_size)
-            anchor = place(Batch(*(x[arows] for x in anchor_data)))
+            anchor = place(anchor_data.take(arows))
         trainable, opt_state, loss = train_step(obj, opt, trainable, opt_state, frozen, batch, anchor)
         window.append(loss)
         tokens += int(np.sum(data.mask[rows]))

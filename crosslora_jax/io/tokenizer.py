@@ -25,7 +25,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 import tokenizers
@@ -212,6 +212,89 @@ def retokenize(
         out[row, : len(s)] = s
         keep[row, : len(s)] = True
     return out, keep
+
+
+class AlignedTexts(NamedTuple):
+    """One set of texts tokenized by two tokenizers, with the positions where both have read the
+    same bytes. Legend: B texts, U_a / U_b the longer row of each tokenization.
+
+    `a_ids` / `b_ids` (int32) each start with the tokenizer's BOS when it has one and are
+    right-padded with 0; `a_mask` / `b_mask` (bool) are True on real tokens. `a_position[i, q]`
+    (int32 [B, U_b − 1]) is, for the position of `b` whose input is b_ids[i, q] (predicting
+    b_ids[i, q + 1]), the position p of `a` (input a_ids[i, p], predicting a_ids[i, p + 1]) after
+    which exactly the same bytes of the text have been read, or −1 when there is none: the two
+    models' next-token distributions there are predictions of the same continuation.
+    """
+
+    a_ids: Annotated[np.ndarray, "B U_a"]
+    a_mask: Annotated[np.ndarray, "B U_a"]
+    b_ids: Annotated[np.ndarray, "B U_b"]
+    b_mask: Annotated[np.ndarray, "B U_b"]
+    a_position: Annotated[np.ndarray, "B U_b-1"]
+
+
+def retokenize_aligned(
+    ids: Annotated[np.ndarray, "B T"] | Sequence[Sequence[int]],
+    a: ModelTokenizer,
+    b: ModelTokenizer,
+    *,
+    mask: Annotated[np.ndarray, "B T"] | None = None,
+) -> AlignedTexts:
+    """`a`'s sequences as text (as `retokenize` decodes them), encoded again by `a` and by `b`,
+    and the positions where the two tokenizations meet (`AlignedTexts`).
+
+    Bytes read are counted through each token's surface (module docstring): a position is after
+    the surfaces of its input tokens, BOS excluded. A tokenizer that prefixes the text (a
+    Metaspace "▁" before the first word) is allowed for by the bytes its surfaces have beyond the
+    text; a row whose surfaces do not spell its text (a token of unknown surface, a normalizer
+    that changes the text) gets no aligned position.
+    """
+    rows = [list(r) for r in ids] if mask is None else [list(np.asarray(r)[m]) for r, m in zip(ids, mask, strict=True)]
+    texts = [a.decode(r) for r in rows]
+    a_ids, a_mask, a_read = _encode_counting_bytes(a, texts)
+    b_ids, b_mask, b_read = _encode_counting_bytes(b, texts)
+    position = np.full((len(texts), max(b_ids.shape[1] - 1, 0)), -1, np.int32)
+    for row, (ra, rb) in enumerate(zip(a_read, b_read, strict=True)):
+        if ra is None or rb is None:
+            continue
+        # the last token predicts nothing; of positions that read the same bytes (a token of empty
+        # surface between them), the last is the one whose next token continues the text
+        where_a = {n: p for p, n in enumerate(ra[:-1])}
+        where_b = {n: q for q, n in enumerate(rb[:-1])}
+        for n, q in where_b.items():
+            position[row, q] = where_a.get(n, -1)
+    return AlignedTexts(a_ids, a_mask, b_ids, b_mask, position)
+
+
+def _encode_counting_bytes(
+    tok: ModelTokenizer, texts: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, list[list[int] | None]]:
+    """Each text as BOS + ids (padded, mask) and, per row, the bytes of the text read after each
+    token (None where the surfaces do not spell the text)."""
+    prefix = [tok.bos_id] if tok.bos_id is not None else []
+    encoded = tok.encode_batch(texts)
+    width = max((len(prefix) + len(e) for e in encoded), default=0)
+    out = np.zeros((len(texts), width), np.int32)
+    keep = np.zeros((len(texts), width), bool)
+    read: list[list[int] | None] = []
+    for row, (text, e) in enumerate(zip(texts, encoded, strict=True)):
+        seq = prefix + e
+        out[row, : len(seq)] = seq
+        keep[row, : len(seq)] = True
+        surfaces = [tok._surfaces.get(i) for i in e]
+        if any(s is None for s in surfaces):
+            read.append(None)
+            continue
+        spelled = b"".join(s[1] for s in surfaces)  # type: ignore[index]
+        data = text.encode("utf-8")
+        extra = len(spelled) - len(data)
+        if extra < 0 or spelled[extra:] != data or spelled[:extra].strip():
+            read.append(None)
+            continue
+        counts = np.cumsum([len(s[1]) for s in surfaces]) - extra  # type: ignore[index]
+        # a token of the tokenizer's own prefix reads no byte of the text
+        read.append([0] * len(prefix) + [max(int(c), 0) for c in counts])
+    return out, keep, read
 
 
 def generic_starts(tok: ModelTokenizer) -> Annotated[np.ndarray, "P 1"]:

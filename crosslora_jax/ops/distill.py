@@ -1,7 +1,8 @@
 """Distillation math (docs/method.md, "Distillation"): the objectives and the `transform` adapter.
 
-Legend: B batch, T positions, V vocabulary (V_s / V_t for teacher / student), L layers,
-m out, n in, k LoRA rank, r_s / r_t effective SVD ranks of source / target.
+Legend: B batch, T positions, V vocabulary (V_s / V_t for teacher / student), U the teacher's
+positions and S the shared tokens when the tokenizers differ, L layers, m out, n in, k LoRA rank,
+r_s / r_t effective SVD ranks of source / target.
 
 Objectives are means over the positions where `mask` is 1, in float32 whatever the logits'
 dtype. KL(p ‖ q) = Σ_v p_v (log p_v − log q_v) with p the teacher, q the student.
@@ -17,7 +18,7 @@ from jax import Array
 
 from crosslora_jax.ops._linalg import mm
 
-Objective = Literal["full", "delta", "product", "sequence"]
+Objective = Literal["full", "delta", "product", "sequence", "shared"]
 
 
 def _masked_mean(per_position: Annotated[Array, "B T"], mask: Annotated[Array, "B T"]) -> Array:
@@ -92,14 +93,43 @@ def sequence_ce(
 
 
 def shared_vocab_kl(
-    teacher_logits: Annotated[Array, "B T V_s"],
+    teacher_logits: Annotated[Array, "B U V_s"],
     student_logits: Annotated[Array, "B T V_t"],
+    teacher_positions: Annotated[Array, "B T"],
     teacher_ids: Annotated[Array, " S"],
     student_ids: Annotated[Array, " S"],
     mask: Annotated[Array, "B T"],
 ) -> Array:
-    """KL between both distributions restricted to the S tokens the vocabularies share (each renormalised)."""
-    return full_kl(jnp.take(teacher_logits, teacher_ids, axis=-1), jnp.take(student_logits, student_ids, axis=-1), mask)
+    """KL between teacher and student where the two tokenizations meet, over the S tokens the
+    vocabularies share (both restricted to them and renormalised).
+
+    The teacher reads its own tokenization of the text (U positions): student position t is
+    compared with teacher position `teacher_positions[b, t]`, the one that has read the same bytes
+    (−1: none; such positions do not count, nor do those `mask` drops). Token teacher_ids[i] of
+    the teacher's vocabulary is the same text as student_ids[i] of the student's.
+    """
+    shared_t = jnp.take(teacher_logits, teacher_ids, axis=-1)  # cut the vocabulary before gathering positions
+    rows = jnp.take_along_axis(shared_t, jnp.maximum(teacher_positions, 0)[..., None].astype(jnp.int32), axis=1)
+    counted = mask.astype(jnp.float32) * (teacher_positions >= 0)
+    return full_kl(rows, jnp.take(student_logits, student_ids, axis=-1), counted)
+
+
+def shared_objective(
+    teacher_logits: Annotated[Array, "B U V_s"],
+    student_logits: Annotated[Array, "B T V_t"],
+    teacher_positions: Annotated[Array, "B T"],
+    teacher_ids: Annotated[Array, " S"],
+    student_ids: Annotated[Array, " S"],
+    next_tokens: Annotated[Array, "B T"],
+    mask: Annotated[Array, "B T"],
+    sequence_weight: float,
+) -> Array:
+    """`shared` (tokenizers differ): `shared_vocab_kl` + `sequence_weight` × `sequence_ce` on the
+    teacher's text in the student's tokens."""
+    kl = shared_vocab_kl(teacher_logits, student_logits, teacher_positions, teacher_ids, student_ids, mask)
+    if sequence_weight == 0:
+        return kl
+    return kl + sequence_weight * sequence_ce(student_logits, next_tokens, mask)
 
 
 # ---------------------------------------------------------------------------------------------

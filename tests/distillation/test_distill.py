@@ -76,15 +76,32 @@ def test_distilling_onto_phi3_writes_its_fused_modules(tmp_path: Path) -> None:
     assert any("qkv_proj.lora_B" in k for k in stored) and not any("q_proj" in k for k in stored)
 
 
-def test_different_tokenizers_take_the_sequence_objective(tmp_path: Path) -> None:
+def test_different_tokenizers_take_the_sequence_or_shared_objective(tmp_path: Path) -> None:
     p = _models(tmp_path, target_tokenizer="bpe")
-    for kd in ("full", "delta", "product"):  # the KL objectives need one vocabulary
-        with pytest.raises(OptionsError, match="--kd"):
+    for kd in ("full", "delta", "product"):  # the KL objectives over one whole vocabulary
+        with pytest.raises(OptionsError, match=r"--kd.*shared or --kd=sequence"):
             _distill(p, kd=kd)
         assert not p["output"].exists()
     report = _distill(p, kd="sequence", init="truncate")
     assert report.distill["vocabulary"] == "different"
-    assert "re-tokenized" in report.distill["objective"]
+    assert "re-tokenized" in report.distill["objective"] and "alignment" not in report.distill
+    p["output"] = tmp_path / "out_shared"
+    report = _distill(p, kd="shared", init="truncate")
+    section = report.distill
+    assert section["objective"].startswith("shared") and section["vocabulary"] == "different"
+    # bytes ↔ bpe share the 256 byte tokens; the bpe merges are the student's alone
+    assert section["alignment"]["shared_tokens"] == 256
+    assert 0.5 < section["alignment"]["positions_aligned"] < 1  # BOS and inside merged tokens: no match
+    heldout = section["heldout"]
+    assert 0 < heldout["shared_vocab_kl_before"] < heldout["before"]  # the cross-entropy adds to the KL
+    assert heldout["measure"].startswith("shared-vocabulary KL")
+
+
+def test_shared_needs_tokenizers_that_differ(tmp_path: Path) -> None:
+    p = _models(tmp_path)
+    with pytest.raises(OptionsError, match=r"--kd.*share one"):
+        _distill(p, kd="shared")
+    assert not p["output"].exists()
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:

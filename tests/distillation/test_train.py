@@ -3,6 +3,7 @@ student starts as the init transfer, and a resumed run equals an uninterrupted o
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -13,10 +14,10 @@ import pytest
 from crosslora_jax import Progress, TransferOptions, read_adapter, read_model_config, run_transfer, synthetic
 from crosslora_jax.distillation import _checkpoint
 from crosslora_jax.distillation._run import role_subspaces
-from crosslora_jax.distillation._student import Student, build_student, source_lora, written_factors
+from crosslora_jax.distillation._student import Student, build_student, source_lora, student_lora, written_factors
 from crosslora_jax.distillation._teacher import as_batch
 from crosslora_jax.distillation._train import Batch, Frozen, Objective, heldout_loss, optimizer, train
-from crosslora_jax.eval import load_model
+from crosslora_jax.eval import load_model, logits
 
 VOCAB = 64
 
@@ -49,8 +50,17 @@ def _setup(tmp_path: Path, learn: str, kd: str = "full", init: str = "cross_lora
     params_s, params_t = jax.tree.map(jnp.asarray, (params_s, params_t))
     frozen = Frozen(params_t, params_s, source_lora(adapter, src_cfg), student.fixed)
     obj = Objective(kd, learn, 0.0, spec_t, spec_s)
-    tokens = np.random.default_rng(3).integers(0, VOCAB, (24, 9)).astype(np.int32)
-    return student, frozen, obj, as_batch(tokens), result
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, VOCAB, (24, 9)).astype(np.int32)
+    data = as_batch(tokens)
+    if kd == "shared":  # as if the vocabularies differed: the teacher reads 11 positions, 40 tokens are shared
+        shared = tuple(jnp.asarray(rng.permutation(VOCAB)[:40].astype(np.int32)) for _ in range(2))
+        frozen = frozen._replace(shared_ids=shared)
+        obj = Objective(kd, learn, 0.0, spec_t, spec_s, sequence_weight=0.0)
+        positions = rng.integers(-1, 11, data.mask.shape).astype(np.int32)
+        data = data._replace(teacher_inputs=rng.integers(0, VOCAB, (24, 11)).astype(np.int32),
+                             teacher_positions=positions)  # fmt: skip
+    return student, frozen, obj, data, result
 
 
 def _run(obj, student: Student, frozen: Frozen, data: Batch, steps: int, **kw) -> object:
@@ -60,7 +70,8 @@ def _run(obj, student: Student, frozen: Frozen, data: Batch, steps: int, **kw) -
 
 
 @pytest.mark.parametrize(
-    ("learn", "kd"), [("lora", "full"), ("transform", "full"), ("lora", "delta"), ("lora", "product")]
+    ("learn", "kd"),
+    [("lora", "full"), ("transform", "full"), ("lora", "delta"), ("lora", "product"), ("lora", "shared")],
 )
 def test_only_the_student_moves_and_the_objective_falls(tmp_path: Path, learn: str, kd: str) -> None:
     student, frozen, obj, data, _ = _setup(tmp_path, learn, kd)
@@ -76,6 +87,35 @@ def test_only_the_student_moves_and_the_objective_falls(tmp_path: Path, learn: s
                                                                   jax.tree.leaves(fitted.trainable), strict=True)]  # fmt: skip
     assert all(moved)
     assert fitted.tokens == 16 * 8 * data.inputs.shape[1]
+    if kd == "shared":  # the step's loss: the teacher on its own inputs, compared where the positions say
+        # float32 round-off of log-probabilities of V = 64 tokens, summed over the positions' terms
+        assert abs(before - _shared_reference(obj, student, frozen, data)) <= 5e-5 * (1 + before)
+        with_ce = dataclasses.replace(obj, sequence_weight=0.25)
+        value = heldout_loss(with_ce, student.trainable, frozen, data, 8)
+        assert abs(value - _shared_reference(with_ce, student, frozen, data)) <= 5e-5 * (1 + value)
+
+
+def _shared_reference(obj: Objective, student: Student, frozen: Frozen, data: Batch) -> float:
+    """`shared` (KL over the shared tokens at aligned positions + w × CE) in float64 from each
+    model's logits, one position at a time."""
+    lora = student_lora(obj.learn, student.trainable, frozen.fixed)
+    zt = np.asarray(
+        logits(obj.spec_source, frozen.source, jnp.asarray(data.teacher_inputs), frozen.source_lora), np.float64
+    )
+    zs = np.asarray(logits(obj.spec_target, frozen.target, jnp.asarray(data.inputs), lora), np.float64)
+
+    def log_softmax(z: np.ndarray) -> np.ndarray:
+        z = z - z.max()
+        return z - np.log(np.exp(z).sum())
+
+    ids_t, ids_s = (np.asarray(x) for x in frozen.shared_ids)
+    kl, ce = [], []
+    for b, t in zip(*np.nonzero(np.asarray(data.mask)), strict=True):
+        ce.append(-log_softmax(zs[b, t])[data.targets[b, t]])
+        if data.teacher_positions[b, t] >= 0:
+            lp, lq = log_softmax(zt[b, data.teacher_positions[b, t], ids_t]), log_softmax(zs[b, t, ids_s])
+            kl.append((np.exp(lp) * (lp - lq)).sum())
+    return float(np.mean(kl) + obj.sequence_weight * np.mean(ce))
 
 
 def test_the_lora_student_starts_as_the_init_transfer(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ re-tokenisation against transformers' tokenizer, prompts files, and every bad in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import shutil
@@ -23,6 +24,7 @@ from crosslora_jax.io.tokenizer import (
     read_prompts_file,
     read_tokenizer,
     retokenize,
+    retokenize_aligned,
     same_vocabulary,
     shared_vocabulary,
 )
@@ -249,6 +251,59 @@ def test_retokenize_without_bos(toks) -> None:
 
 
 # ---- generic starts ----------------------------------------------------------------------------
+
+
+def _reference_positions(a, b, ids_a, mask_a, ids_b, mask_b) -> list[list[int]]:
+    """Positions q of b and p of a are aligned when the texts their prefixes decode to are equal;
+    where several positions of one side decode to the same text (BOS, then a Metaspace "▁" that
+    decodes to nothing), the last of them."""
+    out = []
+    for ra, ma, rb, mb in zip(ids_a, mask_a, ids_b, mask_b, strict=True):
+        ra, rb = ra[ma].tolist(), rb[mb].tolist()
+        prefix_a = {a.decode(ra[: p + 1]): p for p in range(len(ra) - 1)}
+        prefix_b = {b.decode(rb[: q + 1]): q for q in range(len(rb) - 1)}
+        row = [-1] * (ids_b.shape[1] - 1)
+        for text, q in prefix_b.items():
+            row[q] = prefix_a.get(text, -1)
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("pair", [("bytes", "bpe"), ("bpe", "bytes"), ("bpe", "llama"), ("llama", "bpe")])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(
+        st.text(alphabet="theaislfn xd=\n()", min_size=1, max_size=30).filter(lambda t: not t[0].isspace()),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_retokenize_aligned_matches_decoded_prefixes(toks, pair, texts) -> None:
+    a, b = (toks[k] for k in pair)
+    rows = [a.encode(t) for t in texts]
+    got = retokenize_aligned(rows, a, b)
+    for tok, ids, keep in ((a, got.a_ids, got.a_mask), (b, got.b_ids, got.b_mask)):
+        prefix = [tok.bos_id] if tok.bos_id is not None else []
+        assert [r[m].tolist() for r, m in zip(ids, keep, strict=True)] == [prefix + tok.encode(t) for t in texts]
+    assert got.a_position.dtype == np.int32 and got.a_position.shape == (len(texts), got.b_ids.shape[1] - 1)
+    assert got.a_position.tolist() == _reference_positions(a, b, *got[:4])
+    if a.bos_id is not None and b.bos_id is not None:  # not vacuous: at least both BOS positions meet
+        assert (got.a_position >= 0).any(axis=1).all()
+
+
+def test_retokenize_aligned_inside_a_character_and_when_spelling_fails(toks) -> None:
+    """Byte-level tokenizations meet after each byte of "日" (3 bytes), where no prefix decodes;
+    a row whose tokens do not spell its text (unknown surface) gets no aligned position."""
+    byte, bpe = toks["bytes"], toks["bpe"]
+    got = retokenize_aligned([list("日x".encode())], byte, bpe)
+    assert got.b_ids[0].tolist() == [bpe.bos_id, *(3 + c for c in "日x".encode())]
+    assert got.a_position.tolist() == [[-1, 0, 1, 2]]  # BOS: nothing read; then 1, 2, 3 bytes
+    back = retokenize_aligned([bpe.encode("日x")], bpe, byte)
+    assert back.a_position.tolist() == [[1, 2, 3]]  # bytes has no BOS: its first position has read 1 byte
+    unknown = dataclasses.replace(bpe)
+    unknown.__dict__["_surfaces"] = {**bpe._surfaces, bpe.vocab["Ġthe"]: None}
+    spoiled = retokenize_aligned([byte.encode("x the"), byte.encode("xy")], byte, unknown)
+    assert spoiled.a_position.tolist() == [[-1, -1], [-1, 0]]  # row 1 spells its text: it still meets
 
 
 def test_generic_starts(toks) -> None:

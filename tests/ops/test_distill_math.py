@@ -16,6 +16,7 @@ from crosslora_jax.ops.distill import (
     full_kl,
     product_kl,
     sequence_ce,
+    shared_objective,
     shared_vocab_kl,
     transform_factors,
     transform_init,
@@ -111,15 +112,35 @@ def test_sequence_ce_matches_reference(seed: int) -> None:
     assert abs(got - want) <= _tol(want, z.shape[-1])
 
 
-def test_shared_vocab_kl_matches_reference() -> None:
-    rng = np.random.default_rng(7)
-    zt = rng.standard_normal((2, 4, 13)).astype(np.float32) * 3
-    zs = rng.standard_normal((2, 4, 9)).astype(np.float32) * 3
-    mask = np.ones((2, 4), np.float32)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_shared_vocab_kl_matches_reference(seed: int) -> None:
+    rng = np.random.default_rng(7 + seed)
+    zt = rng.standard_normal((2, 6, 13)).astype(np.float32) * 3  # the teacher reads 6 positions
+    zs = rng.standard_normal((2, 4, 9)).astype(np.float32) * 3  # the student 4
+    positions = np.asarray([[-1, 0, 2, 5], [1, -1, 3, 4]], np.int32)
+    mask = np.asarray([[1, 1, 1, 1], [1, 1, 1, 0]], np.float32)
     ids_t, ids_s = np.asarray([0, 3, 5, 12]), np.asarray([8, 1, 2, 4])  # the same 4 strings in each vocabulary
-    want = ref_kl(zt[..., ids_t], zs[..., ids_s], mask)
-    got = float(shared_vocab_kl(*(jnp.asarray(x) for x in (zt, zs, ids_t, ids_s, mask))))
+    labels = rng.integers(0, 9, (2, 4))
+    # reference: a loop over the counted positions, each distribution cut to the shared tokens
+    terms = []
+    for b in range(2):
+        for t in range(4):
+            if mask[b, t] and positions[b, t] >= 0:
+                lp = ref_log_softmax(zt[b, positions[b, t], ids_t])
+                lq = ref_log_softmax(zs[b, t, ids_s])
+                terms.append(float((np.exp(lp) * (lp - lq)).sum()))
+    want = float(np.mean(terms))
+    args = [jnp.asarray(x) for x in (zt, zs, positions, ids_t, ids_s)]
+    got = float(shared_vocab_kl(*args, jnp.asarray(mask)))
+    assert len(terms) == 5 and want > 0.1
     assert abs(got - want) <= _tol(want, 4)
+    # `shared`: that KL plus w × the cross-entropy over every position the mask keeps (aligned or not)
+    lq_all = ref_log_softmax(zs)
+    nll = -np.take_along_axis(lq_all, labels[..., None], axis=-1)[..., 0]
+    ce = float((nll * mask).sum() / mask.sum())
+    for w in (0.0, 0.5):
+        got = float(shared_objective(*args, jnp.asarray(labels), jnp.asarray(mask), w))
+        assert abs(got - (want + w * ce)) <= _tol(want + w * ce, 9)
 
 
 def _orthonormal(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
