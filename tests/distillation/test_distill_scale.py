@@ -131,6 +131,41 @@ def test_eight_devices_distil_the_same_adapter_as_one(models, one_device, tmp_pa
     assert {k: split[k] for k in vectors} == dict.fromkeys(vectors, 1)
 
 
+_SHARED_RUN = """
+import json, sys
+import jax
+from crosslora_jax.distillation import DistillOptions, distill
+
+args = json.loads(sys.argv[1])
+report = distill(*(args[k] for k in ("source", "target", "adapter", "output")), DistillOptions(**args["options"]))
+print(json.dumps([jax.device_count(), report.distill["heldout"]]))
+"""
+
+
+def test_eight_devices_distil_across_tokenizers_like_one(models, tmp_path) -> None:
+    """`--kd=shared` (the teacher's own tokenization, gathered at aligned positions, in every
+    device's rows of the batch): 8 devices write one device's adapter."""
+    bpe = tmp_path / "bpe"
+    cfg = synthetic.model_config("gemma2", hidden=24, intermediate=40, heads=3, kv_heads=1, layers=3,
+                                 vocab=synthetic.tokenizer_vocab_size("bpe"))  # fmt: skip
+    synthetic.write_tokenizer(synthetic.write_model(bpe, cfg, synthetic.model_tensors(cfg, seed=1)), "bpe")
+    args = {**{k: str(v) for k, v in models.items()}, "target": str(bpe),
+            "options": {**OPTIONS, "kd": "shared", "init": "truncate"}}  # fmt: skip
+    heldout = {}
+    for devices in (1, 8):
+        env = {**os.environ, "XLA_FLAGS": xla_flags(f"--xla_force_host_platform_device_count={devices}"),
+               "JAX_PLATFORMS": "cpu"}  # fmt: skip
+        run = {**args, "output": str(tmp_path / f"out{devices}")}
+        proc = subprocess.run([sys.executable, "-c", _SHARED_RUN, json.dumps(run)], check=True, env=env, cwd=ROOT,
+                              timeout=600, capture_output=True, text=True)  # fmt: skip
+        count, heldout[devices] = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert count == devices
+    reference = load_file(str(tmp_path / "out1" / "adapter_model.safetensors"))
+    _assert_same_adapter(tmp_path / "out8", reference)
+    assert heldout[8]["before"] == pytest.approx(heldout[1]["before"], rel=1e-5)
+    assert heldout[1]["shared_vocab_kl_before"] > 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
