@@ -17,6 +17,11 @@ every target × method is transferred with `crosslora_jax.transfer` (the real pi
 and out) and scored by held-out code loss (nats/byte, and next-byte accuracy) through
 `crosslora_jax.eval`. Recovered fraction = (L_base − L_transfer) / (L_base − L_trained).
 
+One more target is opt-in (`--targets=...,bpe`): `bpe`, the `resized` shapes over another
+vocabulary — the same text through a byte-level BPE tokenizer (`synthetic.write_tokenizer(...,
+"bpe")`: specials, the 256 bytes, 31 merges), trained and scored on its own token ids — to measure
+distillation across vocabularies (`--kd=sequence`, `shared`); its losses are nats/token.
+
     python tools/replication.py            # the full table (docs/replication.md)
     python tools/replication.py --smoke    # harness check, tiny sizes, one seed, < 60 s
 """
@@ -55,8 +60,10 @@ from crosslora_jax.arch import ARCHITECTURES, ROLES, role_shapes
 from crosslora_jax.eval import ModelSpec, load_model, logits, model_spec, to_hf, token_logprobs
 from crosslora_jax.io.hf_config import read_model_config
 from crosslora_jax.io.peft_adapter import write_adapter
+from crosslora_jax.io.tokenizer import read_tokenizer
 
-VOCAB = 256
+VOCAB = 256  # the byte models' vocabulary; the bpe target's is synthetic.tokenizer_vocab_size("bpe")
+TARGETS = ("upgrade", "resized", "gemma2", "bpe")  # what --targets may name
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,12 +101,15 @@ class Settings:
     distill_prompts: int = 4000  # teacher sequences of seq_len sampled bytes
     distill_steps: int = 600
     distill_lr: float = 5e-3
-    # "kd" or "kd:w" (KL to the target base on its own samples, weight w), for kd in full/delta/product/sequence
+    # "kd", "kd:w" (KL to the target base on its own samples, weight w) or "kd:w:c" (DistillOptions'
+    # sequence_weight c), for kd in full/delta/product/sequence/shared; the bpe target runs only the
+    # sequence/shared ones, the byte targets all but shared (one vocabulary: the library refuses it)
     distill_variants: tuple[str, ...] = ("full", "delta")
     distill_init: str = "cross_lora"
     distill_learn: str = "lora"  # or "transform": r_t×r_s maps between the subspaces
     distill_tag: str = ""  # added to the row labels when the command line overrides the above
-    targets: tuple[str, ...] = ("upgrade", "resized", "gemma2")  # scored; every base is trained anyway
+    # scored; every byte base is trained anyway, bpe (the resized shapes, another vocabulary) only when named
+    targets: tuple[str, ...] = ("upgrade", "resized", "gemma2")
 
 
 FULL = Settings(
@@ -194,8 +204,28 @@ def corpora(cap: int) -> dict[str, np.ndarray]:
     }
 
 
+def bpe_corpora(text: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same corpora as the bpe fixture's token ids (int32), under "<name>.bpe". Each corpus is
+    UTF-8 cut at a byte cap, so a character split at the end is dropped; nothing is prefixed (no <s>:
+    training windows are random slices anyway)."""
+    with tempfile.TemporaryDirectory(prefix="crosslora_bpe_") as folder:
+        tok = read_tokenizer(synthetic.write_tokenizer(Path(folder), "bpe"))
+        names = list(text)
+        encoded = tok.encode_batch([text[k].tobytes().decode("utf-8", errors="ignore") for k in names])
+    return {f"{k}.bpe": np.asarray(ids, np.int32) for k, ids in zip(names, encoded, strict=True)}
+
+
+def tokens_of(text: dict[str, np.ndarray], target: str, name: str) -> np.ndarray:
+    """Corpus `name` as `target`'s token ids: bytes, or the bpe ids for the bpe target."""
+    return text[f"{name}.bpe"] if target == "bpe" else text[name]
+
+
+def tokenizer_of(target: str) -> str:
+    return "bpe" if target == "bpe" else "bytes"
+
+
 def sample(rng: np.random.Generator, data: np.ndarray, batch: int, seq_len: int) -> np.ndarray:
-    """Random windows [batch, seq_len + 1] of byte ids."""
+    """Random windows [batch, seq_len + 1] of token ids (bytes, or bpe ids for the bpe target)."""
     starts = rng.integers(0, len(data) - seq_len - 1, batch)
     return np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int32)
 
@@ -210,7 +240,7 @@ def eval_windows(data: np.ndarray, seq_len: int, count: int) -> np.ndarray:
 # Models
 
 
-def config_for(size: ModelSize) -> dict:
+def config_for(size: ModelSize, vocab: int = VOCAB) -> dict:
     config = synthetic.model_config(
         size.model_type,
         hidden=size.hidden,
@@ -219,7 +249,7 @@ def config_for(size: ModelSize) -> dict:
         kv_heads=size.kv_heads,
         layers=size.layers,
         head_dim=size.head_dim,
-        vocab=VOCAB,
+        vocab=vocab,
     )
     if size.model_type == "gemma2":
         config["sliding_window"] = 32  # active on the alternating sliding layers at our lengths
@@ -236,6 +266,7 @@ def init_params(spec: ModelSpec, config: dict, seed: int) -> dict:
     """Random init in the evaluator's canonical layout (see crosslora_jax.eval._params)."""
     rng = np.random.default_rng(seed)
     shapes = role_shapes(config)
+    vocab = config["vocab_size"]
     layers: dict[str, np.ndarray] = {}
     for role in ROLES:
         m, n = shapes[role]
@@ -245,12 +276,12 @@ def init_params(spec: ModelSpec, config: dict, seed: int) -> dict:
     for name in spec.norm_names:
         layers[name] = np.full((spec.num_layers, spec.hidden), norm_init)
     params = {
-        "embed": rng.standard_normal((VOCAB, spec.hidden)) * (1 / math.sqrt(spec.hidden) if spec.embed_scale else 1),
+        "embed": rng.standard_normal((vocab, spec.hidden)) * (1 / math.sqrt(spec.hidden) if spec.embed_scale else 1),
         "norm": np.full(spec.hidden, norm_init),
         "layers": layers,
     }
     if not spec.tied:
-        params["lm_head"] = rng.standard_normal((VOCAB, spec.hidden)) / math.sqrt(spec.hidden)
+        params["lm_head"] = rng.standard_normal((vocab, spec.hidden)) / math.sqrt(spec.hidden)
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
@@ -329,10 +360,10 @@ def train_lora(spec, params, config, data, settings, seed, lr=5e-3, steps=None):
     return _train(spec, params, lora, [data], steps or settings.lora_steps, settings, seed, 0.0, lr)[1]
 
 
-def save_model(folder: Path, config: dict, spec: ModelSpec, params: dict) -> Path:
+def save_model(folder: Path, config: dict, spec: ModelSpec, params: dict, tokenizer: str = "bytes") -> Path:
     tensors = to_hf(spec, jax.tree.map(np.asarray, params))
     folder = synthetic.write_model(folder, config, tensors)
-    synthetic.write_tokenizer(folder, "bytes")  # token id = byte, as everywhere here; distill reads it
+    synthetic.write_tokenizer(folder, tokenizer)  # bytes: token id = byte (all but the bpe target); distill reads it
     return folder
 
 
@@ -361,7 +392,9 @@ def save_lora(folder: Path, config: dict, lora: dict, settings: Settings) -> Pat
 
 @functools.partial(jax.jit, static_argnums=0)
 def _heldout_metrics(spec, params, tokens):
-    """Mean next-byte loss (nats) and top-1 accuracy over windows [N, T+1]."""
+    """Mean next-token loss (nats) and top-1 accuracy over windows [N, T+1]: per byte on the byte
+    models, per bpe token on the bpe target (its recovered fractions are ratios of its own losses on
+    its own windows, so the unit cancels)."""
     out = logits(spec, params, tokens[:, :-1])
     logp = jax.nn.log_softmax(out, axis=-1)
     target = tokens[:, 1:]
@@ -420,11 +453,15 @@ def _teacher_variant(kind: str, weight: float, z: dict[str, np.ndarray]) -> np.n
 
 def teacher_rows(seed: int, settings: Settings, text: dict[str, np.ndarray], seed_dir: Path, loras: dict,
                  log) -> list[dict]:  # fmt: skip
-    """Per target × teacher variant: held-out code and general-text loss of the teacher itself."""
+    """Per target × teacher variant: held-out code and general-text loss of the teacher itself
+    (byte targets only: mixing logits needs one vocabulary)."""
     windows = {name: eval_windows(text[f"{name}_eval"], settings.seq_len, settings.eval_windows)
                for name in ("code", "general")}  # fmt: skip
     rows = []
     for target in settings.targets:
+        if tokenizer_of(target) != "bytes":
+            log(f"seed {seed}: {target:8s} no teacher rows (logit-level teachers need the source's vocabulary)")
+            continue
         folder = seed_dir / target
         base = {k: score(folder, None, w)[0] for k, w in windows.items()}
         trained = {k: score(folder, loras[target], w)[0] for k, w in windows.items()}
@@ -455,7 +492,7 @@ def teacher_table(rows: list[dict]) -> str:
         lines.append(
             f"| {target} | {method} | {_mean_spread([r['L_base'] for r in g])} | "
             f"{_mean_spread([r['L_teacher'] for r in g])} | {_mean_spread([r['L_trained'] for r in g])} | "
-            f"{_mean_spread(rec)} | {min(rec):+.3f}…{max(rec):+.3f} | "
+            f"{_mean_spread(rec)} | {_span(rec)} | "
             f"{np.mean([r['G_base'] for r in g]):.3f} → {np.mean([r['G_teacher'] for r in g]):.3f} "
             f"({_mean_spread([r['G_teacher'] - r['G_base'] for r in g])}) | "
             f"{_mean_spread([r['G_trained'] - r['G_base'] for r in g])} |"
@@ -483,7 +520,8 @@ def run_seed(
     models: dict[str, tuple[dict, ModelSpec, dict]] = {}
 
     def base(name, size, init_seed, data_mix, steps, start=None):
-        config = config_for(size)
+        tokenizer = tokenizer_of(name)
+        config = config_for(size, synthetic.tokenizer_vocab_size(tokenizer))
         spec = spec_for(seed_dir / name, config)
         params = init_params(spec, config, init_seed) if start is None else start
         t0 = time.perf_counter()
@@ -491,7 +529,7 @@ def run_seed(
         log(
             f"seed {seed}: trained {name} ({steps} steps, final train loss {loss:.3f}) in {time.perf_counter() - t0:.1f}s"
         )
-        save_model(seed_dir / name, config, spec, params)
+        save_model(seed_dir / name, config, spec, params, tokenizer)
         models[name] = (config, spec, params)
 
     base("S", settings.source, 1000 * seed + 1, [text["docs"]], settings.pretrain_steps)
@@ -505,11 +543,13 @@ def run_seed(
     )
     base("resized", settings.resized, 1000 * seed + 3, [text["docs"]], settings.pretrain_steps)
     base("gemma2", settings.gemma2, 1000 * seed + 4, [text["docs"]], settings.pretrain_steps)
+    if "bpe" in settings.targets:  # the resized recipe over the bpe ids of the same text
+        base("bpe", settings.resized, 1000 * seed + 5, [text["docs.bpe"]], settings.pretrain_steps)
 
     loras = {}
     for name, (config, spec, params) in models.items():
         t0 = time.perf_counter()
-        lora = train_lora(spec, params, config, text["code_train"], settings, seed=1000 * seed + 50)
+        lora = train_lora(spec, params, config, tokens_of(text, name, "code_train"), settings, seed=1000 * seed + 50)
         loras[name] = save_lora(seed_dir / f"lora_{name}", config, lora, settings)
         log(f"seed {seed}: trained the code LoRA on {name} in {time.perf_counter() - t0:.1f}s")
 
@@ -522,8 +562,11 @@ def run_seed(
     if "teachers" in groups:
         rows += teacher_rows(seed, settings, text, seed_dir, loras, log)
     for target in settings.targets if "data_free" in groups else ():
-        l_base, a_base = score(seed_dir / target, None, windows)
-        l_trained, a_trained = score(seed_dir / target, loras[target], windows)
+        # transfer moves weights only (no tokenizer involved); each target is scored on its own windows
+        # (L_source / L_source_lora stay S's, on the byte windows)
+        held_out = eval_windows(tokens_of(text, target, "code_eval"), settings.seq_len, settings.eval_windows)
+        l_base, a_base = score(seed_dir / target, None, held_out)
+        l_trained, a_trained = score(seed_dir / target, loras[target], held_out)
         totals: dict[int, int] = {}
         for method, rank, gate in methods(settings):
             out = seed_dir / f"out_{target}_{method}_{rank}_{gate}"
@@ -536,7 +579,7 @@ def run_seed(
             except crosslora_jax.TransferError:  # every module gated out: the target keeps its base weights
                 report, (l_tr, a_tr) = None, (l_base, a_base)
             else:
-                l_tr, a_tr = score(seed_dir / target, out, windows)
+                l_tr, a_tr = score(seed_dir / target, out, held_out)
             seconds = time.perf_counter() - t0
             modules = report.modules if report is not None else ()
             transferred = [m for m in modules if m.status == "transferred"]
@@ -579,19 +622,44 @@ def run_seed(
     return rows
 
 
+CROSS_VOCAB_KD = ("sequence", "shared")  # the objectives that work when the tokenizers differ
+
+
+def parse_variant(variant: str) -> tuple[str, float, float | None]:
+    """ "kd[:anchor_weight[:sequence_weight]]" → (kd, anchor weight (0 if not given), sequence
+    weight (None if not given: DistillOptions' default))."""
+    kd, *weights = variant.split(":")
+    if len(weights) > 2:
+        raise ValueError(f"distill variant {variant!r}: expected kd[:anchor_weight[:sequence_weight]]")
+    anchor = float(weights[0]) if weights else 0.0
+    return kd, anchor, float(weights[1]) if len(weights) == 2 else None
+
+
+def variant_label(kd: str, anchor: float, ce_weight: float | None) -> str:
+    """e.g. "distill full", "distill full + anchor 0.5", "distill shared + anchor 0.5, CE ×1"."""
+    label = f"distill {kd}" + (f" + anchor {anchor}" if anchor else "")
+    return label + ("" if ce_weight is None else f", CE ×{ce_weight:g}")
+
+
 def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dict]:
     """Per target: the compute-matched LoRA (the distillation's step budget on real code), then
     `crosslora_jax.distill` per objective (files in and out), scored on held-out code and on
-    general text."""
-    windows = eval_windows(text["code_eval"], settings.seq_len, settings.eval_windows)
-    general = eval_windows(text["general_eval"], settings.seq_len, settings.eval_windows)
-    variants = [(v.split(":")[0], float(v.split(":")[1]) if ":" in v else 0.0) for v in settings.distill_variants]
+    general text. Across vocabularies (the bpe target) only sequence/shared apply, and there is no
+    logit-level teacher to score (L_teacher NaN); the byte targets run every variant but shared."""
+    variants = [parse_variant(v) for v in settings.distill_variants]
     rows = []
     for target in settings.targets:
+        bytes_target = tokenizer_of(target) == "bytes"
+        applicable = [v for v in variants if (v[0] != "shared" if bytes_target else v[0] in CROSS_VOCAB_KD)]
+        if not applicable:
+            log(f"seed {seed}: {target:8s} no distill variant applies (across vocabularies: kd sequence or shared)")
+            continue
+        windows = eval_windows(tokens_of(text, target, "code_eval"), settings.seq_len, settings.eval_windows)
+        general = eval_windows(tokens_of(text, target, "general_eval"), settings.seq_len, settings.eval_windows)
         config, spec, params = models[target]
         t0 = time.perf_counter()
-        matched = train_lora(spec, params, config, text["code_train"], settings, seed=1000 * seed + 50,
-                             steps=settings.distill_steps)  # fmt: skip
+        matched = train_lora(spec, params, config, tokens_of(text, target, "code_train"), settings,
+                             seed=1000 * seed + 50, steps=settings.distill_steps)  # fmt: skip
         matched_dir = save_lora(seed_dir / f"lora_{target}_matched", config, matched, settings)
         matched_seconds = time.perf_counter() - t0
         folder = seed_dir / target
@@ -599,17 +667,17 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
             score(folder, a, windows) for a in (None, loras[target], matched_dir)
         )
         g_base, g_trained = (score(folder, a, general)[0] for a in (None, loras[target]))
-        teachers = teacher_losses(seed_dir / "S", loras["S"], folder, windows)
-        for kd, anchor in variants:
-            label = f"distill {kd}" + (f" + anchor {anchor}" if anchor else "")
-            label += settings.distill_tag
+        teachers = teacher_losses(seed_dir / "S", loras["S"], folder, windows) if bytes_target else {}
+        for kd, anchor, ce_weight in applicable:
+            label = variant_label(kd, anchor, ce_weight) + settings.distill_tag
+            extra = {} if ce_weight is None else {"sequence_weight": ce_weight}  # a field only newer trees have
             options = crosslora_jax.DistillOptions(
                 init=settings.distill_init, learn=settings.distill_learn, kd=kd, svd=crosslora_jax.SvdSettings(rank=settings.svd_ranks[0]),
                 prompts=settings.distill_prompts, gen_len=settings.seq_len, gen_batch_size=256, steps=settings.distill_steps,
                 batch_size=settings.batch, learning_rate=settings.distill_lr, warmup_steps=settings.distill_steps // 20,
-                anchor_weight=anchor, heldout=64, seed=seed, log_every=max(settings.distill_steps // 10, 1),
+                anchor_weight=anchor, heldout=64, seed=seed, log_every=max(settings.distill_steps // 10, 1), **extra,
             )  # fmt: skip
-            out = seed_dir / f"distill_{target}_{kd}_{anchor}"
+            out = seed_dir / (f"distill_{target}_{kd}_{anchor}" + ("" if ce_weight is None else f"_{ce_weight}"))
             t0 = time.perf_counter()
             report = crosslora_jax.distill(seed_dir / "S", folder, loras["S"], out, options)
             seconds = time.perf_counter() - t0
@@ -621,8 +689,8 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
                 "L_base": l_base, "L_transfer": l_d, "L_trained": l_trained, "L_matched": l_matched,
                 "recovered": (l_base - l_d) / gain if gain > 0 else float("nan"),
                 "recovered_matched": (l_base - l_d) / matched_gain if matched_gain > 0 else float("nan"),
-                "L_teacher": teachers[kd],
-                "recovered_teacher": (l_base - teachers[kd]) / gain if gain > 0 else float("nan"),
+                "L_teacher": teachers.get(kd, float("nan")),  # NaN: no logit-level teacher across vocabularies
+                "recovered_teacher": (l_base - teachers.get(kd, float("nan"))) / gain if gain > 0 else float("nan"),
                 "G_base": g_base, "G_distill": g_d, "G_trained": g_trained,
                 "heldout_before": report.distill["heldout"]["before"], "heldout_after": report.distill["heldout"]["after"],
                 "seconds": seconds, "matched_seconds": matched_seconds,
@@ -653,7 +721,7 @@ def distill_table(rows: list[dict]) -> str:
         lines.append(
             f"| {target} | {method} | {_mean_spread([r['L_base'] for r in g])} | "
             f"{_mean_spread([r['L_transfer'] for r in g])} | {_mean_spread([r['L_trained'] for r in g])} | "
-            f"{_mean_spread([r['L_matched'] for r in g])} | {_mean_spread(rec)} | {min(rec):+.3f}…{max(rec):+.3f} | "
+            f"{_mean_spread([r['L_matched'] for r in g])} | {_mean_spread(rec)} | {_span(rec)} | "
             f"{_mean_spread([r['recovered_matched'] for r in g])} | "
             f"{_mean_spread([r.get('recovered_teacher', float('nan')) for r in g])} | "
             f"{np.mean([r['G_base'] for r in g]):.3f} → {np.mean([r['G_distill'] for r in g]):.3f} "
@@ -677,6 +745,12 @@ def _mean_spread(values: list[float], digits: int = 3) -> str:
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
 
 
+def _span(values: list[float]) -> str:
+    """min…max of the values that are not NaN (n/a without any)."""
+    finite = [v for v in values if not math.isnan(v)]
+    return f"{min(finite):+.3f}…{max(finite):+.3f}" if finite else "n/a"
+
+
 def table(rows: list[dict]) -> str:
     """Markdown: one line per target × method, mean ± sample std over seeds (and the min–max of the recovery)."""
     lines = [
@@ -686,8 +760,6 @@ def table(rows: list[dict]) -> str:
     ]
     for target, method, group in _groups(rows):
         rec = [r["recovered"] for r in group]
-        finite = [v for v in rec if not math.isnan(v)]
-        span = f"{min(finite):+.3f}…{max(finite):+.3f}" if finite else "n/a"
         acc = " / ".join(
             _mean_spread([r[k] for r in group], 3).split(" ±")[0] for k in ("acc_base", "acc_transfer", "acc_trained")
         )
@@ -698,7 +770,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {target} | {method} | {_mean_spread([r['L_base'] for r in group])} | "
             f"{_mean_spread([r['L_transfer'] for r in group])} | {_mean_spread([r['L_trained'] for r in group])} | "
-            f"{_mean_spread(rec)} | {span} | {acc} | {modules} | {phi} |"
+            f"{_mean_spread(rec)} | {_span(rec)} | {acc} | {modules} | {phi} |"
         )
     return "\n".join(lines)
 
@@ -712,13 +784,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out", help="results folder")
     parser.add_argument("--keep", action="store_true", help="keep the trained models and adapters under --out/work")
     parser.add_argument("--distill_steps", type=int, default=None, help="override the distillation's step count")
-    parser.add_argument("--distill_variants", default=None, help="e.g. full,delta,full:1.0 (kd[:anchor weight])")
+    parser.add_argument(
+        "--distill_variants",
+        default=None,
+        help="e.g. full,delta,full:1.0,shared:0.5:1 (kd[:anchor weight[:sequence weight]]); on the bpe target only "
+        "kd sequence/shared run, on the others all but shared",
+    )
     parser.add_argument("--distill_init", default=None, help="data-free init of the distillation (default cross_lora)")
     parser.add_argument(
         "--distill_learn", default=None, help="what the distillation trains: lora (default) or transform"
     )
     parser.add_argument(
-        "--targets", default=None, help="comma-separated subset of upgrade,resized,gemma2 to score (default: all)"
+        "--targets",
+        default=None,
+        help="comma-separated subset of upgrade,resized,gemma2,bpe to score (default: upgrade,resized,gemma2); "
+        "bpe (the resized shapes over a byte-level BPE vocabulary, same text) is trained only when named",
     )
     parser.add_argument(
         "--groups",
@@ -745,9 +825,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = dataclasses.replace(settings, seeds=args.seeds)
     if args.targets is not None:
         targets = tuple(t for t in args.targets.split(",") if t)
-        if not targets or set(targets) - set(settings.targets):
-            parser.error(f"--targets: choose from {','.join(settings.targets)}; got {args.targets!r}")
+        if not targets or set(targets) - set(TARGETS):
+            parser.error(f"--targets: choose from {','.join(TARGETS)}; got {args.targets!r}")
         settings = dataclasses.replace(settings, targets=targets)
+    try:
+        [parse_variant(v) for v in settings.distill_variants]
+    except ValueError as e:
+        parser.error(f"--distill_variants: {e}")
     logging.set_verbosity(logging.ERROR)  # the pipeline's per-chunk info and energy warnings
     started = time.perf_counter()
 
@@ -760,6 +844,10 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{k} {len(v)}" for k, v in text.items())
         + f"; stdlib {sysconfig.get_paths()['stdlib']}"
     )
+    if "bpe" in settings.targets:
+        encoded = bpe_corpora(text)
+        log("corpora (bpe tokens): " + ", ".join(f"{k.removesuffix('.bpe')} {len(v)}" for k, v in encoded.items()))
+        text |= encoded
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "work" if args.keep else Path(tempfile.mkdtemp(prefix="crosslora_replication_"))
     if args.keep and work.exists():

@@ -74,3 +74,33 @@ def test_smoke_teacher_rows(tmp_path):
     full = [r["L_teacher"] for r in rows if r["method"] == "full (S + LoRA)"]
     assert max(full) - min(full) < 1e-9 * max(full), full
     assert (tmp_path / "smoke_teachers.md").read_text().count("\n") == len(rows) + 2
+
+
+def test_smoke_bpe_target(tmp_path):
+    """Another vocabulary over the same text: transfer works on weights only, distillation by sequence."""
+    proc = subprocess.run(
+        [sys.executable, str(TOOL), "--smoke", "--groups=distill,data_free", "--targets=bpe",
+         "--distill_variants=sequence", f"--out={tmp_path}"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "corpora (bpe tokens):" in proc.stdout
+    rows = json.loads((tmp_path / "smoke.json").read_text())["rows"]
+    distilled = [r for r in rows if r.get("kind") == "distill"]
+    data_free = [r for r in rows if r.get("kind") != "distill"]
+    assert {r["target"] for r in rows} == {"bpe"}
+    assert {r["method"] for r in data_free} == {"truncate", "cross_lora r=8", "lora_x r=8", "cross_lora r=8, gate 0.5"}
+    assert [r["method"] for r in distilled] == ["distill sequence"]
+    for r in rows:
+        for key in ("L_base", "L_transfer", "L_trained"):
+            assert math.isfinite(r[key]) and 0 < r[key] < 10, r
+    (copy,) = [r for r in data_free if r["method"] == "truncate"]
+    assert copy["modules_transferred"] == copy["modules_total"] > 0  # the resized shapes: every module
+    for r in distilled:
+        for key in ("L_matched", "G_base", "G_distill", "G_trained"):
+            assert math.isfinite(r[key]) and 0 < r[key] < 10, r
+        # no logit-level teacher across vocabularies
+        assert math.isnan(r["L_teacher"]) and math.isnan(r["recovered_teacher"]), r
+    data_free_md, distill_md = (tmp_path / "smoke.md").read_text().split("\n\n")
+    assert data_free_md.count("\n") == len(data_free) + 1 and distill_md.count("\n") == len(distilled) + 2
+    assert "| bpe | distill sequence |" in distill_md and "| n/a |" in distill_md
