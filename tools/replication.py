@@ -204,15 +204,25 @@ def corpora(cap: int) -> dict[str, np.ndarray]:
     }
 
 
+@functools.cache
+def _bpe_tokenizer():
+    with tempfile.TemporaryDirectory(prefix="crosslora_bpe_") as folder:
+        return read_tokenizer(synthetic.write_tokenizer(Path(folder), "bpe"))
+
+
 def bpe_corpora(text: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The same corpora as the bpe fixture's token ids (int32), under "<name>.bpe". Each corpus is
-    UTF-8 cut at a byte cap, so a character split at the end is dropped; nothing is prefixed (no <s>:
-    training windows are random slices anyway)."""
-    with tempfile.TemporaryDirectory(prefix="crosslora_bpe_") as folder:
-        tok = read_tokenizer(synthetic.write_tokenizer(Path(folder), "bpe"))
-        names = list(text)
-        encoded = tok.encode_batch([text[k].tobytes().decode("utf-8", errors="ignore") for k in names])
+    UTF-8 cut at a byte cap, so a character split at the end is dropped; <s> is not in the streams
+    (windows start with it: `bos_of`)."""
+    names = list(text)
+    encoded = _bpe_tokenizer().encode_batch([text[k].tobytes().decode("utf-8", errors="ignore") for k in names])
     return {f"{k}.bpe": np.asarray(ids, np.int32) for k, ids in zip(names, encoded, strict=True)}
+
+
+def bos_of(target: str) -> int | None:
+    """The bpe target's windows start with its <s>, as a model with a BOS token is trained and as
+    `distill` feeds it (BOS, then the teacher's text); the byte models have none."""
+    return _bpe_tokenizer().bos_id if target == "bpe" else None
 
 
 def tokens_of(text: dict[str, np.ndarray], target: str, name: str) -> np.ndarray:
@@ -224,16 +234,24 @@ def tokenizer_of(target: str) -> str:
     return "bpe" if target == "bpe" else "bytes"
 
 
-def sample(rng: np.random.Generator, data: np.ndarray, batch: int, seq_len: int) -> np.ndarray:
-    """Random windows [batch, seq_len + 1] of token ids (bytes, or bpe ids for the bpe target)."""
+def _windows(data: np.ndarray, starts: np.ndarray, seq_len: int, bos: int | None) -> np.ndarray:
+    if bos is None:
+        return np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int32)
+    return np.stack([np.concatenate([[bos], data[s : s + seq_len]]) for s in starts]).astype(np.int32)
+
+
+def sample(rng: np.random.Generator, data: np.ndarray, batch: int, seq_len: int, bos: int | None = None) -> np.ndarray:
+    """Random windows [batch, seq_len + 1] of token ids (bytes, or bpe ids for the bpe target), the
+    first one `bos` when given."""
     starts = rng.integers(0, len(data) - seq_len - 1, batch)
-    return np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int32)
+    return _windows(data, starts, seq_len, bos)
 
 
-def eval_windows(data: np.ndarray, seq_len: int, count: int) -> np.ndarray:
-    """Evenly spaced windows [count, seq_len + 1] over the held-out text (the same for every model)."""
+def eval_windows(data: np.ndarray, seq_len: int, count: int, bos: int | None = None) -> np.ndarray:
+    """Evenly spaced windows [count, seq_len + 1] over the held-out text (the same for every model
+    of one vocabulary), the first token `bos` when given."""
     starts = np.linspace(0, len(data) - seq_len - 1, count).astype(int)
-    return np.stack([data[s : s + seq_len + 1] for s in starts]).astype(np.int32)
+    return _windows(data, starts, seq_len, bos)
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,28 +354,28 @@ def new_lora(spec, config, settings, seed, scale=None):
     return lora
 
 
-def _train(spec, params, lora, data_mix, steps, settings, seed, lr_base, lr_lora):
+def _train(spec, params, lora, data_mix, steps, settings, seed, lr_base, lr_lora, bos=None):
     rng = np.random.default_rng(seed)
     trainable = (params, {r: {"a": x["a"], "b": x["b"]} for r, x in lora.items()})
     state, loss = _ADAM.init(trainable), float("nan")
     for step in range(1, steps + 1):
-        tokens = sample(rng, data_mix[step % len(data_mix)], settings.batch, settings.seq_len)
+        tokens = sample(rng, data_mix[step % len(data_mix)], settings.batch, settings.seq_len, bos)
         factor = _schedule(step, steps, 1.0)
         params, lora, state, loss = _step(spec, params, lora, state, lr_base * factor, lr_lora * factor, tokens)
     return params, lora, float(loss)
 
 
-def train_base(spec, config, params, data_mix, steps, settings, seed, lr=3e-3):
-    """Adam on next-byte loss; `data_mix` is a list of corpora sampled alternately."""
+def train_base(spec, config, params, data_mix, steps, settings, seed, lr=3e-3, bos=None):
+    """Adam on next-token loss; `data_mix` is a list of corpora sampled alternately."""
     idle = new_lora(spec, config, settings, seed, scale=0.0)  # zero scale: no effect, never updated
-    params, _, loss = _train(spec, params, idle, data_mix, steps, settings, seed, lr, 0.0)
+    params, _, loss = _train(spec, params, idle, data_mix, steps, settings, seed, lr, 0.0, bos)
     return params, loss
 
 
-def train_lora(spec, params, config, data, settings, seed, lr=5e-3, steps=None):
+def train_lora(spec, params, config, data, settings, seed, lr=5e-3, steps=None, bos=None):
     """The code LoRA with the base frozen (`steps` defaults to the recipe's lora_steps)."""
     lora = new_lora(spec, config, settings, seed)
-    return _train(spec, params, lora, [data], steps or settings.lora_steps, settings, seed, 0.0, lr)[1]
+    return _train(spec, params, lora, [data], steps or settings.lora_steps, settings, seed, 0.0, lr, bos)[1]
 
 
 def save_model(folder: Path, config: dict, spec: ModelSpec, params: dict, tokenizer: str = "bytes") -> Path:
@@ -525,7 +543,7 @@ def run_seed(
         spec = spec_for(seed_dir / name, config)
         params = init_params(spec, config, init_seed) if start is None else start
         t0 = time.perf_counter()
-        params, loss = train_base(spec, config, params, data_mix, steps, settings, seed=init_seed + 7)
+        params, loss = train_base(spec, config, params, data_mix, steps, settings, seed=init_seed + 7, bos=bos_of(name))
         log(
             f"seed {seed}: trained {name} ({steps} steps, final train loss {loss:.3f}) in {time.perf_counter() - t0:.1f}s"
         )
@@ -549,7 +567,8 @@ def run_seed(
     loras = {}
     for name, (config, spec, params) in models.items():
         t0 = time.perf_counter()
-        lora = train_lora(spec, params, config, tokens_of(text, name, "code_train"), settings, seed=1000 * seed + 50)
+        lora = train_lora(spec, params, config, tokens_of(text, name, "code_train"), settings, seed=1000 * seed + 50,
+                          bos=bos_of(name))  # fmt: skip
         loras[name] = save_lora(seed_dir / f"lora_{name}", config, lora, settings)
         log(f"seed {seed}: trained the code LoRA on {name} in {time.perf_counter() - t0:.1f}s")
 
@@ -564,7 +583,8 @@ def run_seed(
     for target in settings.targets if "data_free" in groups else ():
         # transfer moves weights only (no tokenizer involved); each target is scored on its own windows
         # (L_source / L_source_lora stay S's, on the byte windows)
-        held_out = eval_windows(tokens_of(text, target, "code_eval"), settings.seq_len, settings.eval_windows)
+        held_out = eval_windows(tokens_of(text, target, "code_eval"), settings.seq_len, settings.eval_windows,
+                                bos_of(target))  # fmt: skip
         l_base, a_base = score(seed_dir / target, None, held_out)
         l_trained, a_trained = score(seed_dir / target, loras[target], held_out)
         totals: dict[int, int] = {}
@@ -654,12 +674,12 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
         if not applicable:
             log(f"seed {seed}: {target:8s} no distill variant applies (across vocabularies: kd sequence or shared)")
             continue
-        windows = eval_windows(tokens_of(text, target, "code_eval"), settings.seq_len, settings.eval_windows)
-        general = eval_windows(tokens_of(text, target, "general_eval"), settings.seq_len, settings.eval_windows)
+        windows, general = (eval_windows(tokens_of(text, target, name), settings.seq_len, settings.eval_windows,
+                                         bos_of(target)) for name in ("code_eval", "general_eval"))  # fmt: skip
         config, spec, params = models[target]
         t0 = time.perf_counter()
         matched = train_lora(spec, params, config, tokens_of(text, target, "code_train"), settings,
-                             seed=1000 * seed + 50, steps=settings.distill_steps)  # fmt: skip
+                             seed=1000 * seed + 50, steps=settings.distill_steps, bos=bos_of(target))  # fmt: skip
         matched_dir = save_lora(seed_dir / f"lora_{target}_matched", config, matched, settings)
         matched_seconds = time.perf_counter() - t0
         folder = seed_dir / target
