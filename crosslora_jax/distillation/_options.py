@@ -16,6 +16,11 @@ from crosslora_jax.ops.svd import SvdSettings
 Init = Literal["cross_lora", "lora_x", "truncate", "zero"]
 Learn = Literal["lora", "transform"]
 ParamDtype = Literal["float32", "bfloat16"]
+KdChoice = Literal["auto", "full", "delta", "product", "sequence", "shared"]
+# `--kd=auto`: full KL when the tokenizers share one vocabulary; when they differ, the objective
+# that recovered more in the replication's tokenizer comparison (docs/replication.md)
+AUTO_SAME_VOCABULARY: Objective = "full"
+AUTO_DIFFERENT_VOCABULARIES: Objective = "shared"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +35,9 @@ class DistillOptions:
         "What is trained: lora (the target's factors) or transform (r_t×r_s maps from the source's singular "
         "subspaces into the target's, the source factors fixed).",
     )
-    kd: Objective = option(
-        "full",
-        "Objective: full (KL to the teacher), delta (KL to target base + what the adapter changes in the "
+    kd: KdChoice = option(
+        "auto",
+        "Objective: auto (full when the two tokenizers have one vocabulary, else shared), full (KL to the teacher), delta (KL to target base + what the adapter changes in the "
         "source; one vocabulary only), product (KL to the geometric mix target^(1-b) * teacher^b, b = "
         "--product_weight; one vocabulary only), sequence (cross-entropy on the teacher's text; any vocabularies), "
         "shared (tokenizers that differ: KL on the tokens both vocabularies have, where the two tokenizations "

@@ -27,7 +27,7 @@ from crosslora_jax._errors import OptionsError
 from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
 from crosslora_jax.distillation import _checkpoint
-from crosslora_jax.distillation._options import DistillOptions
+from crosslora_jax.distillation._options import AUTO_DIFFERENT_VOCABULARIES, AUTO_SAME_VOCABULARY, DistillOptions
 from crosslora_jax.distillation._placement import Placement
 from crosslora_jax.distillation._student import Trainable, build_student, source_lora, written_factors
 from crosslora_jax.distillation._teacher import as_batch, generic_prompts, sample_sequences, user_prompts
@@ -77,6 +77,8 @@ def distill(
     source_cfg, target_cfg = read_model_config(source_model), read_model_config(target_model)
     tok_s, tok_t = read_tokenizer(source_model), read_tokenizer(target_model)
     one_vocab = same_vocabulary(tok_s, tok_t)
+    if options.kd == "auto":  # from here on, options say which objective runs
+        options = dataclasses.replace(options, kd=AUTO_SAME_VOCABULARY if one_vocab else AUTO_DIFFERENT_VOCABULARIES)
     if not one_vocab and options.kd not in ("sequence", "shared"):
         raise OptionsError(
             "--kd",

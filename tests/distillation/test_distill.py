@@ -54,7 +54,8 @@ def test_distill_writes_an_adapter_for_the_target_with_its_report(tmp_path: Path
     saved = json.loads((p["output"] / "crosslora_report.json").read_text())
     section = saved["distill"]
     assert section == json.loads(json.dumps(report.to_json()["distill"]))
-    assert section["vocabulary"] == "shared" and section["objective"] == "full"
+    assert section["vocabulary"] == "shared" and section["objective"] == "full"  # --kd=auto on one vocabulary
+    assert section["settings"]["kd"] == "full"
     assert [c["step"] for c in section["loss_curve"]] == [2, 4]
     assert section["tokens_seen"] == 4 * 4 * 6  # steps × batch × positions (prompt 1 + 6 sampled − 1)
     assert section["heldout"]["before"] > 0 and section["heldout"]["after"] > 0
@@ -86,9 +87,10 @@ def test_different_tokenizers_take_the_sequence_or_shared_objective(tmp_path: Pa
     assert report.distill["vocabulary"] == "different"
     assert "re-tokenized" in report.distill["objective"] and "alignment" not in report.distill
     p["output"] = tmp_path / "out_shared"
-    report = _distill(p, kd="shared", init="truncate")
+    report = _distill(p, init="truncate")  # --kd=auto: shared, when the vocabularies differ
     section = report.distill
     assert section["objective"].startswith("shared") and section["vocabulary"] == "different"
+    assert section["settings"]["kd"] == "shared"
     # bytes ↔ bpe share the 256 byte tokens; the bpe merges are the student's alone
     assert section["alignment"]["shared_tokens"] == 256
     assert 0.5 < section["alignment"]["positions_aligned"] < 1  # BOS and inside merged tokens: no match
