@@ -713,6 +713,7 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
                 "recovered_teacher": (l_base - teachers.get(kd, float("nan"))) / gain if gain > 0 else float("nan"),
                 "G_base": g_base, "G_distill": g_d, "G_trained": g_trained,
                 "heldout_before": report.distill["heldout"]["before"], "heldout_after": report.distill["heldout"]["after"],
+                "alignment": report.distill.get("alignment"),  # shared: the shared tokens, the positions that meet
                 "seconds": seconds, "matched_seconds": matched_seconds,
             })  # fmt: skip
             r = rows[-1]
