@@ -20,7 +20,7 @@ and out) and scored by held-out code loss (nats/byte, and next-byte accuracy) th
 One more target is opt-in (`--targets=...,bpe`): `bpe`, the `resized` shapes over another
 vocabulary — the same text through a byte-level BPE tokenizer (`synthetic.write_tokenizer(...,
 "bpe")`: specials, the 256 bytes, 31 merges), trained and scored on its own token ids — to measure
-distillation across vocabularies (`--kd=sequence`, `shared`); its losses are nats/token.
+distillation across vocabularies (`--kd=sequence`, `shared`, `bytes`); its losses are nats/token.
 
     python tools/replication.py            # the full table (docs/replication.md)
     python tools/replication.py --smoke    # harness check, tiny sizes, one seed, < 60 s
@@ -102,8 +102,8 @@ class Settings:
     distill_steps: int = 600
     distill_lr: float = 5e-3
     # "kd", "kd:w" (KL to the target base on its own samples, weight w) or "kd:w:c" (DistillOptions'
-    # sequence_weight c), for kd in full/delta/product/sequence/shared; the bpe target runs only the
-    # sequence/shared ones, the byte targets all but shared (one vocabulary: the library refuses it)
+    # sequence_weight c), for kd in full/delta/product/sequence/shared/bytes; the bpe target runs only
+    # sequence/shared/bytes, the byte targets all but shared/bytes (one vocabulary: the library refuses them)
     distill_variants: tuple[str, ...] = ("full", "delta")
     distill_init: str = "cross_lora"
     distill_learn: str = "lora"  # or "transform": r_t×r_s maps between the subspaces
@@ -642,7 +642,8 @@ def run_seed(
     return rows
 
 
-CROSS_VOCAB_KD = ("sequence", "shared")  # the objectives that work when the tokenizers differ
+CROSS_VOCAB_KD = ("sequence", "shared", "bytes")  # the objectives that work when the tokenizers differ
+DIFFERENT_VOCAB_ONLY = ("shared", "bytes")  # refused by the library on one vocabulary
 
 
 def parse_variant(variant: str) -> tuple[str, float, float | None]:
@@ -664,15 +665,19 @@ def variant_label(kd: str, anchor: float, ce_weight: float | None) -> str:
 def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dict]:
     """Per target: the compute-matched LoRA (the distillation's step budget on real code), then
     `crosslora_jax.distill` per objective (files in and out), scored on held-out code and on
-    general text. Across vocabularies (the bpe target) only sequence/shared apply, and there is no
-    logit-level teacher to score (L_teacher NaN); the byte targets run every variant but shared."""
+    general text. Across vocabularies (the bpe target) only sequence/shared/bytes apply, and there is
+    no logit-level teacher to score (L_teacher NaN); the byte targets run every variant but shared/bytes."""
     variants = [parse_variant(v) for v in settings.distill_variants]
     rows = []
     for target in settings.targets:
         bytes_target = tokenizer_of(target) == "bytes"
-        applicable = [v for v in variants if (v[0] != "shared" if bytes_target else v[0] in CROSS_VOCAB_KD)]
+        applicable = [
+            v for v in variants if (v[0] not in DIFFERENT_VOCAB_ONLY if bytes_target else v[0] in CROSS_VOCAB_KD)
+        ]
         if not applicable:
-            log(f"seed {seed}: {target:8s} no distill variant applies (across vocabularies: kd sequence or shared)")
+            log(
+                f"seed {seed}: {target:8s} no distill variant applies (across vocabularies: kd sequence, shared or bytes)"
+            )
             continue
         windows, general = (eval_windows(tokens_of(text, target, name), settings.seq_len, settings.eval_windows,
                                          bos_of(target)) for name in ("code_eval", "general_eval"))  # fmt: skip
@@ -713,7 +718,7 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
                 "recovered_teacher": (l_base - teachers.get(kd, float("nan"))) / gain if gain > 0 else float("nan"),
                 "G_base": g_base, "G_distill": g_d, "G_trained": g_trained,
                 "heldout_before": report.distill["heldout"]["before"], "heldout_after": report.distill["heldout"]["after"],
-                "alignment": report.distill.get("alignment"),  # shared: the shared tokens, the positions that meet
+                "alignment": report.distill.get("alignment"),  # shared/bytes: the positions that meet (and shared tokens)
                 "seconds": seconds, "matched_seconds": matched_seconds,
             })  # fmt: skip
             r = rows[-1]
@@ -809,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         "--distill_variants",
         default=None,
         help="e.g. full,delta,full:1.0,shared:0.5:1 (kd[:anchor weight[:sequence weight]]); on the bpe target only "
-        "kd sequence/shared run, on the others all but shared",
+        "kd sequence/shared/bytes run, on the others all but shared/bytes",
     )
     parser.add_argument("--distill_init", default=None, help="data-free init of the distillation (default cross_lora)")
     parser.add_argument(

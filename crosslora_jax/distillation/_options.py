@@ -16,7 +16,8 @@ from crosslora_jax.ops.svd import SvdSettings
 Init = Literal["cross_lora", "lora_x", "truncate", "zero"]
 Learn = Literal["lora", "transform"]
 ParamDtype = Literal["float32", "bfloat16"]
-KdChoice = Literal["auto", "full", "delta", "product", "sequence", "shared"]
+KdChoice = Literal["auto", "full", "delta", "product", "sequence", "shared", "bytes"]
+ACROSS_VOCABULARIES = ("sequence", "shared", "bytes")  # the objectives that work when the tokenizers differ
 # `--kd=auto`: full KL when the tokenizers share one vocabulary; when they differ, sequence: it
 # recovered as much as shared (0.649 vs 0.637, 3 seeds, docs/replication.md "Across tokenizers")
 # without running the teacher in training
@@ -42,15 +43,15 @@ class DistillOptions:
         "teacher), delta (KL to target base + what the adapter changes in the source; one vocabulary only), product (KL to the geometric mix target^(1-b) * teacher^b, b = "
         "--product_weight; one vocabulary only), sequence (cross-entropy on the teacher's text; any vocabularies), "
         "shared (tokenizers that differ: KL on the tokens both vocabularies have, where the two tokenizations "
-        "have read the same bytes, + --sequence_weight × sequence).",
+        "have read the same bytes, + --sequence_weight × sequence), bytes (the same, but KL between the two "
+        "models' distributions of the next byte: each token's probability counted for its first byte).",
     )
     product_weight: float = option(
         0.75, "--kd=product: weight b of the teacher (source + adapter) against the target base in the mix.",
         low=0.0, high=1.0,
     )  # fmt: skip
     sequence_weight: float = option(
-        1.0, "--kd=shared: weight of the cross-entropy on the teacher's text beside the shared-vocabulary KL (0: KL "
-        "only).", low=0.0,
+        1.0, "--kd=shared|bytes: weight of the cross-entropy on the teacher's text beside the KL (0: KL only).", low=0.0,
     )  # fmt: skip
     svd: SvdSettings = dataclasses.field(default_factory=SvdSettings)
     layer_map: LayerMapKind = option("auto", "Target→source layer map (see `transfer --help`).")

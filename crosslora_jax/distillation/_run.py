@@ -27,7 +27,12 @@ from crosslora_jax._errors import OptionsError
 from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
 from crosslora_jax.distillation import _checkpoint
-from crosslora_jax.distillation._options import AUTO_DIFFERENT_VOCABULARIES, AUTO_SAME_VOCABULARY, DistillOptions
+from crosslora_jax.distillation._options import (
+    ACROSS_VOCABULARIES,
+    AUTO_DIFFERENT_VOCABULARIES,
+    AUTO_SAME_VOCABULARY,
+    DistillOptions,
+)
 from crosslora_jax.distillation._placement import Placement
 from crosslora_jax.distillation._student import Trainable, build_student, source_lora, written_factors
 from crosslora_jax.distillation._teacher import as_batch, generic_prompts, sample_sequences, user_prompts
@@ -39,6 +44,7 @@ from crosslora_jax.io.output_folder import check_output_location, staged_output
 from crosslora_jax.io.peft_adapter import read_adapter, write_target_adapter
 from crosslora_jax.io.report import write_report
 from crosslora_jax.io.tokenizer import (
+    first_bytes,
     read_prompts_file,
     read_tokenizer,
     retokenize,
@@ -79,14 +85,16 @@ def distill(
     one_vocab = same_vocabulary(tok_s, tok_t)
     if options.kd == "auto":  # from here on, options say which objective runs
         options = dataclasses.replace(options, kd=AUTO_SAME_VOCABULARY if one_vocab else AUTO_DIFFERENT_VOCABULARIES)
-    if not one_vocab and options.kd not in ("sequence", "shared"):
+    if not one_vocab and options.kd not in ACROSS_VOCABULARIES:
         raise OptionsError(
             "--kd",
-            f"{options.kd} needs one vocabulary, but the tokenizers of the two models differ; use --kd=shared or "
-            "--kd=sequence",
+            f"{options.kd} needs one vocabulary, but the tokenizers of the two models differ; use --kd=sequence, "
+            "bytes or shared",
         )
-    if one_vocab and options.kd == "shared":
-        raise OptionsError("--kd", "shared is for tokenizers that differ; these two models share one: use --kd=full")
+    if one_vocab and options.kd in ("shared", "bytes"):
+        raise OptionsError(
+            "--kd", f"{options.kd} is for tokenizers that differ; these two models share one: use --kd=full"
+        )
     prompts_file = None if options.prompts_file is None else absolute(options.prompts_file)
     seed_texts = None if prompts_file is None else read_prompts_file(prompts_file)
     loaded = read_adapter(adapter, source_cfg)
@@ -132,17 +140,23 @@ def distill(
         data_started = time.perf_counter()
         tokens = sample_sequences(spec_s, params_s, lora_s, prompts, key=jax.random.fold_in(key, 1),
                                   batch_size=gen_batch, progress=progress, label="teacher", mesh=mesh, **gen)  # fmt: skip
-        shared_ids, alignment = None, None
+        vocab_maps, alignment = None, None
         if one_vocab:
             sequences = as_batch(tokens)
-        elif options.kd == "shared":  # the text tokenized by both, and where the two meet
+        elif options.kd in ("shared", "bytes"):  # the text tokenized by both, and where the two meet
             aligned = retokenize_aligned(tokens, tok_s, tok_t)
             sequences = as_batch(aligned.b_ids, aligned.b_mask)._replace(
                 teacher_inputs=aligned.a_ids[:, :-1], teacher_positions=aligned.a_position
             )
-            shared_ids = shared_vocabulary(tok_s, tok_t)
-            alignment = _alignment_figures(sequences, shared_ids[0].size, tok_t.vocab_size)
-            shared_ids = tuple(placement.replicate(x) for x in shared_ids)
+            if options.kd == "shared":
+                vocab_maps = shared_vocabulary(tok_s, tok_t)
+                alignment = {"shared_tokens": int(vocab_maps[0].size),
+                             "shared_of_student_vocabulary": vocab_maps[0].size / tok_t.vocab_size}  # fmt: skip
+            else:  # sized to the logits: ids past the tokenizer's (embedding padding) have no byte
+                vocab_maps = (first_bytes(tok_s, spec_s.vocab), first_bytes(tok_t, spec_t.vocab))
+                alignment = {}
+            alignment["positions_aligned"] = _positions_aligned(sequences)
+            vocab_maps = tuple(placement.replicate(x) for x in vocab_maps)
         else:  # the teacher's text, re-tokenized for the student
             ids, mask = retokenize(tokens, tok_s, tok_t)
             sequences = as_batch(ids, mask)
@@ -157,7 +171,7 @@ def distill(
         data_seconds = time.perf_counter() - data_started
         sequence = options.kd == "sequence"
         fixed = placement.stacks(student.fixed)
-        frozen = Frozen(params_t, None if sequence else params_s, None if sequence else lora_s, fixed, shared_ids)  # type: ignore[arg-type]
+        frozen = Frozen(params_t, None if sequence else params_s, None if sequence else lora_s, fixed, vocab_maps)  # type: ignore[arg-type]
         del params_s, lora_s  # `sequence` needs no source model on the devices from here on
         vocab = tok_s.vocab_size if one_vocab else None
         obj = Objective(options.kd, options.learn, options.anchor_weight, spec_t, None if sequence else spec_s, vocab,
@@ -167,8 +181,8 @@ def distill(
         measures = {"": obj}
         if options.kd in ("delta", "product"):
             measures["kl_to_teacher_"] = dataclasses.replace(obj, kd="full")
-        if options.kd == "shared" and options.sequence_weight > 0:
-            measures["shared_vocab_kl_"] = dataclasses.replace(obj, sequence_weight=0.0)
+        if options.kd in ("shared", "bytes") and options.sequence_weight > 0:
+            measures[f"{options.kd}_kl_"] = dataclasses.replace(obj, sequence_weight=0.0)
 
         def heldout_figures(trainable: Trainable, when: str) -> dict[str, float | None]:
             if not options.heldout:
@@ -235,8 +249,9 @@ def distill(
 def _objective_label(options: DistillOptions, one_vocab: bool) -> str:
     if one_vocab:
         return options.kd
-    if options.kd == "shared":
-        return (f"shared (vocabularies differ: KL on the tokens both have where the tokenizations meet, "
+    if options.kd in ("shared", "bytes"):
+        what = "on the tokens both have" if options.kd == "shared" else "of the next byte"
+        return (f"{options.kd} (vocabularies differ: KL {what} where the tokenizations meet, "
                 f"+ {options.sequence_weight:g} × cross-entropy on the teacher's re-tokenized text)")  # fmt: skip
     return "sequence (vocabularies differ: teacher text re-tokenized)"
 
@@ -244,21 +259,17 @@ def _objective_label(options: DistillOptions, one_vocab: bool) -> str:
 def _heldout_measure(options: DistillOptions) -> str:
     if options.kd == "sequence":
         return "cross-entropy on the teacher's text"
-    if options.kd == "shared":
-        return f"shared-vocabulary KL + {options.sequence_weight:g} × cross-entropy on the teacher's text"
+    if options.kd in ("shared", "bytes"):
+        kl = "shared-vocabulary KL" if options.kd == "shared" else "next-byte KL"
+        return f"{kl} + {options.sequence_weight:g} × cross-entropy on the teacher's text"
     return f"{options.kd} KL to the teacher"
 
 
-def _alignment_figures(sequences: Batch, shared_tokens: int, student_vocab: int) -> dict[str, float | int]:
-    """What `shared` can compare: the shared tokens, and the share of counted student positions
-    where the two tokenizations have read the same bytes."""
+def _positions_aligned(sequences: Batch) -> float:
+    """The share of counted student positions where the two tokenizations have read the same bytes."""
     counted = np.asarray(sequences.mask) > 0
     met = counted & (np.asarray(sequences.teacher_positions) >= 0)
-    return {
-        "shared_tokens": int(shared_tokens),
-        "shared_of_student_vocabulary": shared_tokens / student_vocab,
-        "positions_aligned": float(met.sum() / max(counted.sum(), 1)),
-    }
+    return float(met.sum() / max(counted.sum(), 1))
 
 
 def role_subspaces(

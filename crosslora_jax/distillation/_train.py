@@ -33,7 +33,7 @@ from crosslora_jax.ops.distill import delta_teacher, full_kl, product_teacher, s
 class Batch(NamedTuple):
     """Student inputs [B, T] int32, next tokens [B, T] (the sequence objective's labels) and the
     mask [B, T] of positions that count. Teacher inputs equal student inputs when the two models
-    share a vocabulary; when they do not, `sequence` runs no teacher, and `shared` gives the
+    share a vocabulary; when they do not, `sequence` runs no teacher, and `shared` and `bytes` give the
     teacher its own tokenization of the text (`teacher_inputs` [B, U]) and, per student position,
     the teacher position that has read the same bytes (`teacher_positions` [B, T], −1: none)."""
 
@@ -55,8 +55,9 @@ class Frozen(NamedTuple):
     source: Mapping[str, Any] | None  # None for `sequence` (the teacher's text is all it needs)
     source_lora: Lora | None
     fixed: Fixed
-    # `shared`: [S] ids of the tokens both vocabularies have (the teacher's, the student's)
-    shared_ids: tuple[jax.Array, jax.Array] | None = None
+    # tokenizers that differ, (teacher's, student's): `shared` the [S] ids of the tokens both
+    # vocabularies have; `bytes` each id's first byte ([V_s], [V_t])
+    vocab_maps: tuple[jax.Array, jax.Array] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,11 +93,11 @@ def _distill_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: B
     z = obj.forward(obj.spec_target, frozen.target, batch.inputs, lora, trained=True)
     if obj.kd == "sequence":
         return sequence_ce(z, batch.targets, batch.mask)
-    if obj.kd == "shared":
-        teacher_ids, student_ids = frozen.shared_ids  # type: ignore[misc]
+    if obj.kd in ("shared", "bytes"):
+        teacher_map, student_map = frozen.vocab_maps  # type: ignore[misc]
         teacher = obj.forward(obj.spec_source, frozen.source, batch.teacher_inputs, frozen.source_lora)  # type: ignore[arg-type]
-        return shared_objective(teacher, z, batch.teacher_positions, teacher_ids, student_ids, batch.targets,  # type: ignore[arg-type]
-                                batch.mask, obj.sequence_weight)  # fmt: skip
+        return shared_objective(teacher, z, batch.teacher_positions, teacher_map, student_map, batch.targets,  # type: ignore[arg-type]
+                                batch.mask, obj.sequence_weight, obj.kd)  # fmt: skip
 
     def frozen_logits(spec: ModelSpec | None, params: Any, lora: Lora | None = None) -> jax.Array:
         return obj.forward(spec, params, batch.inputs, lora)[..., : obj.vocab]

@@ -175,6 +175,23 @@ def shared_vocabulary(
     return ids[:, 0].copy(), ids[:, 1].copy()
 
 
+NO_BYTE = 256  # `first_bytes` of a special token, or one of unknown or empty surface
+
+
+def first_bytes(tok: ModelTokenizer, size: int | None = None) -> Annotated[np.ndarray, "V"]:
+    """For every id (int32 [size], default `vocab_size`), the first byte of the text its token
+    stands for (0-255), or `NO_BYTE` for a special token, one whose surface is unknown or empty,
+    and ids without a token (a model's embedding padding). Summing a model's next-token
+    probabilities by this map gives its distribution of the next byte of the text, which two
+    models with different vocabularies share."""
+    size = tok.vocab_size if size is None else size
+    out = np.full(size, NO_BYTE, np.int32)
+    for i, surface in tok._surfaces.items():
+        if i < size and surface is not None and not surface[0] and surface[1]:
+            out[i] = surface[1][0]
+    return out
+
+
 def _first_id_by_surface(tok: ModelTokenizer) -> dict[tuple[bool, bytes], int]:
     first: dict[tuple[bool, bytes], int] = {}
     for i, surface in sorted(tok._surfaces.items()):

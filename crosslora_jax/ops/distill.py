@@ -18,7 +18,7 @@ from jax import Array
 
 from crosslora_jax.ops._linalg import mm
 
-Objective = Literal["full", "delta", "product", "sequence", "shared"]
+Objective = Literal["full", "delta", "product", "sequence", "shared", "bytes"]
 
 
 def _masked_mean(per_position: Annotated[Array, "B T"], mask: Annotated[Array, "B T"]) -> Array:
@@ -114,19 +114,47 @@ def shared_vocab_kl(
     return full_kl(rows, jnp.take(student_logits, student_ids, axis=-1), counted)
 
 
+def next_byte_kl(
+    teacher_logits: Annotated[Array, "B U V_s"],
+    student_logits: Annotated[Array, "B T V_t"],
+    teacher_positions: Annotated[Array, "B T"],
+    teacher_bytes: Annotated[Array, " V_s"],
+    student_bytes: Annotated[Array, " V_t"],
+    mask: Annotated[Array, "B T"],
+    bins: int = 257,
+) -> Array:
+    """KL between the two models' distributions of the next byte of the text, where the two
+    tokenizations meet: each model's next-token probabilities summed by the first byte of each
+    token (`teacher_bytes` / `student_bytes`: 0-255, or 256 for tokens of no byte: specials).
+    Positions as in `shared_vocab_kl`."""
+
+    def byte_log_probs(z: Array, first: Array) -> Array:
+        p = jax.nn.softmax(z.astype(jnp.float32), axis=-1)
+        per_byte = jnp.zeros((*z.shape[:-1], bins), jnp.float32).at[..., first].add(p)
+        return jnp.log(jnp.maximum(per_byte, jnp.finfo(jnp.float32).tiny))
+
+    rows = jnp.take_along_axis(teacher_logits, jnp.maximum(teacher_positions, 0)[..., None].astype(jnp.int32), axis=1)
+    log_p, log_q = byte_log_probs(rows, teacher_bytes), byte_log_probs(student_logits, student_bytes)
+    per_position = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+    return _masked_mean(per_position, mask.astype(jnp.float32) * (teacher_positions >= 0))
+
+
 def shared_objective(
     teacher_logits: Annotated[Array, "B U V_s"],
     student_logits: Annotated[Array, "B T V_t"],
     teacher_positions: Annotated[Array, "B T"],
-    teacher_ids: Annotated[Array, " S"],
-    student_ids: Annotated[Array, " S"],
+    teacher_map: Annotated[Array, " S_or_V_s"],
+    student_map: Annotated[Array, " S_or_V_t"],
     next_tokens: Annotated[Array, "B T"],
     mask: Annotated[Array, "B T"],
     sequence_weight: float,
+    kd: str = "shared",
 ) -> Array:
-    """`shared` (tokenizers differ): `shared_vocab_kl` + `sequence_weight` × `sequence_ce` on the
+    """Tokenizers that differ: `shared` (`shared_vocab_kl`, the maps are the shared ids) or
+    `bytes` (`next_byte_kl`, the maps are first bytes), + `sequence_weight` × `sequence_ce` on the
     teacher's text in the student's tokens."""
-    kl = shared_vocab_kl(teacher_logits, student_logits, teacher_positions, teacher_ids, student_ids, mask)
+    kl_fn = next_byte_kl if kd == "bytes" else shared_vocab_kl
+    kl = kl_fn(teacher_logits, student_logits, teacher_positions, teacher_map, student_map, mask)
     if sequence_weight == 0:
         return kl
     return kl + sequence_weight * sequence_ce(student_logits, next_tokens, mask)

@@ -80,7 +80,7 @@ def test_distilling_onto_phi3_writes_its_fused_modules(tmp_path: Path) -> None:
 def test_different_tokenizers_take_the_sequence_or_shared_objective(tmp_path: Path) -> None:
     p = _models(tmp_path, target_tokenizer="bpe")
     for kd in ("full", "delta", "product"):  # the KL objectives over one whole vocabulary
-        with pytest.raises(OptionsError, match=r"--kd.*shared or --kd=sequence"):
+        with pytest.raises(OptionsError, match=r"--kd.*use --kd=sequence, bytes or shared"):
             _distill(p, kd=kd)
         assert not p["output"].exists()
     report = _distill(p, init="truncate")  # --kd=auto: sequence, when the vocabularies differ
@@ -92,17 +92,26 @@ def test_different_tokenizers_take_the_sequence_or_shared_objective(tmp_path: Pa
     assert section["objective"].startswith("shared") and section["vocabulary"] == "different"
     # bytes ↔ bpe share the 256 byte tokens; the bpe merges are the student's alone
     assert section["alignment"]["shared_tokens"] == 256
-    assert 0.5 < section["alignment"]["positions_aligned"] < 1  # BOS and inside merged tokens: no match
+    alignment = section["alignment"]
+    assert 0.5 < alignment["positions_aligned"] < 1  # BOS and inside merged tokens: no match
     heldout = section["heldout"]
-    assert 0 < heldout["shared_vocab_kl_before"] < heldout["before"]  # the cross-entropy adds to the KL
+    assert 0 < heldout["shared_kl_before"] < heldout["before"]  # the cross-entropy adds to the KL
     assert heldout["measure"].startswith("shared-vocabulary KL")
+    p["output"] = tmp_path / "out_bytes"
+    section = _distill(p, kd="bytes", init="truncate").distill
+    assert section["objective"].startswith("bytes") and "shared_tokens" not in section["alignment"]
+    assert (
+        section["alignment"]["positions_aligned"] == alignment["positions_aligned"]
+    )  # the same text, the same meeting points
+    assert 0 < section["heldout"]["bytes_kl_before"] < section["heldout"]["before"]
 
 
 def test_shared_needs_tokenizers_that_differ(tmp_path: Path) -> None:
     p = _models(tmp_path)
-    with pytest.raises(OptionsError, match=r"--kd.*share one"):
-        _distill(p, kd="shared")
-    assert not p["output"].exists()
+    for kd in ("shared", "bytes"):
+        with pytest.raises(OptionsError, match=r"--kd.*share one"):
+            _distill(p, kd=kd)
+        assert not p["output"].exists()
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:

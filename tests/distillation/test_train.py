@@ -53,9 +53,12 @@ def _setup(tmp_path: Path, learn: str, kd: str = "full", init: str = "cross_lora
     rng = np.random.default_rng(3)
     tokens = rng.integers(0, VOCAB, (24, 9)).astype(np.int32)
     data = as_batch(tokens)
-    if kd == "shared":  # as if the vocabularies differed: the teacher reads 11 positions, 40 tokens are shared
-        shared = tuple(jnp.asarray(rng.permutation(VOCAB)[:40].astype(np.int32)) for _ in range(2))
-        frozen = frozen._replace(shared_ids=shared)
+    if kd in ("shared", "bytes"):  # as if the vocabularies differed: the teacher reads 11 positions
+        if kd == "shared":  # 40 tokens are shared
+            maps = tuple(jnp.asarray(rng.permutation(VOCAB)[:40].astype(np.int32)) for _ in range(2))
+        else:  # each token's first byte, from a few values (several tokens per byte), or none (256)
+            maps = tuple(jnp.asarray(rng.choice([32, 97, 98, 99, 256], VOCAB).astype(np.int32)) for _ in range(2))
+        frozen = frozen._replace(vocab_maps=maps)
         obj = Objective(kd, learn, 0.0, spec_t, spec_s, sequence_weight=0.0)
         positions = rng.integers(-1, 11, data.mask.shape).astype(np.int32)
         data = data._replace(teacher_inputs=rng.integers(0, VOCAB, (24, 11)).astype(np.int32),
@@ -71,7 +74,14 @@ def _run(obj, student: Student, frozen: Frozen, data: Batch, steps: int, **kw) -
 
 @pytest.mark.parametrize(
     ("learn", "kd"),
-    [("lora", "full"), ("transform", "full"), ("lora", "delta"), ("lora", "product"), ("lora", "shared")],
+    [
+        ("lora", "full"),
+        ("transform", "full"),
+        ("lora", "delta"),
+        ("lora", "product"),
+        ("lora", "shared"),
+        ("lora", "bytes"),
+    ],
 )
 def test_only_the_student_moves_and_the_objective_falls(tmp_path: Path, learn: str, kd: str) -> None:
     student, frozen, obj, data, _ = _setup(tmp_path, learn, kd)
@@ -87,7 +97,7 @@ def test_only_the_student_moves_and_the_objective_falls(tmp_path: Path, learn: s
                                                                   jax.tree.leaves(fitted.trainable), strict=True)]  # fmt: skip
     assert all(moved)
     assert fitted.tokens == 16 * 8 * data.inputs.shape[1]
-    if kd == "shared":  # the step's loss: the teacher on its own inputs, compared where the positions say
+    if kd in ("shared", "bytes"):  # the step's loss: the teacher on its own inputs, compared where the positions say
         # float32 round-off of log-probabilities of V = 64 tokens, summed over the positions' terms
         assert abs(before - _shared_reference(obj, student, frozen, data)) <= 5e-5 * (1 + before)
         with_ce = dataclasses.replace(obj, sequence_weight=0.25)
@@ -96,8 +106,8 @@ def test_only_the_student_moves_and_the_objective_falls(tmp_path: Path, learn: s
 
 
 def _shared_reference(obj: Objective, student: Student, frozen: Frozen, data: Batch) -> float:
-    """`shared` (KL over the shared tokens at aligned positions + w × CE) in float64 from each
-    model's logits, one position at a time."""
+    """`shared` / `bytes` (KL over the shared tokens / of the next byte at aligned positions + w × CE)
+    in float64 from each model's logits, one position at a time."""
     lora = student_lora(obj.learn, student.trainable, frozen.fixed)
     zt = np.asarray(
         logits(obj.spec_source, frozen.source, jnp.asarray(data.teacher_inputs), frozen.source_lora), np.float64
@@ -108,12 +118,21 @@ def _shared_reference(obj: Objective, student: Student, frozen: Frozen, data: Ba
         z = z - z.max()
         return z - np.log(np.exp(z).sum())
 
-    ids_t, ids_s = (np.asarray(x) for x in frozen.shared_ids)
+    def by_byte(z: np.ndarray, first: np.ndarray) -> np.ndarray:
+        out = np.zeros(257)
+        np.add.at(out, first, np.exp(log_softmax(z)))
+        return np.log(np.maximum(out, 1e-300))
+
+    map_t, map_s = (np.asarray(x) for x in frozen.vocab_maps)
     kl, ce = [], []
     for b, t in zip(*np.nonzero(np.asarray(data.mask)), strict=True):
         ce.append(-log_softmax(zs[b, t])[data.targets[b, t]])
         if data.teacher_positions[b, t] >= 0:
-            lp, lq = log_softmax(zt[b, data.teacher_positions[b, t], ids_t]), log_softmax(zs[b, t, ids_s])
+            teacher = zt[b, data.teacher_positions[b, t]]
+            if obj.kd == "shared":
+                lp, lq = log_softmax(teacher[map_t]), log_softmax(zs[b, t, map_s])
+            else:
+                lp, lq = by_byte(teacher, map_t), by_byte(zs[b, t], map_s)
             kl.append((np.exp(lp) * (lp - lq)).sum())
     return float(np.mean(kl) + obj.sequence_weight * np.mean(ce))
 

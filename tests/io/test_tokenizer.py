@@ -20,6 +20,8 @@ from crosslora_jax import synthetic
 from crosslora_jax._errors import ConfigError, CrossLoraError, PromptsError, TokenizerError
 from crosslora_jax.io.tokenizer import (
     GENERIC_STARTS,
+    NO_BYTE,
+    first_bytes,
     generic_starts,
     read_prompts_file,
     read_tokenizer,
@@ -199,6 +201,19 @@ def test_shared_vocabulary_matches_pure_python(folders, toks, pair) -> None:
     assert ids_a.dtype == ids_b.dtype == np.int32
     assert list(zip(ids_a.tolist(), ids_b.tolist(), strict=True)) == expected
     assert len(set(ids_a.tolist())) == len(ids_a) and len(set(ids_b.tolist())) == len(ids_b)
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bpe", "llama"])
+def test_first_bytes_match_pure_python(folders, toks, kind) -> None:
+    surfaces = _reference_surfaces(folders[kind])
+    tok = toks[kind]
+    got = first_bytes(tok, tok.vocab_size + 3)  # 3 ids of embedding padding: no token
+    want = [NO_BYTE] * (tok.vocab_size + 3)
+    for i, (special, data) in surfaces.items():
+        if not special and data:
+            want[i] = data[0]
+    assert got.dtype == np.int32 and got.tolist() == want
+    assert (got < NO_BYTE).sum() >= 256  # every byte value is some token's first byte
 
 
 def test_shared_vocabulary_pairs_mean_the_same_text(toks) -> None:

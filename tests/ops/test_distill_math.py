@@ -14,6 +14,7 @@ import pytest
 from crosslora_jax.ops.distill import (
     delta_kl,
     full_kl,
+    next_byte_kl,
     product_kl,
     sequence_ce,
     shared_objective,
@@ -141,6 +142,32 @@ def test_shared_vocab_kl_matches_reference(seed: int) -> None:
     for w in (0.0, 0.5):
         got = float(shared_objective(*args, jnp.asarray(labels), jnp.asarray(mask), w))
         assert abs(got - (want + w * ce)) <= _tol(want + w * ce, 9)
+
+
+def test_next_byte_kl_matches_reference() -> None:
+    rng = np.random.default_rng(11)
+    zt = rng.standard_normal((2, 6, 13)).astype(np.float32) * 3
+    zs = rng.standard_normal((2, 4, 9)).astype(np.float32) * 3
+    positions = np.asarray([[-1, 0, 2, 5], [1, -1, 3, 4]], np.int32)
+    mask = np.asarray([[1, 1, 1, 1], [1, 1, 1, 0]], np.float32)
+    # first bytes of each token; 256: no byte (a special token); byte 7 only the student has
+    bytes_t = np.asarray([97, 97, 98, 256, 99, 32, 32, 32, 98, 97, 100, 99, 256], np.int32)
+    bytes_s = np.asarray([32, 97, 98, 99, 100, 7, 97, 256, 32], np.int32)
+    terms = []
+    for b in range(2):
+        for t in range(4):
+            if mask[b, t] and positions[b, t] >= 0:
+                p = np.exp(ref_log_softmax(zt[b, positions[b, t]]))
+                q = np.exp(ref_log_softmax(zs[b, t]))
+                pb, qb = np.zeros(257), np.zeros(257)
+                np.add.at(pb, bytes_t, p)
+                np.add.at(qb, bytes_s, q)
+                keep = pb > 0
+                terms.append(float((pb[keep] * (np.log(pb[keep]) - np.log(qb[keep]))).sum()))
+    want = float(np.mean(terms))
+    got = float(next_byte_kl(*(jnp.asarray(x) for x in (zt, zs, positions, bytes_t, bytes_s, mask))))
+    assert len(terms) == 5 and want > 0.1
+    assert abs(got - want) <= _tol(want, 13)
 
 
 def _orthonormal(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
