@@ -2,7 +2,7 @@
 
 Usage: python -m crosslora_jax.distill --source_model=DIR --target_model=DIR --adapter=DIR
            --output=DIR [--init=cross_lora|lora_x|truncate|zero] [--learn=lora|transform]
-           [--kd=auto|full|delta|product|sequence|shared] [--steps=N] [--flagfile=FILE] ...
+           [--kd=auto|full|delta|product|sequence|shared|bytes] [--steps=N] [--flagfile=FILE] ...
 
 The source model with its adapter (the teacher) samples text from generic starts (or from
 --prompts_file); the target model with a trainable adapter (the student) learns to match it.

@@ -18,11 +18,10 @@ Learn = Literal["lora", "transform"]
 ParamDtype = Literal["float32", "bfloat16"]
 KdChoice = Literal["auto", "full", "delta", "product", "sequence", "shared", "bytes"]
 ACROSS_VOCABULARIES = ("sequence", "shared", "bytes")  # the objectives that work when the tokenizers differ
-# `--kd=auto`: full KL when the tokenizers share one vocabulary; when they differ, sequence: it
-# recovered as much as shared (0.649 vs 0.637, 3 seeds, docs/replication.md "Across tokenizers")
-# without running the teacher in training
+# `--kd=auto`: full KL when the tokenizers share one vocabulary; when they differ, bytes: it
+# recovered the most across vocabularies (docs/replication.md, "Across tokenizers")
 AUTO_SAME_VOCABULARY: Objective = "full"
-AUTO_DIFFERENT_VOCABULARIES: Objective = "sequence"
+AUTO_DIFFERENT_VOCABULARIES: Objective = "bytes"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +38,7 @@ class DistillOptions:
     )
     kd: KdChoice = option(
         "auto",
-        "Objective: auto (full when the two tokenizers have one vocabulary, else sequence), full (KL to the "
+        "Objective: auto (full when the two tokenizers have one vocabulary, else bytes), full (KL to the "
         "teacher), delta (KL to target base + what the adapter changes in the source; one vocabulary only), product (KL to the geometric mix target^(1-b) * teacher^b, b = "
         "--product_weight; one vocabulary only), sequence (cross-entropy on the teacher's text; any vocabularies), "
         "shared (tokenizers that differ: KL on the tokens both vocabularies have, where the two tokenizations "
