@@ -109,9 +109,8 @@ def shared_vocab_kl(
     the teacher's vocabulary is the same text as student_ids[i] of the student's.
     """
     shared_t = jnp.take(teacher_logits, teacher_ids, axis=-1)  # cut the vocabulary before gathering positions
-    rows = jnp.take_along_axis(shared_t, jnp.maximum(teacher_positions, 0)[..., None].astype(jnp.int32), axis=1)
-    counted = mask.astype(jnp.float32) * (teacher_positions >= 0)
-    return full_kl(rows, jnp.take(student_logits, student_ids, axis=-1), counted)
+    rows = _at_positions(shared_t, teacher_positions)
+    return full_kl(rows, jnp.take(student_logits, student_ids, axis=-1), _aligned(mask, teacher_positions))
 
 
 def next_byte_kl(
@@ -133,10 +132,19 @@ def next_byte_kl(
         per_byte = jnp.zeros((*z.shape[:-1], bins), jnp.float32).at[..., first].add(p)
         return jnp.log(jnp.maximum(per_byte, jnp.finfo(jnp.float32).tiny))
 
-    rows = jnp.take_along_axis(teacher_logits, jnp.maximum(teacher_positions, 0)[..., None].astype(jnp.int32), axis=1)
-    log_p, log_q = byte_log_probs(rows, teacher_bytes), byte_log_probs(student_logits, student_bytes)
-    per_position = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
-    return _masked_mean(per_position, mask.astype(jnp.float32) * (teacher_positions >= 0))
+    log_p = byte_log_probs(_at_positions(teacher_logits, teacher_positions), teacher_bytes)
+    log_q = byte_log_probs(student_logits, student_bytes)
+    return full_kl(log_p, log_q, _aligned(mask, teacher_positions))  # log-probabilities are logits too
+
+
+def _at_positions(teacher: Annotated[Array, "B U X"], positions: Annotated[Array, "B T"]) -> Annotated[Array, "B T X"]:
+    """The teacher's rows at each student position's aligned position (row 0 where there is none)."""
+    return jnp.take_along_axis(teacher, jnp.maximum(positions, 0)[..., None].astype(jnp.int32), axis=1)
+
+
+def _aligned(mask: Annotated[Array, "B T"], positions: Annotated[Array, "B T"]) -> Annotated[Array, "B T"]:
+    """The mask, less the positions where the two tokenizations do not meet."""
+    return mask.astype(jnp.float32) * (positions >= 0)
 
 
 def shared_objective(
