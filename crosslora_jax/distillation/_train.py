@@ -71,7 +71,7 @@ class Objective:
     spec_source: ModelSpec | None
     vocab: int | None = None  # the tokenizers' shared vocabulary size: logits beyond it (embedding padding) are cut
     product_weight: float = 0.75  # `product`'s b: the teacher's share of the mixed logits
-    sequence_weight: float = 1.0  # `shared`'s weight on the cross-entropy of the teacher's text
+    sequence_weight: float = 1.0  # `shared`'s / `bytes`' weight on the cross-entropy of the teacher's text
     remat: bool = False  # recompute the student's layers for the gradient (activation checkpointing)
     mesh: Mesh | None = None  # with a Placement's mesh: layers gathered inside the loop, the step's results replicated
 
