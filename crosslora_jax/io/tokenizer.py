@@ -220,12 +220,17 @@ def retokenize(
     rows = [list(r) for r in ids] if mask is None else [list(np.asarray(r)[m]) for r, m in zip(ids, mask, strict=True)]
     encoded = b.encode_batch([a.decode(r) for r in rows])
     prefix = [b.bos_id] if add_bos and b.bos_id is not None else []
-    seqs = [prefix + e for e in encoded]
-    width = max((len(s) for s in seqs), default=0) if max_len is None else max_len
+    return _padded([prefix + e for e in encoded], max_len)
+
+
+def _padded(seqs: Sequence[Sequence[int]], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rows right-padded with 0 to `width` (default: the longest; longer rows cut), and the mask
+    of real tokens."""
+    width = max((len(s) for s in seqs), default=0) if width is None else width
     out = np.zeros((len(seqs), width), np.int32)
     keep = np.zeros((len(seqs), width), bool)
     for row, s in enumerate(seqs):
-        s = s[:width]
+        s = list(s)[:width]
         out[row, : len(s)] = s
         keep[row, : len(s)] = True
     return out, keep
@@ -290,14 +295,9 @@ def _encode_counting_bytes(
     token (None where the surfaces do not spell the text)."""
     prefix = [tok.bos_id] if tok.bos_id is not None else []
     encoded = tok.encode_batch(texts)
-    width = max((len(prefix) + len(e) for e in encoded), default=0)
-    out = np.zeros((len(texts), width), np.int32)
-    keep = np.zeros((len(texts), width), bool)
+    out, keep = _padded([prefix + e for e in encoded])
     read: list[list[int] | None] = []
-    for row, (text, e) in enumerate(zip(texts, encoded, strict=True)):
-        seq = prefix + e
-        out[row, : len(seq)] = seq
-        keep[row, : len(seq)] = True
+    for text, e in zip(texts, encoded, strict=True):
         surfaces = [tok._surfaces.get(i) for i in e]
         if any(s is None for s in surfaces):
             read.append(None)
