@@ -1,9 +1,11 @@
-"""Matmul, thin-SVD and crop/pad helpers shared by the ops; always float32 at highest precision."""
+"""Matmul, LAPACK-call, thin-SVD and crop/pad helpers shared by the ops; float32 at highest precision."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
+import jax
 import jax.numpy as jnp
 from jax import Array, lax
 
@@ -11,6 +13,50 @@ from jax import Array, lax
 def mm(a: Annotated[Array, "... i j"], b: Annotated[Array, "... j l"]) -> Annotated[Array, "... i l"]:
     # TPUs and GPUs default to bf16 passes for f32 matmuls; subspace math needs full f32.
     return jnp.matmul(a, b, precision=lax.Precision.HIGHEST)
+
+
+def per_matrix(fn: Callable[[Array], Any], x: Annotated[Array, "a b"]) -> Any:
+    """`fn(x)` for a LAPACK-backed `fn` of one matrix; under vmap on CPU, a loop over the batch.
+
+    jaxlib's CPU LAPACK kernels split a batch over XLA's intra-op thread pool and block the pool
+    thread that runs them until every piece is done. Two such calls running at once on a
+    2-thread pool (the cropped blocks of `transfer_stack`, two QRs of one draw) wait on each other
+    forever: gdb shows both pool threads in `jax::ParallelBatchMap` → `BlockingCounter::Wait`
+    (tools/lapack_pool_hang.py reproduces it). A call on one matrix runs inline, so on CPU
+    vmap gets a `lax.map` over single matrices; on a 2-core host the batched call kept one pool
+    thread waiting anyway. GPU and TPU solvers have no such pool and keep the batched call.
+    """
+    if jax.default_backend() != "cpu":
+        return fn(x)
+
+    @jax.custom_batching.custom_vmap
+    def one(y: Array) -> Any:
+        return fn(y)
+
+    @one.def_vmap
+    def _looped(axis_size: int, in_batched: list[bool], y: Array) -> tuple[Any, Any]:
+        del axis_size
+        out = lax.map(one, y) if in_batched[0] else one(y)
+        return out, jax.tree.map(lambda _: in_batched[0], out)
+
+    return one(x)
+
+
+def qr_q(x: Annotated[Array, "a b"]) -> Annotated[Array, "a b"]:
+    """Orthonormal Q of the reduced QR of x (a ≥ b)."""
+    return per_matrix(lambda y: jnp.linalg.qr(y, mode="reduced")[0], x)
+
+
+def eigh(x: Annotated[Array, "d d"]) -> tuple[Annotated[Array, " d"], Annotated[Array, "d d"]]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric x."""
+    return per_matrix(jnp.linalg.eigh, x)
+
+
+def thin_svd(
+    x: Annotated[Array, "a b"], algorithm: lax.linalg.SvdAlgorithm | None = None
+) -> tuple[Array, Array, Array]:
+    """Thin SVD x = U diag(s) Vᵀ (returns U, s, Vᵀ) with XLA's `algorithm` (None: the backend's default)."""
+    return per_matrix(lambda y: tuple(lax.linalg.svd(y, full_matrices=False, algorithm=algorithm)), x)
 
 
 def crop_or_pad(x: Annotated[Array, "a b"], rows: int, cols: int) -> Annotated[Array, "rows cols"]:
@@ -26,7 +72,7 @@ def thin_svd_via_qr(x: Annotated[Array, "p c"]) -> tuple[Array, Array, Array]:
     of R cost less and give the same singular values (R has x's).
     """
     if x.shape[0] <= x.shape[1]:
-        return jnp.linalg.svd(x, full_matrices=False)
-    qx, rx = jnp.linalg.qr(x, mode="reduced")
-    ur, s, vt = jnp.linalg.svd(rx, full_matrices=False)
+        return thin_svd(x)
+    qx, rx = per_matrix(lambda y: tuple(jnp.linalg.qr(y, mode="reduced")), x)
+    ur, s, vt = thin_svd(rx)
     return mm(qx, ur), s, vt

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from crosslora_jax.ops._linalg import mm
+from crosslora_jax.ops._linalg import mm, thin_svd
 
 Objective = Literal["full", "delta", "product", "sequence", "shared", "bytes"]
 
@@ -188,7 +188,7 @@ def transform_factors(
 
 def _lstsq_right(y: Annotated[Array, "a k"], c: Annotated[Array, "r k"]) -> Annotated[Array, "a r"]:
     """argmin_M ‖M c − y‖_F, minimum-norm: M = y c⁺ (pinv by SVD, singular values below round-off dropped)."""
-    u, s, vt = jnp.linalg.svd(c, full_matrices=False)  # c [r, k] = u diag(s) vt
+    u, s, vt = thin_svd(c)  # c [r, k] = u diag(s) vt
     tol = jnp.finfo(jnp.float32).eps * max(c.shape) * jnp.max(s, initial=0.0)
     s_inv = jnp.where(s > tol, 1.0 / jnp.where(s > tol, s, 1.0), 0.0)
     return mm(mm(y, vt.T) * s_inv, u.T)

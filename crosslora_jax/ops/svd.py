@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 
 from crosslora_jax._options import check_options, option
-from crosslora_jax.ops._linalg import mm, thin_svd_via_qr
+from crosslora_jax.ops._linalg import eigh, mm, qr_q, thin_svd, thin_svd_via_qr
 
 SvdEngine = Literal["gram", "exact", "randomized"]
 ENGINES: tuple[str, ...] = typing.get_args(SvdEngine)
@@ -73,7 +73,7 @@ def _thin_svd(x: Annotated[Array, "a b"]) -> tuple[Array, Array, Array]:
     # On GPU, cuSOLVER's gesvd takes ~1.4 s for one 4096×14336 matrix on an H100; the QDWH polar
     # route is as exact and ~5× faster (tools/svd_timing.py, docs/benchmark.md). CPUs lack it.
     algorithm = lax.linalg.SvdAlgorithm.POLAR if jax.default_backend() == "gpu" else None
-    return lax.linalg.svd(x, full_matrices=False, algorithm=algorithm)
+    return thin_svd(x, algorithm)
 
 
 def _exact(w: Annotated[Array, "m n"], rank: int) -> tuple[Array, Array, Array]:
@@ -83,7 +83,7 @@ def _exact(w: Annotated[Array, "m n"], rank: int) -> tuple[Array, Array, Array]:
 
 
 def _orthonormal(x: Annotated[Array, "a b"]) -> Annotated[Array, "a b"]:
-    return jnp.linalg.qr(x, mode="reduced")[0]
+    return qr_q(x)
 
 
 def _randomized(
@@ -139,7 +139,7 @@ def _top_eigenvectors(g: Annotated[Array, "d d"], s: int, key: Array) -> Annotat
     d = g.shape[0]
     size = _krylov_size(d, s)
     if not size:
-        return jnp.linalg.eigh(g)[1][:, d - s :]  # ascending
+        return eigh(g)[1][:, d - s :]  # ascending
     q = _orthonormal(mm(g, jax.random.normal(key, (d, _KRYLOV_BLOCK), jnp.float32)))
     blocks, products = [q], []
     for _ in range(size // _KRYLOV_BLOCK - 1):
@@ -156,7 +156,7 @@ def _top_eigenvectors(g: Annotated[Array, "d d"], s: int, key: Array) -> Annotat
     # g·basis is the products already formed: Rayleigh–Ritz costs d·size² here, not another d²·size.
     basis = jnp.concatenate(blocks, axis=1)
     t = mm(basis.T, jnp.concatenate(products, axis=1))
-    _, z = jnp.linalg.eigh((t + t.T) / 2)
+    _, z = eigh((t + t.T) / 2)
     return mm(basis, z[:, -s:])
 
 
