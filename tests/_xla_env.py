@@ -1,12 +1,11 @@
 """XLA_FLAGS for the test session and the subprocesses tests start.
 
-XLA's CPU runtime can wedge: every Eigen intra-op pool thread parked, the caller waiting in
-block_until_ready forever. Seen here twice in a row in `tools/svd_timing.py` on 96×96 matrices
-(gdb: main thread in jax::BlockUntilReadyWithCancel, pool threads in EventCount::CommitWait) and
-not again in a dozen reruns; another project traced the same hang to the multi-threaded Eigen pool
-(https://github.com/PyAutoLabs/PyAutoFit/issues/1528). Tests check results, not speed, so they
-run with that pool single-threaded; subprocesses inherit it through the environment. The
-library itself sets no XLA flags (README, "If a CPU run hangs").
+The session turns off XLA's multi-threaded Eigen on CPU. It was added after a tool child hung
+twice with the pool threads idle, on the guess that the Eigen pool wedged; that guess was wrong
+(the hang came back under this flag in CI). The cause was jaxlib's batched LAPACK kernels
+blocking pool threads on each other, fixed in `crosslora_jax.ops._linalg.per_matrix` and tested
+in tests/ops/test_linalg.py. The flag stays because the suite's timings and tolerances were
+settled under it; it is not what prevents the hang, and the library sets no XLA flags.
 """
 
 from __future__ import annotations

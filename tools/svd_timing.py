@@ -31,6 +31,7 @@ from _randomized_arg import randomized_settings
 
 from crosslora_jax.ops import SvdSettings, transfer_stack, truncated_svd
 from crosslora_jax.ops import svd as svd_module
+from crosslora_jax.ops._linalg import qr_q
 from crosslora_jax.synthetic import Spectrum
 
 SHAPES = {
@@ -55,8 +56,10 @@ def spectral_stack(key: jax.Array, layers: int, m: int, n: int, spectrum: Spectr
 
     def one(k: jax.Array) -> jax.Array:
         ku, kv = jax.random.split(k)
-        u = jnp.linalg.qr(jax.random.normal(ku, (m, r)))[0]
-        v = jnp.linalg.qr(jax.random.normal(kv, (n, r)))[0]
+        # qr_q, not jnp's QR: two batched QRs in one program can deadlock XLA's CPU pool
+        # (tools/lapack_pool_hang.py); this draw hung the tiny smoke test in CI.
+        u = qr_q(jax.random.normal(ku, (m, r)))
+        v = qr_q(jax.random.normal(kv, (n, r)))
         return (u * sigma) @ v.T
 
     return jax.jit(jax.vmap(one))(jax.random.split(key, layers))
