@@ -35,8 +35,12 @@ def per_matrix(fn: Callable[[Array], Any], x: Annotated[Array, "a b"]) -> Any:
 
     @one.def_vmap
     def _looped(axis_size: int, in_batched: list[bool], y: Array) -> tuple[Any, Any]:
-        del axis_size
-        out = lax.map(one, y) if in_batched[0] else one(y)
+        if not in_batched[0]:
+            out = one(y)
+        elif axis_size == 1:  # no loop for a single layer: the program a plain call gives
+            out = jax.tree.map(lambda a: a[None], one(y[0]))
+        else:
+            out = lax.map(one, y)
         return out, jax.tree.map(lambda _: in_batched[0], out)
 
     return one(x)

@@ -41,8 +41,14 @@ def _rng_stack(layers: int, m: int, n: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "fn, shape",
-    [(qr_q, (3, 12, 5)), (thin_svd, (3, 5, 12)), (thin_svd_via_qr, (3, 12, 5)), (lambda x: eigh(x @ x.mT), (3, 6, 4))],
-    ids=["qr_q", "thin_svd", "thin_svd_via_qr", "eigh"],
+    [
+        (qr_q, (3, 12, 5)),
+        (thin_svd, (3, 5, 12)),
+        (thin_svd_via_qr, (3, 12, 5)),
+        (thin_svd_via_qr, (1, 12, 5)),
+        (lambda x: eigh(x @ x.mT), (3, 6, 4)),
+    ],
+    ids=["qr_q", "thin_svd", "thin_svd_via_qr", "one_layer", "eigh"],
 )
 def test_vmapped_wrappers_match_each_matrix_in_float64(fn, shape) -> None:
     x = _rng_stack(*shape)
@@ -68,6 +74,7 @@ def test_vmapped_wrappers_match_each_matrix_in_float64(fn, shape) -> None:
 def test_wrapped_calls_are_unbatched_and_raw_ones_are_not() -> None:
     x = jnp.asarray(_rng_stack(3, 12, 5))
     assert {_rank(s) for s in lapack_result_shapes(jax.vmap(qr_q), x)} == {2}
+    assert "while" not in jax.jit(jax.vmap(qr_q)).lower(x[:1]).as_text()  # one layer: no loop
     # The control: jnp's own QR under vmap is one batched call; if jaxlib stopped batching, this
     # test would no longer show the wrapper doing anything.
     assert {_rank(s) for s in lapack_result_shapes(jax.vmap(lambda y: jnp.linalg.qr(y)[0]), x)} == {3}
