@@ -50,7 +50,7 @@ class DistillOptions:
         low=0.0, high=1.0,
     )  # fmt: skip
     sequence_weight: float = option(
-        2.0, "--kd=shared|bytes: weight of the cross-entropy on the teacher's text beside the KL (0: KL only).", low=0.0,
+        4.0, "--kd=shared|bytes: weight of the cross-entropy on the teacher's text beside the KL (0: KL only).", low=0.0,
     )  # fmt: skip
     svd: SvdSettings = dataclasses.field(default_factory=SvdSettings)
     layer_map: LayerMapKind = option("auto", "Target→source layer map (see `transfer --help`).")
