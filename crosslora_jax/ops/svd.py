@@ -82,10 +82,6 @@ def _exact(w: Annotated[Array, "m n"], rank: int) -> tuple[Array, Array, Array]:
     return u[:, :r], s[:r], vt[:r].T
 
 
-def _orthonormal(x: Annotated[Array, "a b"]) -> Annotated[Array, "a b"]:
-    return qr_q(x)
-
-
 def _randomized(
     w: Annotated[Array, "m n"], rank: int, key: Array, oversample: int, power_iters: int
 ) -> tuple[Array, Array, Array]:
@@ -94,9 +90,9 @@ def _randomized(
     sketch = min(r + oversample, m, n)
     if sketch == min(m, n):  # the sketch would span everything: exact is cheaper and exact
         return _exact(w, rank)
-    q = _orthonormal(mm(w, jax.random.normal(key, (n, sketch), jnp.float32)))
+    q = qr_q(mm(w, jax.random.normal(key, (n, sketch), jnp.float32)))
     for _ in range(power_iters):  # re-orthonormalise each half-step so small σ survive in f32
-        q = _orthonormal(mm(w, _orthonormal(mm(w.T, q))))
+        q = qr_q(mm(w, qr_q(mm(w.T, q))))
     ub, s, vt = _thin_svd(mm(q.T, w))
     return mm(q, ub[:, :r]), s[:r], vt[:r].T
 
@@ -140,7 +136,7 @@ def _top_eigenvectors(g: Annotated[Array, "d d"], s: int, key: Array) -> Annotat
     size = _krylov_size(d, s)
     if not size:
         return eigh(g)[1][:, d - s :]  # ascending
-    q = _orthonormal(mm(g, jax.random.normal(key, (d, _KRYLOV_BLOCK), jnp.float32)))
+    q = qr_q(mm(g, jax.random.normal(key, (d, _KRYLOV_BLOCK), jnp.float32)))
     blocks, products = [q], []
     for _ in range(size // _KRYLOV_BLOCK - 1):
         products.append(mm(g, q))
@@ -150,7 +146,7 @@ def _top_eigenvectors(g: Annotated[Array, "d d"], s: int, key: Array) -> Annotat
         # flat spectra) the projected block is rounding noise, which one pass leaves far from
         # orthogonal to the basis; a second pass on unit columns fixes that to float32 ε.
         for _ in range(2):
-            q = _orthonormal(q - mm(basis, mm(basis.T, q)))
+            q = qr_q(q - mm(basis, mm(basis.T, q)))
         blocks.append(q)
     products.append(mm(g, q))
     # g·basis is the products already formed: Rayleigh–Ritz costs d·size² here, not another d²·size.
@@ -182,7 +178,7 @@ def _gram(w: Annotated[Array, "m n"], rank: int, key: Array) -> tuple[Array, Arr
     r = effective_rank(rank, m, n)
     s = min(r + _GRAM_OVERSAMPLE, d)
     q = _top_eigenvectors(mm(a, a.T), s, key)
-    y = _orthonormal(mm(a.T, q))  # [N, s]
+    y = qr_q(mm(a.T, q))  # [N, s]
     ux, sx, zt = thin_svd_via_qr(mm(a, y))  # [d, s], [s], [s, s]
     u, sigma, v = ux[:, :r], sx[:r] * scale, mm(y, zt[:r].T)
     return (u, sigma, v) if m <= n else (v, sigma, u)
