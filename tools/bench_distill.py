@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from crosslora_jax import synthetic
 from crosslora_jax.arch import ROLES, role_shapes
 from crosslora_jax.distillation._student import Student
-from crosslora_jax.distillation._train import Batch, Frozen, Objective, optimizer, train_step
+from crosslora_jax.distillation._train import Batch, Frozen, Loss, optimizer, train_step
 from crosslora_jax.eval import generate, logits, model_spec
 from crosslora_jax.io.hf_config import read_model_config
 
@@ -146,7 +146,7 @@ def main() -> None:
     student = Student("lora", {r: {"a": x["a"], "b": x["b"]} for r, x in _lora(spec_t, shapes_t, 16, 3, True).items()},
                       {r: {"scale": jnp.full((spec_t.num_layers,), 2.0)} for r in ROLES}, ())  # fmt: skip
     frozen = Frozen(params_t, params_s, lora_s, student.fixed)
-    obj = Objective(args.kd, "lora", 0.0, spec_t, spec_s, remat=not args.no_remat)  # distill's default: remat
+    obj = Loss(args.kd, "lora", 0.0, spec_t, spec_s, remat=not args.no_remat)  # distill's default: remat
     opt = optimizer(100, 1e-3, 10, 0.0, 1.0)
     tokens_in = jax.random.randint(jax.random.key(1), (args.batch, args.seq), 0, vocab)
     batch = Batch(tokens_in, tokens_in, jnp.ones((args.batch, args.seq)))

@@ -8,20 +8,14 @@ from typing import Literal
 
 from crosslora_jax._errors import OptionsError
 from crosslora_jax._options import check_options, option
+from crosslora_jax.distillation._objectives import KD_CHOICES, kd_help
 from crosslora_jax.io.dtypes import NUMPY_DTYPES, OUTPUT_CHOICES
-from crosslora_jax.ops.distill import Objective
 from crosslora_jax.ops.layer_map import LayerMapKind
 from crosslora_jax.ops.svd import SvdSettings
 
 Init = Literal["cross_lora", "lora_x", "truncate", "zero"]
 Learn = Literal["lora", "transform"]
 ParamDtype = Literal["float32", "bfloat16"]
-KdChoice = Literal["auto", "full", "delta", "product", "sequence", "shared", "bytes"]
-ACROSS_VOCABULARIES = ("sequence", "shared", "bytes")  # the objectives that work when the tokenizers differ
-# `--kd=auto`: full KL when the tokenizers share one vocabulary; when they differ, bytes: it
-# recovered the most across vocabularies (docs/replication.md, "Across tokenizers")
-AUTO_SAME_VOCABULARY: Objective = "full"
-AUTO_DIFFERENT_VOCABULARIES: Objective = "bytes"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,15 +30,7 @@ class DistillOptions:
         "What is trained: lora (the target's factors) or transform (r_t×r_s maps from the source's singular "
         "subspaces into the target's, the source factors fixed).",
     )
-    kd: KdChoice = option(
-        "auto",
-        "Objective: auto (full when the two tokenizers have one vocabulary, else bytes), full (KL to the "
-        "teacher), delta (KL to target base + what the adapter changes in the source; one vocabulary only), product (KL to the geometric mix target^(1-b) * teacher^b, b = "
-        "--product_weight; one vocabulary only), sequence (cross-entropy on the teacher's text; any vocabularies), "
-        "shared (tokenizers that differ: KL on the tokens both vocabularies have, where the two tokenizations "
-        "have read the same bytes, + --sequence_weight × sequence), bytes (the same, but KL between the two "
-        "models' distributions of the next byte: each token's probability counted for its first byte).",
-    )
+    kd: str = option("auto", kd_help(), choices=KD_CHOICES)  # the objectives: distillation/_objectives.py
     product_weight: float = option(
         0.75, "--kd=product: weight b of the teacher (source + adapter) against the target base in the mix.",
         low=0.0, high=1.0,

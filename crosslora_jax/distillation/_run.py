@@ -23,20 +23,15 @@ import jax
 import numpy as np
 
 from crosslora_jax import _interrupt, _mesh
-from crosslora_jax._errors import OptionsError
 from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
 from crosslora_jax.distillation import _checkpoint
-from crosslora_jax.distillation._options import (
-    ACROSS_VOCABULARIES,
-    AUTO_DIFFERENT_VOCABULARIES,
-    AUTO_SAME_VOCABULARY,
-    DistillOptions,
-)
+from crosslora_jax.distillation._objectives import choose
+from crosslora_jax.distillation._options import DistillOptions
 from crosslora_jax.distillation._placement import Placement
 from crosslora_jax.distillation._student import Trainable, build_student, source_lora, written_factors
 from crosslora_jax.distillation._teacher import as_batch, generic_prompts, sample_sequences, user_prompts
-from crosslora_jax.distillation._train import Batch, Frozen, Objective, heldout_loss, optimizer, train
+from crosslora_jax.distillation._train import Batch, Frozen, Loss, heldout_loss, optimizer, train
 from crosslora_jax.eval import load_model
 from crosslora_jax.io.dtypes import NUMPY_DTYPES
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
@@ -44,13 +39,11 @@ from crosslora_jax.io.output_folder import check_output_location, staged_output
 from crosslora_jax.io.peft_adapter import read_adapter, write_target_adapter
 from crosslora_jax.io.report import write_report
 from crosslora_jax.io.tokenizer import (
-    first_bytes,
     read_prompts_file,
     read_tokenizer,
     retokenize,
     retokenize_aligned,
     same_vocabulary,
-    shared_vocabulary,
 )
 from crosslora_jax.ops.svd import Subspace, SvdSettings
 from crosslora_jax.pipeline import TransferOptions, report_for, run_transfer, weight_subspaces
@@ -83,18 +76,8 @@ def distill(
     source_cfg, target_cfg = read_model_config(source_model), read_model_config(target_model)
     tok_s, tok_t = read_tokenizer(source_model), read_tokenizer(target_model)
     one_vocab = same_vocabulary(tok_s, tok_t)
-    if options.kd == "auto":  # from here on, options say which objective runs
-        options = dataclasses.replace(options, kd=AUTO_SAME_VOCABULARY if one_vocab else AUTO_DIFFERENT_VOCABULARIES)
-    if not one_vocab and options.kd not in ACROSS_VOCABULARIES:
-        raise OptionsError(
-            "--kd",
-            f"{options.kd} needs one vocabulary, but the tokenizers of the two models differ; use --kd=sequence, "
-            "bytes or shared",
-        )
-    if one_vocab and options.kd in ("shared", "bytes"):
-        raise OptionsError(
-            "--kd", f"{options.kd} is for tokenizers that differ; these two models share one: use --kd=full"
-        )
+    objective = choose(options.kd, one_vocab)
+    options = dataclasses.replace(options, kd=objective.name)  # `auto` resolved: the report says which ran
     prompts_file = None if options.prompts_file is None else absolute(options.prompts_file)
     seed_texts = None if prompts_file is None else read_prompts_file(prompts_file)
     loaded = read_adapter(adapter, source_cfg)
@@ -143,18 +126,19 @@ def distill(
         vocab_maps, alignment = None, None
         if one_vocab:
             sequences = as_batch(tokens)
-        elif options.kd in ("shared", "bytes"):  # the text tokenized by both, and where the two meet
+        elif objective.teacher == "own_tokens":  # the text tokenized by both, and where the two meet
             aligned = retokenize_aligned(tokens, tok_s, tok_t)
             sequences = as_batch(aligned.b_ids, aligned.b_mask)._replace(
                 teacher_inputs=aligned.a_ids[:, :-1], teacher_positions=aligned.a_position
             )
-            if options.kd == "shared":
-                vocab_maps = shared_vocabulary(tok_s, tok_t)
-                alignment = {"shared_tokens": int(vocab_maps[0].size),
-                             "shared_of_student_vocabulary": vocab_maps[0].size / tok_t.vocab_size}  # fmt: skip
-            else:  # sized to the logits: ids past the tokenizer's (embedding padding) have no byte
-                vocab_maps = (first_bytes(tok_s, spec_s.vocab), first_bytes(tok_t, spec_t.vocab))
-                alignment = {}
+            assert objective.vocab_maps is not None
+            *vocab_maps, shared_tokens = objective.vocab_maps(tok_s, tok_t, spec_s.vocab, spec_t.vocab)
+            alignment = {}
+            if shared_tokens is not None:
+                alignment = {
+                    "shared_tokens": shared_tokens,
+                    "shared_of_student_vocabulary": shared_tokens / tok_t.vocab_size,
+                }
             alignment["positions_aligned"] = _positions_aligned(sequences)
             vocab_maps = tuple(placement.replicate(x) for x in vocab_maps)
         else:  # the teacher's text, re-tokenized for the student
@@ -169,20 +153,15 @@ def distill(
                                                batch_size=gen_batch, progress=progress, label="anchor", mesh=mesh,
                                                **gen))  # fmt: skip
         data_seconds = time.perf_counter() - data_started
-        sequence = options.kd == "sequence"
+        teacher = objective.teacher != "none"
         fixed = placement.stacks(student.fixed)
-        frozen = Frozen(params_t, None if sequence else params_s, None if sequence else lora_s, fixed, vocab_maps)  # type: ignore[arg-type]
-        del params_s, lora_s  # `sequence` needs no source model on the devices from here on
+        frozen = Frozen(params_t, params_s if teacher else None, lora_s if teacher else None, fixed, vocab_maps)  # type: ignore[arg-type]
+        del params_s, lora_s  # an objective with no teacher pass needs no source model on the devices from here on
         vocab = tok_s.vocab_size if one_vocab else None
-        obj = Objective(options.kd, options.learn, options.anchor_weight, spec_t, None if sequence else spec_s, vocab,
-                        product_weight=options.product_weight, sequence_weight=options.sequence_weight,
-                        remat=options.remat, mesh=mesh)  # fmt: skip
-        # delta's, product's and shared's objectives are not the KL to the teacher itself: report that as well
-        measures = {"": obj}
-        if options.kd in ("delta", "product"):
-            measures["kl_to_teacher_"] = dataclasses.replace(obj, kd="full")
-        if options.kd in ("shared", "bytes") and options.sequence_weight > 0:
-            measures[f"{options.kd}_kl_"] = dataclasses.replace(obj, sequence_weight=0.0)
+        loss = Loss(options.kd, options.learn, options.anchor_weight, spec_t, spec_s if teacher else None, vocab,
+                    product_weight=options.product_weight, sequence_weight=options.sequence_weight,
+                    remat=options.remat, mesh=mesh)  # fmt: skip
+        measures = {"": loss, **{f"{name}_": m for name, m in objective.also_measured(loss).items()}}
 
         def heldout_figures(trainable: Trainable, when: str) -> dict[str, float | None]:
             if not options.heldout:
@@ -199,7 +178,7 @@ def distill(
         run_dir = None if cache_dir is None else cache_dir / "distill" / _run_key(options, *key_paths)
         start = None if run_dir is None else _checkpoint.restore(run_dir, student.trainable, opt, placement.replicated)
         fitted = train(
-            obj,
+            loss,
             student,
             frozen,
             train_data,
@@ -223,13 +202,13 @@ def distill(
             write_target_adapter(staging, loaded.config, target_cfg, factors, dtype)
         section = {
             "settings": _settings_json(options),
-            "objective": _objective_label(options, one_vocab),
+            "objective": objective.label(loss),
             "vocabulary": "shared" if one_vocab else "different",
             **({} if alignment is None else {"alignment": alignment}),
             "loss_curve": [{"step": s, "loss": v} for s, v in fitted.losses],
             "heldout": {
                 "sequences": options.heldout,
-                "measure": _heldout_measure(options),
+                "measure": objective.measure(loss),
                 **before,
                 **after,
             },
@@ -244,25 +223,6 @@ def distill(
     if run_dir is not None:
         _checkpoint.remove(run_dir)  # the run is complete: nothing to resume
     return report
-
-
-def _objective_label(options: DistillOptions, one_vocab: bool) -> str:
-    if one_vocab:
-        return options.kd
-    if options.kd in ("shared", "bytes"):
-        what = "on the tokens both have" if options.kd == "shared" else "of the next byte"
-        return (f"{options.kd} (vocabularies differ: KL {what} where the tokenizations meet, "
-                f"+ {options.sequence_weight:g} × cross-entropy on the teacher's re-tokenized text)")  # fmt: skip
-    return "sequence (vocabularies differ: teacher text re-tokenized)"
-
-
-def _heldout_measure(options: DistillOptions) -> str:
-    if options.kd == "sequence":
-        return "cross-entropy on the teacher's text"
-    if options.kd in ("shared", "bytes"):
-        kl = "shared-vocabulary KL" if options.kd == "shared" else "next-byte KL"
-        return f"{kl} + {options.sequence_weight:g} × cross-entropy on the teacher's text"
-    return f"{options.kd} KL to the teacher"
 
 
 def _positions_aligned(sequences: Batch) -> float:

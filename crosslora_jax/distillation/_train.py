@@ -24,10 +24,11 @@ from jax.sharding import Mesh, NamedSharding
 
 from crosslora_jax import _interrupt, _mesh
 from crosslora_jax._progress import Progress
+from crosslora_jax.distillation._objectives import OBJECTIVES, Objective
 from crosslora_jax.distillation._placement import Placement
 from crosslora_jax.distillation._student import Fixed, Student, Trainable, student_lora
 from crosslora_jax.eval import Lora, ModelSpec, logits
-from crosslora_jax.ops.distill import delta_teacher, full_kl, product_teacher, sequence_ce, shared_objective
+from crosslora_jax.ops.distill import full_kl
 
 
 class Batch(NamedTuple):
@@ -52,7 +53,7 @@ class Frozen(NamedTuple):
     """Everything the step reads but never changes."""
 
     target: Mapping[str, Any]
-    source: Mapping[str, Any] | None  # None for `sequence` (the teacher's text is all it needs)
+    source: Mapping[str, Any] | None  # None when the objective runs no teacher pass (`sequence`)
     source_lora: Lora | None
     fixed: Fixed
     # tokenizers that differ, (teacher's, student's): `shared` the [S] ids of the tokens both
@@ -61,10 +62,10 @@ class Frozen(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class Objective:
-    """What the loss is and how it is computed; static under jit."""
+class Loss:
+    """What the step minimises and how it is computed; static under jit."""
 
-    kd: str
+    kd: str  # the objective's name in `OBJECTIVES`
     learn: str
     anchor_weight: float
     spec_target: ModelSpec
@@ -74,6 +75,14 @@ class Objective:
     sequence_weight: float = 1.0  # `shared`'s / `bytes`' weight on the cross-entropy of the teacher's text
     remat: bool = False  # recompute the student's layers for the gradient (activation checkpointing)
     mesh: Mesh | None = None  # with a Placement's mesh: layers gathered inside the loop, the step's results replicated
+
+    @property
+    def objective(self) -> Objective:
+        return OBJECTIVES[self.kd]
+
+    @property
+    def one_vocabulary(self) -> bool:
+        return self.vocab is not None
 
     @property
     def layer_sharding(self) -> NamedSharding | None:
@@ -88,34 +97,17 @@ class Objective:
         return z if trained else jax.lax.stop_gradient(z)
 
 
-def _distill_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
-    lora = student_lora(obj.learn, trainable, frozen.fixed)
-    z = obj.forward(obj.spec_target, frozen.target, batch.inputs, lora, trained=True)
-    if obj.kd == "sequence":
-        return sequence_ce(z, batch.targets, batch.mask)
-    if obj.kd in ("shared", "bytes"):
-        teacher_map, student_map = frozen.vocab_maps  # type: ignore[misc]
-        teacher = obj.forward(obj.spec_source, frozen.source, batch.teacher_inputs, frozen.source_lora)  # type: ignore[arg-type]
-        return shared_objective(teacher, z, batch.teacher_positions, teacher_map, student_map, batch.targets,  # type: ignore[arg-type]
-                                batch.mask, obj.sequence_weight, obj.kd)  # fmt: skip
-
-    def frozen_logits(spec: ModelSpec | None, params: Any, lora: Lora | None = None) -> jax.Array:
-        return obj.forward(spec, params, batch.inputs, lora)[..., : obj.vocab]
-
-    teacher = frozen_logits(obj.spec_source, frozen.source, frozen.source_lora)
-    if obj.kd == "delta":
-        base_t = frozen_logits(obj.spec_target, frozen.target)
-        teacher = delta_teacher(base_t, teacher, frozen_logits(obj.spec_source, frozen.source))
-    elif obj.kd == "product":
-        teacher = product_teacher(frozen_logits(obj.spec_target, frozen.target), teacher, obj.product_weight)
-    return full_kl(teacher, z[..., : obj.vocab], batch.mask)
+def _distill_loss(loss: Loss, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
+    lora = student_lora(loss.learn, trainable, frozen.fixed)
+    z = loss.forward(loss.spec_target, frozen.target, batch.inputs, lora, trained=True)
+    return loss.objective.loss(loss, z, frozen, batch)
 
 
-def _anchor_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
+def _anchor_loss(loss: Loss, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
     """KL(target base ‖ student) on the target base's own samples."""
-    lora = student_lora(obj.learn, trainable, frozen.fixed)
-    base = obj.forward(obj.spec_target, frozen.target, batch.inputs)
-    return full_kl(base, obj.forward(obj.spec_target, frozen.target, batch.inputs, lora, trained=True), batch.mask)
+    lora = student_lora(loss.learn, trainable, frozen.fixed)
+    base = loss.forward(loss.spec_target, frozen.target, batch.inputs)
+    return full_kl(base, loss.forward(loss.spec_target, frozen.target, batch.inputs, lora, trained=True), batch.mask)
 
 
 def optimizer(
@@ -127,9 +119,9 @@ def optimizer(
     return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adamw(schedule, weight_decay=weight_decay))
 
 
-@functools.partial(jax.jit, static_argnames=("obj", "opt"), donate_argnames=("trainable", "opt_state"))
+@functools.partial(jax.jit, static_argnames=("loss", "opt"), donate_argnames=("trainable", "opt_state"))
 def train_step(
-    obj: Objective,
+    loss: Loss,
     opt: optax.GradientTransformation,
     trainable: Trainable,
     opt_state: optax.OptState,
@@ -140,25 +132,25 @@ def train_step(
     """One AdamW step; gradients are taken with respect to `trainable` only."""
 
     def loss_fn(t: Trainable) -> tuple[jax.Array, jax.Array]:
-        loss = _distill_loss(obj, t, frozen, batch)
-        total = loss if anchor is None else loss + obj.anchor_weight * _anchor_loss(obj, t, frozen, anchor)
-        return total, loss
+        value = _distill_loss(loss, t, frozen, batch)
+        total = value if anchor is None else value + loss.anchor_weight * _anchor_loss(loss, t, frozen, anchor)
+        return total, value
 
-    (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    (_, value), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
     updates, opt_state = opt.update(grads, opt_state, trainable)
-    out = optax.apply_updates(trainable, updates), opt_state, loss
-    if obj.mesh is not None:  # the state stays replicated step after step
-        out = jax.lax.with_sharding_constraint(out, _mesh.replicated(obj.mesh))
+    out = optax.apply_updates(trainable, updates), opt_state, value
+    if loss.mesh is not None:  # the state stays replicated step after step
+        out = jax.lax.with_sharding_constraint(out, _mesh.replicated(loss.mesh))
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("obj",))
-def _eval_loss(obj: Objective, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
-    return _distill_loss(obj, trainable, frozen, batch)
+@functools.partial(jax.jit, static_argnames=("loss",))
+def _eval_loss(loss: Loss, trainable: Trainable, frozen: Frozen, batch: Batch) -> jax.Array:
+    return _distill_loss(loss, trainable, frozen, batch)
 
 
 def heldout_loss(
-    obj: Objective,
+    loss: Loss,
     trainable: Trainable,
     frozen: Frozen,
     data: Batch,
@@ -171,7 +163,7 @@ def heldout_loss(
         part = data.take(slice(start, start + batch_size))
         w = float(np.sum(np.asarray(part.mask)))
         placed = part if placement is None else placement.batch(part)
-        total += float(_eval_loss(obj, trainable, frozen, placed)) * w
+        total += float(_eval_loss(loss, trainable, frozen, placed)) * w
         weight += w
     return total / max(weight, 1.0)
 
@@ -191,7 +183,7 @@ class TrainResult:
 
 
 def train(
-    obj: Objective,
+    loss: Loss,
     student: Student,
     frozen: Frozen,
     data: Batch,
@@ -238,8 +230,8 @@ def train(
         if anchor_data is not None:
             arows = batch_rows(seed + 1, step, int(anchor_data.inputs.shape[0]), batch_size)
             anchor = place(anchor_data.take(arows))
-        trainable, opt_state, loss = train_step(obj, opt, trainable, opt_state, frozen, batch, anchor)
-        window.append(loss)
+        trainable, opt_state, value = train_step(loss, opt, trainable, opt_state, frozen, batch, anchor)
+        window.append(value)
         tokens += int(np.sum(data.mask[rows]))
         done = step + 1
         if on_checkpoint is not None and checkpoint_every and done % checkpoint_every == 0 and done < steps:

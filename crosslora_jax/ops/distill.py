@@ -10,15 +10,14 @@ dtype. KL(p ‖ q) = Σ_v p_v (log p_v − log q_v) with p the teacher, q the st
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 from jax import Array
 
 from crosslora_jax.ops._linalg import mm, thin_svd
-
-Objective = Literal["full", "delta", "product", "sequence", "shared", "bytes"]
 
 
 def _masked_mean(per_position: Annotated[Array, "B T"], mask: Annotated[Array, "B T"]) -> Array:
@@ -156,16 +155,15 @@ def shared_objective(
     next_tokens: Annotated[Array, "B T"],
     mask: Annotated[Array, "B T"],
     sequence_weight: float,
-    kd: str = "shared",
+    kl: Callable[..., Array] = shared_vocab_kl,
 ) -> Array:
-    """Tokenizers that differ: `shared` (`shared_vocab_kl`, the maps are the shared ids) or
-    `bytes` (`next_byte_kl`, the maps are first bytes), + `sequence_weight` × `sequence_ce` on the
-    teacher's text in the student's tokens."""
-    kl_fn = next_byte_kl if kd == "bytes" else shared_vocab_kl
-    kl = kl_fn(teacher_logits, student_logits, teacher_positions, teacher_map, student_map, mask)
+    """Tokenizers that differ: `kl` where the tokenizations meet (`shared_vocab_kl`, the maps are
+    the shared ids, or `next_byte_kl`, the maps are first bytes), + `sequence_weight` ×
+    `sequence_ce` on the teacher's text in the student's tokens."""
+    value = kl(teacher_logits, student_logits, teacher_positions, teacher_map, student_map, mask)
     if sequence_weight == 0:
-        return kl
-    return kl + sequence_weight * sequence_ce(student_logits, next_tokens, mask)
+        return value
+    return value + sequence_weight * sequence_ce(student_logits, next_tokens, mask)
 
 
 # ---------------------------------------------------------------------------------------------

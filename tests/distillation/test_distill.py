@@ -80,7 +80,7 @@ def test_distilling_onto_phi3_writes_its_fused_modules(tmp_path: Path) -> None:
 def test_different_tokenizers_take_the_bytes_sequence_or_shared_objective(tmp_path: Path) -> None:
     p = _models(tmp_path, target_tokenizer="bpe")
     for kd in ("full", "delta", "product"):  # the KL objectives over one whole vocabulary
-        with pytest.raises(OptionsError, match=r"--kd.*use --kd=sequence, bytes or shared"):
+        with pytest.raises(OptionsError, match=r"--kd.*use --kd=sequence, shared or bytes"):
             _distill(p, kd=kd)
         assert not p["output"].exists()
     section = _distill(p, init="truncate").distill  # --kd=auto: bytes, when the vocabularies differ

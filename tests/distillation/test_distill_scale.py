@@ -24,7 +24,7 @@ from crosslora_jax import Progress, TransferOptions, read_adapter, read_model_co
 from crosslora_jax.distillation import DistillOptions, _train, distill
 from crosslora_jax.distillation._student import build_student, source_lora
 from crosslora_jax.distillation._teacher import as_batch
-from crosslora_jax.distillation._train import Frozen, Objective, optimizer, train
+from crosslora_jax.distillation._train import Frozen, Loss, optimizer, train
 from crosslora_jax.eval import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,7 +211,7 @@ def test_two_distributed_processes_distil_the_same_adapter_as_one(models, one_de
     assert not list(tmp_path.glob(".out.partial-*")) and not list((tmp_path / "cache" / "distill").iterdir())
 
 
-def _training_setup(models: dict[str, Path], dtype: object) -> tuple[Objective, object, Frozen, object]:
+def _training_setup(models: dict[str, Path], dtype: object) -> tuple[Loss, object, Frozen, object]:
     """A `lora` student on the tiny pair with the frozen base weights in `dtype`, and fixed data."""
     src_cfg, tgt_cfg = read_model_config(models["source"]), read_model_config(models["target"])
     adapter = read_adapter(models["adapter"], src_cfg)
@@ -223,7 +223,7 @@ def _training_setup(models: dict[str, Path], dtype: object) -> tuple[Objective, 
     params_s, params_t = jax.tree.map(jnp.asarray, (params_s, params_t))
     frozen = Frozen(params_t, params_s, source_lora(adapter, src_cfg), student.fixed)
     tokens = np.random.default_rng(3).integers(0, 256, (16, 12)).astype(np.int32)
-    return Objective("full", "lora", 0.0, spec_t, spec_s, remat=True), student, frozen, as_batch(tokens)
+    return Loss("full", "lora", 0.0, spec_t, spec_s, remat=True), student, frozen, as_batch(tokens)
 
 
 def test_bfloat16_frozen_weights_train_float32_adapters_to_the_float32_loss(models, monkeypatch) -> None:

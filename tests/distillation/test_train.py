@@ -13,10 +13,11 @@ import pytest
 
 from crosslora_jax import Progress, TransferOptions, read_adapter, read_model_config, run_transfer, synthetic
 from crosslora_jax.distillation import _checkpoint
+from crosslora_jax.distillation._objectives import OBJECTIVES
 from crosslora_jax.distillation._run import role_subspaces
 from crosslora_jax.distillation._student import Student, build_student, source_lora, student_lora, written_factors
 from crosslora_jax.distillation._teacher import as_batch
-from crosslora_jax.distillation._train import Batch, Frozen, Objective, heldout_loss, optimizer, train
+from crosslora_jax.distillation._train import Batch, Frozen, Loss, heldout_loss, optimizer, train
 from crosslora_jax.eval import load_model, logits
 
 VOCAB = 64
@@ -49,7 +50,7 @@ def _setup(tmp_path: Path, learn: str, kd: str = "full", init: str = "cross_lora
     spec_t, params_t = load_model(tgt)
     params_s, params_t = jax.tree.map(jnp.asarray, (params_s, params_t))
     frozen = Frozen(params_t, params_s, source_lora(adapter, src_cfg), student.fixed)
-    obj = Objective(kd, learn, 0.0, spec_t, spec_s)
+    obj = Loss(kd, learn, 0.0, spec_t, spec_s)
     rng = np.random.default_rng(3)
     tokens = rng.integers(0, VOCAB, (24, 9)).astype(np.int32)
     data = as_batch(tokens)
@@ -59,7 +60,7 @@ def _setup(tmp_path: Path, learn: str, kd: str = "full", init: str = "cross_lora
         else:  # each token's first byte, from a few values (several tokens per byte), or none (256)
             maps = tuple(jnp.asarray(rng.choice([32, 97, 98, 99, 256], VOCAB).astype(np.int32)) for _ in range(2))
         frozen = frozen._replace(vocab_maps=maps)
-        obj = Objective(kd, learn, 0.0, spec_t, spec_s, sequence_weight=0.0)
+        obj = Loss(kd, learn, 0.0, spec_t, spec_s, sequence_weight=0.0)
         positions = rng.integers(-1, 11, data.mask.shape).astype(np.int32)
         data = data._replace(teacher_inputs=rng.integers(0, VOCAB, (24, 11)).astype(np.int32),
                              teacher_positions=positions)  # fmt: skip
@@ -97,44 +98,110 @@ def test_only_the_student_moves_and_the_objective_falls(tmp_path: Path, learn: s
                                                                   jax.tree.leaves(fitted.trainable), strict=True)]  # fmt: skip
     assert all(moved)
     assert fitted.tokens == 16 * 8 * data.inputs.shape[1]
-    if kd in ("shared", "bytes"):  # the step's loss: the teacher on its own inputs, compared where the positions say
-        # float32 round-off of log-probabilities of V = 64 tokens, summed over the positions' terms
-        assert abs(before - _shared_reference(obj, student, frozen, data)) <= 5e-5 * (1 + before)
+
+
+@pytest.mark.parametrize("kd", list(OBJECTIVES))
+def test_each_objective_is_its_float64_reference(tmp_path: Path, kd: str) -> None:
+    """The step's loss, through the objectives table, against a float64 re-derivation from each
+    model's logits; shared/bytes: the teacher on its own inputs, compared where the positions say."""
+    student, frozen, obj, data, _ = _setup(tmp_path, "lora", kd)
+    value = heldout_loss(obj, student.trainable, frozen, data, 8)
+    # float32 round-off of log-probabilities of V = 64 tokens, summed over the positions' terms
+    assert abs(value - _reference(obj, student, frozen, data)) <= 5e-5 * (1 + value)
+    if obj.sequence_weight == 0:  # shared, bytes: with the cross-entropy beside the KL as well
         with_ce = dataclasses.replace(obj, sequence_weight=0.25)
         value = heldout_loss(with_ce, student.trainable, frozen, data, 8)
-        assert abs(value - _shared_reference(with_ce, student, frozen, data)) <= 5e-5 * (1 + value)
+        assert abs(value - _reference(with_ce, student, frozen, data)) <= 5e-5 * (1 + value)
 
 
-def _shared_reference(obj: Objective, student: Student, frozen: Frozen, data: Batch) -> float:
-    """`shared` / `bytes` (KL over the shared tokens / of the next byte at aligned positions + w × CE)
-    in float64 from each model's logits, one position at a time."""
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max()
+    return z - np.log(np.exp(z).sum())
+
+
+def _kl(teacher_logits: np.ndarray, student_logits: np.ndarray) -> float:
+    lp, lq = _log_softmax(teacher_logits), _log_softmax(student_logits)
+    return float((np.exp(lp) * (lp - lq)).sum())
+
+
+def _by_byte(z: np.ndarray, first: np.ndarray) -> np.ndarray:
+    out = np.zeros(257)
+    np.add.at(out, first, np.exp(_log_softmax(z)))
+    return np.log(np.maximum(out, 1e-300))
+
+
+# Per objective, its term at one counted position in float64: (logits, batch row b, position t,
+# loss settings, vocabulary maps) → (term, whether it counts). Every entry of OBJECTIVES needs one.
+def _one_vocabulary(teacher: str):
+    def term(z, b, t, obj, maps):
+        if teacher == "full":
+            want = z["source_lora"][b, t]
+        elif teacher == "delta":
+            want = z["target"][b, t] + z["source_lora"][b, t] - z["source"][b, t]
+        else:  # product: the geometric mix
+            w = obj.product_weight
+            want = (1 - w) * z["target"][b, t] + w * z["source_lora"][b, t]
+        return _kl(want, z["student"][b, t]), True
+
+    return term
+
+
+def _aligned(kind: str):
+    def term(z, b, t, obj, maps):
+        u = z["positions"][b, t]
+        if u < 0:
+            return 0.0, False
+        teacher, student = z["teacher_own"][b, u], z["student"][b, t]
+        if kind == "shared":
+            lp, lq = _log_softmax(teacher[maps[0]]), _log_softmax(student[maps[1]])
+        else:
+            lp, lq = _by_byte(teacher, maps[0]), _by_byte(student, maps[1])
+        return float((np.exp(lp) * (lp - lq)).sum()), True
+
+    return term
+
+
+REFERENCES = {
+    "full": _one_vocabulary("full"),
+    "delta": _one_vocabulary("delta"),
+    "product": _one_vocabulary("product"),
+    "sequence": lambda z, b, t, obj, maps: (0.0, False),  # the cross-entropy alone
+    "shared": _aligned("shared"),
+    "bytes": _aligned("bytes"),
+}
+CE_WEIGHT = {"full": 0.0, "delta": 0.0, "product": 0.0, "sequence": 1.0}  # else the objective's sequence_weight
+
+
+def test_every_objective_has_a_float64_reference() -> None:
+    assert set(REFERENCES) == set(OBJECTIVES)
+
+
+def _reference(obj: Loss, student: Student, frozen: Frozen, data: Batch) -> float:
+    """The objective's loss (mean over counted positions of its per-position term, + w × CE where
+    it has one) in float64 from each model's logits, one position at a time."""
     lora = student_lora(obj.learn, student.trainable, frozen.fixed)
-    zt = np.asarray(
-        logits(obj.spec_source, frozen.source, jnp.asarray(data.teacher_inputs), frozen.source_lora), np.float64
-    )
-    zs = np.asarray(logits(obj.spec_target, frozen.target, jnp.asarray(data.inputs), lora), np.float64)
 
-    def log_softmax(z: np.ndarray) -> np.ndarray:
-        z = z - z.max()
-        return z - np.log(np.exp(z).sum())
+    def z64(spec, params, inputs, lora=None) -> np.ndarray:
+        return np.asarray(logits(spec, params, jnp.asarray(inputs), lora), np.float64)
 
-    def by_byte(z: np.ndarray, first: np.ndarray) -> np.ndarray:
-        out = np.zeros(257)
-        np.add.at(out, first, np.exp(log_softmax(z)))
-        return np.log(np.maximum(out, 1e-300))
-
-    map_t, map_s = (np.asarray(x) for x in frozen.vocab_maps)
-    kl, ce = [], []
+    z = {
+        "student": z64(obj.spec_target, frozen.target, data.inputs, lora),
+        "target": z64(obj.spec_target, frozen.target, data.inputs),
+        "source": z64(obj.spec_source, frozen.source, data.inputs),
+        "source_lora": z64(obj.spec_source, frozen.source, data.inputs, frozen.source_lora),
+    }
+    if data.teacher_inputs is not None:
+        z["teacher_own"] = z64(obj.spec_source, frozen.source, data.teacher_inputs, frozen.source_lora)
+        z["positions"] = np.asarray(data.teacher_positions)
+    maps = None if frozen.vocab_maps is None else [np.asarray(x) for x in frozen.vocab_maps]
+    terms, ce = [], []
     for b, t in zip(*np.nonzero(np.asarray(data.mask)), strict=True):
-        ce.append(-log_softmax(zs[b, t])[data.targets[b, t]])
-        if data.teacher_positions[b, t] >= 0:
-            teacher = zt[b, data.teacher_positions[b, t]]
-            if obj.kd == "shared":
-                lp, lq = log_softmax(teacher[map_t]), log_softmax(zs[b, t, map_s])
-            else:
-                lp, lq = by_byte(teacher, map_t), by_byte(zs[b, t], map_s)
-            kl.append((np.exp(lp) * (lp - lq)).sum())
-    return float(np.mean(kl) + obj.sequence_weight * np.mean(ce))
+        ce.append(-_log_softmax(z["student"][b, t])[data.targets[b, t]])
+        term, counted = REFERENCES[obj.kd](z, b, t, obj, maps)
+        if counted:
+            terms.append(term)
+    w = CE_WEIGHT.get(obj.kd, obj.sequence_weight)
+    return float((np.mean(terms) if terms else 0.0) + w * np.mean(ce))
 
 
 def test_the_lora_student_starts_as_the_init_transfer(tmp_path: Path) -> None:
