@@ -20,6 +20,7 @@ from typing import Any, Literal
 from crosslora_jax._errors import OptionsError
 
 _KEY = "crosslora_option"
+_NESTED_KEY = "crosslora_nested_flags"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,18 @@ def option(
     meta = Option(help, flag, None if choices is None else tuple(choices),
                   None if flag_choices is None else tuple(flag_choices), low, high)  # fmt: skip
     return dataclasses.field(default=default, metadata={_KEY: meta})
+
+
+def nested(cls: type, *, flags: Sequence[str]) -> Any:
+    """A field holding another options dataclass (default `cls()`) of which only the fields named
+    in `flags` are options of the holder (its flags); the others keep their defaults there and
+    are the API's to set."""
+    return dataclasses.field(default_factory=cls, metadata={_NESTED_KEY: tuple(flags)})
+
+
+def nested_flags(field: dataclasses.Field) -> tuple[str, ...] | None:
+    """The fields of a `nested` field's options that are flags; None: all of them."""
+    return field.metadata.get(_NESTED_KEY)
 
 
 def option_of(field: dataclasses.Field) -> Option | None:

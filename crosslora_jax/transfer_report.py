@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from crosslora_jax.arch import is_fused_module
 
 if TYPE_CHECKING:
+    from crosslora_jax.distillation import DistillReport
     from crosslora_jax.ops.svd import SvdSettings
 
 SkipReason = Literal["gate", "layer_map", "adapter"]
@@ -136,7 +137,7 @@ class TransferReport(Mapping[str, Any]):
     cached_layers: int  # subspaces read from --cache_dir
     timings: Timings
     modules: tuple[ModuleReport, ...]  # sorted by target layer, then role
-    distill: Mapping[str, Any] | None = None  # set by `distill`: its settings, loss curve and figures
+    distill: DistillReport | None = None  # set by `distill`: its settings, loss curve and figures
 
     @property
     def summary(self) -> dict[str, int]:
@@ -160,7 +161,7 @@ class TransferReport(Mapping[str, Any]):
             "subspaces": {"computed_layers": self.computed_layers, "cached_layers": self.cached_layers},
             "timings": self.timings.to_json(),
             "modules": [m.to_json() for m in self.modules],
-            **({} if self.distill is None else {"distill": dict(self.distill)}),
+            **({} if self.distill is None else {"distill": self.distill.to_json()}),
         }
 
     def __getitem__(self, key: str) -> Any:

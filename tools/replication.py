@@ -697,7 +697,8 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
             label = variant_label(kd, anchor, ce_weight) + settings.distill_tag
             extra = {} if ce_weight is None else {"sequence_weight": ce_weight}  # a field only newer trees have
             options = crosslora_jax.DistillOptions(
-                init=settings.distill_init, learn=settings.distill_learn, kd=kd, svd=crosslora_jax.SvdSettings(rank=settings.svd_ranks[0]),
+                init=settings.distill_init, learn=settings.distill_learn, kd=kd,
+                transfer=crosslora_jax.TransferOptions(svd=crosslora_jax.SvdSettings(rank=settings.svd_ranks[0])),
                 prompts=settings.distill_prompts, gen_len=settings.seq_len, gen_batch_size=256, steps=settings.distill_steps,
                 batch_size=settings.batch, learning_rate=settings.distill_lr, warmup_steps=settings.distill_steps // 20,
                 anchor_weight=anchor, heldout=64, seed=seed, log_every=max(settings.distill_steps // 10, 1), **extra,
@@ -706,6 +707,7 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
             t0 = time.perf_counter()
             report = crosslora_jax.distill(seed_dir / "S", folder, loras["S"], out, options)
             seconds = time.perf_counter() - t0
+            held = report.distill.heldout.objective
             l_d = score(folder, out, windows)[0]
             g_d = score(folder, out, general)[0]
             gain, matched_gain = l_base - l_trained, l_base - l_matched
@@ -717,8 +719,9 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
                 "L_teacher": teachers.get(kd, float("nan")),  # NaN: no logit-level teacher across vocabularies
                 "recovered_teacher": (l_base - teachers.get(kd, float("nan"))) / gain if gain > 0 else float("nan"),
                 "G_base": g_base, "G_distill": g_d, "G_trained": g_trained,
-                "heldout_before": report.distill["heldout"]["before"], "heldout_after": report.distill["heldout"]["after"],
-                "alignment": report.distill.get("alignment"),  # shared/bytes: the positions that meet (and shared tokens)
+                "heldout_before": held.before, "heldout_after": held.after,
+                # shared/bytes: the positions that meet (and shared tokens)
+                "alignment": None if report.distill.alignment is None else report.distill.alignment.to_json(),
                 "seconds": seconds, "matched_seconds": matched_seconds,
             })  # fmt: skip
             r = rows[-1]

@@ -34,13 +34,14 @@ def define_flags_from(
     an `options_type` from the parsed flags (bad values raise `OptionsError` there: exit 2).
 
     Name, default, help and allowed values (an enum flag) come from the field (`_options.option`);
-    a field holding another options dataclass contributes that one's fields. `module` (the
+    a field holding another options dataclass contributes that one's fields (a `_options.nested`
+    field only those it names). `module` (the
     command's `__name__`) owns the flags, so its `--help` lists them. `only` keeps these flag
     names; `defaults` replaces a flag's default (by flag name) for this command.
     """
     defaults = dict(defaults or {})
     names: set[str] = set()
-    build = _define(options_type, module, only, defaults, flag_values, names)
+    build = _define(options_type, module, only, defaults, flag_values, names, None)
     unknown = (set(only or ()) | set(defaults)) - names
     if unknown:  # a typo here would otherwise drop a flag without a word
         raise ValueError(f"{options_type.__name__} has no options {sorted(unknown)}")
@@ -54,12 +55,16 @@ def _define(
     defaults: Mapping[str, Any],
     flag_values: flags.FlagValues,
     names: set[str],
+    fields: Collection[str] | None,
 ) -> Callable[[], T]:
     parts: dict[str, Callable[[], Any]] = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if fields is not None and field.name not in fields:
+            continue  # not an option of the holder: the field keeps its default
         hint = _options.field_types(cls)[field.name]
         if dataclasses.is_dataclass(hint):
-            parts[field.name] = _define(hint, module, only, defaults, flag_values, names)  # type: ignore[arg-type]
+            nested = _options.nested_flags(field)
+            parts[field.name] = _define(hint, module, only, defaults, flag_values, names, nested)  # type: ignore[arg-type]
             continue
         meta = _options.option_of(field)
         name = _options.flag_name(field)

@@ -26,7 +26,7 @@ from crosslora_jax._errors import OptionsError
 from crosslora_jax._progress import Progress
 from crosslora_jax._xla_cache import enable_compilation_cache
 from crosslora_jax.cli._common import define_distributed_flags, define_flags_from, flags_parser, run_guarded
-from crosslora_jax.distillation import DistillOptions, distill
+from crosslora_jax.distillation import DistillOptions, DistillReport, distill
 from crosslora_jax.io.report import format_summary
 
 _SOURCE = flags.DEFINE_string("source_model", None, "HF model folder the adapter was trained on (the teacher).")
@@ -48,18 +48,16 @@ _OPTIONS = define_flags_from(DistillOptions, __name__)
 _START_DISTRIBUTED = define_distributed_flags(__name__)  # --distributed, --coordinator_address, ...
 
 
-def _distill_lines(section: dict) -> str:
-    held = section["heldout"]
-    lines = [f"  distill: {section['objective']}, {section['tokens_seen']:,} tokens seen"]
-    if section["loss_curve"]:
-        first, last = section["loss_curve"][0]["loss"], section["loss_curve"][-1]["loss"]
-        lines.append(f"  training loss {first:.4f} -> {last:.4f}")
-    if held["before"] is not None:
-        lines.append(f"  held-out {held['measure']}: {held['before']:.4f} -> {held['after']:.4f}")
-    if "kl_to_teacher_before" in held:
-        lines.append(
-            f"  held-out KL to the teacher: {held['kl_to_teacher_before']:.4f} -> {held['kl_to_teacher_after']:.4f}"
-        )
+def _distill_lines(section: DistillReport) -> str:
+    held = section.heldout
+    lines = [f"  distill: {section.objective}, {section.tokens_seen:,} tokens seen"]
+    if section.loss_curve:
+        lines.append(f"  training loss {section.loss_curve[0].loss:.4f} -> {section.loss_curve[-1].loss:.4f}")
+    if held.objective is not None:
+        lines.append(f"  held-out {held.measure}: {held.objective.before:.4f} -> {held.objective.after:.4f}")
+    if "kl_to_teacher" in held.also:
+        kl = held.also["kl_to_teacher"]
+        lines.append(f"  held-out KL to the teacher: {kl.before:.4f} -> {kl.after:.4f}")
     return "\n".join(lines)
 
 
@@ -91,7 +89,8 @@ def main(argv: Sequence[str]) -> None:
             return
         seconds = time.perf_counter() - started
         summary = format_summary(report, _OUTPUT.value, seconds)
-        print(f"{summary}\n{_distill_lines(report.distill or {})}", file=sys.stdout, flush=True)
+        assert report.distill is not None  # distill() always sets it
+        print(f"{summary}\n{_distill_lines(report.distill)}", file=sys.stdout, flush=True)
 
     run_guarded(body)
 

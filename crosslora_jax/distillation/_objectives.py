@@ -155,6 +155,19 @@ def _byte_maps(tok_s: ModelTokenizer, tok_t: ModelTokenizer, vocab_s: int, vocab
     return first_bytes(tok_s, vocab_s), first_bytes(tok_t, vocab_t), None
 
 
+def _aligned_objective(
+    name: str,
+    help: str,
+    kl: Callable[..., Array],
+    words: tuple[str, str],
+    maps: Callable[[ModelTokenizer, ModelTokenizer, int, int], VocabMaps],
+) -> Objective:
+    """An objective for tokenizers that differ: `kl` at aligned positions + the cross-entropy;
+    `words`: what the KL compares (for the label) and its name (for the held-out measure)."""
+    return Objective(name, help, "different", "own_tokens", loss=_aligned(kl), label=_aligned_label(words[0]),
+                     measure=_aligned_measure(words[1]), also_measured=_kl_alone, vocab_maps=maps)  # fmt: skip
+
+
 _ENTRIES = (
     Objective("full", "KL to the teacher", "one", "same_tokens", loss=_full, label=_name, measure=_kl_measure),
     Objective(
@@ -186,29 +199,21 @@ _ENTRIES = (
         label=_sequence_label,
         measure=lambda loss: "cross-entropy on the teacher's text",  # noqa: ARG005
     ),
-    Objective(
+    _aligned_objective(
         "shared",
         "KL on the tokens both vocabularies have, where the two tokenizations have read the same bytes, "
         "+ --sequence_weight × sequence",
-        "different",
-        "own_tokens",
-        loss=_aligned(shared_vocab_kl),
-        label=_aligned_label("on the tokens both have"),
-        measure=_aligned_measure("shared-vocabulary KL"),
-        also_measured=_kl_alone,
-        vocab_maps=_shared_maps,
+        shared_vocab_kl,
+        ("on the tokens both have", "shared-vocabulary KL"),
+        _shared_maps,
     ),
-    Objective(
+    _aligned_objective(
         "bytes",
         "the same, but KL between the two models' distributions of the next byte: each token's probability "
         "counted for its first byte",
-        "different",
-        "own_tokens",
-        loss=_aligned(next_byte_kl),
-        label=_aligned_label("of the next byte"),
-        measure=_aligned_measure("next-byte KL"),
-        also_measured=_kl_alone,
-        vocab_maps=_byte_maps,
+        next_byte_kl,
+        ("of the next byte", "next-byte KL"),
+        _byte_maps,
     ),
 )
 OBJECTIVES: Mapping[str, Objective] = {o.name: o for o in _ENTRIES}

@@ -1,17 +1,16 @@
 """`DistillOptions`: every setting of a distillation run, declared once (each field is one flag of
-`python -m crosslora_jax.distill`; `svd`'s fields too) and validated once (`OptionsError`)."""
+`python -m crosslora_jax.distill`; so are the init transfer's svd, layer_map and output_dtype)
+and validated once (`OptionsError`)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 from crosslora_jax._errors import OptionsError
-from crosslora_jax._options import check_options, option
+from crosslora_jax._options import check_options, nested, option
 from crosslora_jax.distillation._objectives import KD_CHOICES, kd_help
-from crosslora_jax.io.dtypes import NUMPY_DTYPES, OUTPUT_CHOICES
-from crosslora_jax.ops.layer_map import LayerMapKind
-from crosslora_jax.ops.svd import SvdSettings
+from crosslora_jax.pipeline import TransferOptions
 
 Init = Literal["cross_lora", "lora_x", "truncate", "zero"]
 Learn = Literal["lora", "transform"]
@@ -38,8 +37,9 @@ class DistillOptions:
     sequence_weight: float = option(
         4.0, "--kd=shared|bytes: weight of the cross-entropy on the teacher's text beside the KL (0: KL only).", low=0.0,
     )  # fmt: skip
-    svd: SvdSettings = dataclasses.field(default_factory=SvdSettings)
-    layer_map: LayerMapKind = option("auto", "Target→source layer map (see `transfer --help`).")
+    # the init transfer's settings; svd, layer_map and output_dtype are flags (the API may set the
+    # others); its method is always `init`'s (`truncate` for zero)
+    transfer: TransferOptions = nested(TransferOptions, flags=("svd", "layer_map", "output_dtype"))  # noqa: RUF009 (a field specifier, as option)
     prompts: int = option(1024, "Teacher sequences to sample for training.", low=1)
     prompts_file: str | None = option(
         None, "Your own seed prompts: one per line, or JSON lines with a 'prompt' field (*.jsonl). Default: "
@@ -71,12 +71,24 @@ class DistillOptions:
         True, "Activation checkpointing: recompute each layer of the student in the backward pass instead of "
         "keeping its activations (memory of one layer, about a third more compute)."
     )  # fmt: skip
-    output_dtype: str = option("auto", "dtype of the written factors.", choices=("auto", *NUMPY_DTYPES),
-                               flag_choices=("auto", *OUTPUT_CHOICES))  # fmt: skip
 
     def __post_init__(self) -> None:
         check_options(self)
+        method = "truncate" if self.init == "zero" else self.init
+        if self.transfer.method != method:
+            object.__setattr__(self, "transfer", dataclasses.replace(self.transfer, method=method))
         if self.learning_rate <= 0:
             raise OptionsError("--learning_rate", f"must be positive, got {self.learning_rate}")
         if self.batch_size > self.prompts:
             raise OptionsError("--batch_size", f"{self.batch_size} exceeds --prompts={self.prompts}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The report's `settings`: every field, with the init transfer's flags (svd, layer_map,
+        output_dtype) where they stood before they were one field (the layout reports have had)."""
+        out: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            if field.name == "transfer":
+                out |= {"svd": dataclasses.asdict(self.transfer.svd), "layer_map": self.transfer.layer_map}
+            else:
+                out[field.name] = getattr(self, field.name)
+        return {**out, "output_dtype": self.transfer.output_dtype}

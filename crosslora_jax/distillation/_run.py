@@ -1,7 +1,10 @@
-"""`distill()`: a data-free transfer refined by distillation against the source model.
+"""`distill()`: a data-free transfer refined by distillation against the source model, in phases:
 
-Order of work: validate everything (options, configs, tokenizers, adapter, output location),
-transfer (the init), sample the teacher's text, train, write the adapter and report atomically.
+    _check    validate everything: options against the tokenizers, configs, adapter, prompts, output
+    _prepare  the init transfer (`run_transfer`), the student, both models on the devices
+    _sample   the teacher's text (and the anchor's) in the student's tokens, split train / held out
+    _fit      train (resumed from a checkpoint under `cache_dir`), held-out figures before and after
+    _write    the adapter and the report with its `distill` section, atomically (process 0)
 
 Every device of every process takes part (`_placement`: data parallel, frozen weights FSDP-
 sharded); with several processes (`jax.distributed`) all run this same function and process 0
@@ -15,7 +18,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +29,21 @@ from crosslora_jax import _interrupt, _mesh
 from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
 from crosslora_jax.distillation import _checkpoint
-from crosslora_jax.distillation._objectives import choose
+from crosslora_jax.distillation._objectives import Objective, choose
 from crosslora_jax.distillation._options import DistillOptions
 from crosslora_jax.distillation._placement import Placement
-from crosslora_jax.distillation._student import Trainable, build_student, source_lora, written_factors
+from crosslora_jax.distillation._report import Alignment, BeforeAfter, DistillReport, DistillSeconds, Heldout, LossPoint
+from crosslora_jax.distillation._student import Student, Trainable, build_student, source_lora, written_factors
 from crosslora_jax.distillation._teacher import as_batch, generic_prompts, sample_sequences, user_prompts
-from crosslora_jax.distillation._train import Batch, Frozen, Loss, heldout_loss, optimizer, train
-from crosslora_jax.eval import load_model
+from crosslora_jax.distillation._train import Batch, Frozen, Loss, TrainResult, heldout_loss, optimizer, train
+from crosslora_jax.eval import Lora, ModelSpec, load_model
 from crosslora_jax.io.dtypes import NUMPY_DTYPES
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.output_folder import check_output_location, staged_output
-from crosslora_jax.io.peft_adapter import read_adapter, write_target_adapter
+from crosslora_jax.io.peft_adapter import LoraAdapter, read_adapter, write_target_adapter
 from crosslora_jax.io.report import write_report
 from crosslora_jax.io.tokenizer import (
+    ModelTokenizer,
     read_prompts_file,
     read_tokenizer,
     retokenize,
@@ -46,7 +51,7 @@ from crosslora_jax.io.tokenizer import (
     same_vocabulary,
 )
 from crosslora_jax.ops.svd import Subspace, SvdSettings
-from crosslora_jax.pipeline import TransferOptions, report_for, run_transfer, weight_subspaces
+from crosslora_jax.pipeline import TransferResult, report_for, run_transfer, weight_subspaces
 from crosslora_jax.transfer_report import TransferReport
 
 
@@ -70,6 +75,44 @@ def distill(
     several processes, `cache_dir` must be a folder they all share.
     """
     progress = progress or Progress()
+    run = _check(source_model, target_model, adapter, output, options, overwrite, cache_dir)
+    writer = jax.process_index() == 0  # the others compute their shards and write nothing
+    with staged_output(run.output) if writer else contextlib.nullcontext() as staging:
+        init, models = _prepare(run, progress)
+        data = _sample(run, models, progress)
+        fitted = _fit(run, init.student, models, data, progress)
+        report = _write(staging, run, init, data, fitted)
+    if fitted.run_dir is not None:
+        _checkpoint.remove(fitted.run_dir)  # the run is complete: nothing to resume
+    return report
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """Every input, read and checked before anything is computed."""
+
+    source: ModelConfig
+    target: ModelConfig
+    tokenizers: tuple[ModelTokenizer, ModelTokenizer]  # (source's, target's)
+    adapter: LoraAdapter
+    output: Path
+    options: DistillOptions  # `kd` resolved: auto says which objective runs
+    objective: Objective
+    one_vocab: bool
+    seed_texts: Sequence[str] | None  # --prompts_file's prompts
+    prompts_file: Path | None
+    cache_dir: Path | None
+
+
+def _check(
+    source_model: Path | str,
+    target_model: Path | str,
+    adapter: Path | str,
+    output: Path | str,
+    options: DistillOptions,
+    overwrite: bool,
+    cache_dir: Path | str | None,
+) -> _Run:
     source_model, target_model, output = absolute(source_model), absolute(target_model), absolute(output)
     adapter = absolute(adapter)
     check_output_location(output, [source_model, target_model, adapter], overwrite=overwrite)
@@ -77,151 +120,179 @@ def distill(
     tok_s, tok_t = read_tokenizer(source_model), read_tokenizer(target_model)
     one_vocab = same_vocabulary(tok_s, tok_t)
     objective = choose(options.kd, one_vocab)
-    options = dataclasses.replace(options, kd=objective.name)  # `auto` resolved: the report says which ran
+    options = dataclasses.replace(options, kd=objective.name)  # from here on, options say which objective runs
     prompts_file = None if options.prompts_file is None else absolute(options.prompts_file)
     seed_texts = None if prompts_file is None else read_prompts_file(prompts_file)
     loaded = read_adapter(adapter, source_cfg)
-    init_method = "truncate" if options.init == "zero" else options.init
-    transfer_options = TransferOptions(method=init_method, svd=options.svd, layer_map=options.layer_map)
-    cache_dir = None if cache_dir is None else absolute(cache_dir)
-    placement = Placement(_mesh.data_mesh())
+    cache = None if cache_dir is None else absolute(cache_dir)
+    return _Run(source_cfg, target_cfg, (tok_s, tok_t), loaded, output, options, objective, one_vocab, seed_texts,
+                prompts_file, cache)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class _Init:
+    result: TransferResult  # the init transfer
+    seconds: float  # the init transfer's
+    student: Student
+
+
+@dataclasses.dataclass
+class _Models:
+    """Both models on the devices; the source's arrays are let go once no step reads them."""
+
+    placement: Placement
+    spec_s: ModelSpec
+    params_s: Mapping[str, Any] | None
+    lora_s: Lora | None  # the source adapter: the teacher's side path
+    spec_t: ModelSpec
+    params_t: Mapping[str, Any]
+
+
+def _prepare(run: _Run, progress: Progress) -> tuple[_Init, _Models]:
+    options, source, target = run.options, run.source, run.target
     started = time.perf_counter()
-    writer = jax.process_index() == 0  # the others compute their shards and write nothing
-    with staged_output(output) if writer else contextlib.nullcontext() as staging:
-        (result,) = run_transfer(source_cfg, target_cfg, [loaded], transfer_options, progress, cache_dir=cache_dir)
-        init_seconds = time.perf_counter() - started
-        subspaces = None
-        if options.learn == "transform":
-            roles = sorted({w.role for w in result.written})
-            subspaces = role_subspaces(source_cfg, target_cfg, roles, options.svd, cache_dir, progress)
-        student = build_student(
-            options.learn,
-            options.init == "zero",
-            loaded,
-            target_cfg,
-            result.written,
-            result.factors,
-            result.layer_map.target_to_source,
-            subspaces,
-            options.seed,
-        )
-        weights_dtype = NUMPY_DTYPES[options.param_dtype]  # matrices only; norms and biases stay float32
-        spec_s, params_s = load_model(source_model, dtype=weights_dtype)
-        params_s = placement.params(params_s)
-        spec_t, params_t = load_model(target_model, dtype=weights_dtype)
-        params_t = placement.params(params_t)
-        lora_s = placement.stacks(source_lora(loaded, source_cfg))
-        mesh = placement.mesh
-        key = jax.random.key(options.seed)
-        gen = dict(gen_len=options.gen_len, temperature=options.temperature, top_p=options.top_p)
-        gen_batch = options.gen_batch_size
-        total = options.prompts + options.heldout
-        if seed_texts is None:
-            prompts = generic_prompts(tok_s, total, options.seed)
-        else:
-            prompts = user_prompts(tok_s, seed_texts, total, options.seed, prompts_file)
-        data_started = time.perf_counter()
-        tokens = sample_sequences(spec_s, params_s, lora_s, prompts, key=jax.random.fold_in(key, 1),
-                                  batch_size=gen_batch, progress=progress, label="teacher", mesh=mesh, **gen)  # fmt: skip
-        vocab_maps, alignment = None, None
-        if one_vocab:
-            sequences = as_batch(tokens)
-        elif objective.teacher == "own_tokens":  # the text tokenized by both, and where the two meet
-            aligned = retokenize_aligned(tokens, tok_s, tok_t)
-            sequences = as_batch(aligned.b_ids, aligned.b_mask)._replace(
-                teacher_inputs=aligned.a_ids[:, :-1], teacher_positions=aligned.a_position
-            )
-            assert objective.vocab_maps is not None
-            *vocab_maps, shared_tokens = objective.vocab_maps(tok_s, tok_t, spec_s.vocab, spec_t.vocab)
-            alignment = {}
-            if shared_tokens is not None:
-                alignment = {
-                    "shared_tokens": shared_tokens,
-                    "shared_of_student_vocabulary": shared_tokens / tok_t.vocab_size,
-                }
-            alignment["positions_aligned"] = _positions_aligned(sequences)
-            vocab_maps = tuple(placement.replicate(x) for x in vocab_maps)
-        else:  # the teacher's text, re-tokenized for the student
-            ids, mask = retokenize(tokens, tok_s, tok_t)
-            sequences = as_batch(ids, mask)
-        train_data = sequences.take(slice(None, options.prompts))
-        heldout = sequences.take(slice(options.prompts, None))
-        anchor = None
-        if options.anchor_weight > 0:
-            anchor_prompts = generic_prompts(tok_t, options.prompts, options.seed + 1)
-            anchor = as_batch(sample_sequences(spec_t, params_t, None, anchor_prompts, key=jax.random.fold_in(key, 2),
-                                               batch_size=gen_batch, progress=progress, label="anchor", mesh=mesh,
-                                               **gen))  # fmt: skip
-        data_seconds = time.perf_counter() - data_started
-        teacher = objective.teacher != "none"
-        fixed = placement.stacks(student.fixed)
-        frozen = Frozen(params_t, params_s if teacher else None, lora_s if teacher else None, fixed, vocab_maps)  # type: ignore[arg-type]
-        del params_s, lora_s  # an objective with no teacher pass needs no source model on the devices from here on
-        vocab = tok_s.vocab_size if one_vocab else None
-        loss = Loss(options.kd, options.learn, options.anchor_weight, spec_t, spec_s if teacher else None, vocab,
-                    product_weight=options.product_weight, sequence_weight=options.sequence_weight,
-                    remat=options.remat, mesh=mesh)  # fmt: skip
-        measures = {"": loss, **{f"{name}_": m for name, m in objective.also_measured(loss).items()}}
+    (result,) = run_transfer(source, target, [run.adapter], options.transfer, progress, cache_dir=run.cache_dir)
+    seconds = time.perf_counter() - started
+    subspaces = None
+    if options.learn == "transform":
+        roles = sorted({w.role for w in result.written})
+        subspaces = role_subspaces(source, target, roles, options.transfer.svd, run.cache_dir, progress)
+    student = build_student(
+        options.learn,
+        options.init == "zero",
+        run.adapter,
+        target,
+        result.written,
+        result.factors,
+        result.layer_map.target_to_source,
+        subspaces,
+        options.seed,
+    )
+    placement = Placement(_mesh.data_mesh())
+    weights_dtype = NUMPY_DTYPES[options.param_dtype]  # matrices only; norms and biases stay float32
+    spec_s, params_s = load_model(source.folder, dtype=weights_dtype)
+    params_s = placement.params(params_s)
+    spec_t, params_t = load_model(target.folder, dtype=weights_dtype)
+    params_t = placement.params(params_t)
+    lora_s = placement.stacks(source_lora(run.adapter, source))
+    return _Init(result, seconds, student), _Models(placement, spec_s, params_s, lora_s, spec_t, params_t)
 
-        def heldout_figures(trainable: Trainable, when: str) -> dict[str, float | None]:
-            if not options.heldout:
-                return {when: None}
-            return {
-                f"{prefix}{when}": heldout_loss(o, trainable, frozen, heldout, options.batch_size, placement)
-                for prefix, o in measures.items()
-            }
 
-        before = heldout_figures(placement.replicate(student.trainable), "before")
-        opt = optimizer(options.steps, options.learning_rate, options.warmup_steps, options.weight_decay,
-                        options.clip_norm)  # fmt: skip
-        key_paths = (source_cfg.folder, target_cfg.folder, adapter)
-        run_dir = None if cache_dir is None else cache_dir / "distill" / _run_key(options, *key_paths)
-        start = None if run_dir is None else _checkpoint.restore(run_dir, student.trainable, opt, placement.replicated)
-        fitted = train(
-            loss,
-            student,
-            frozen,
-            train_data,
-            anchor,
-            steps=options.steps,
-            batch_size=options.batch_size,
-            opt=opt,
-            seed=options.seed,
-            log_every=options.log_every,
-            progress=progress,
-            start=start,
-            on_checkpoint=None if run_dir is None else lambda s, t, o: _checkpoint.save(run_dir, s, t, o),
-            checkpoint_every=options.checkpoint_every,
-            placement=placement,
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    train: Batch
+    heldout: Batch
+    anchor: Batch | None  # the target base's own samples (--anchor_weight > 0)
+    vocab_maps: tuple[jax.Array, jax.Array] | None  # placed; objectives that compare aligned positions
+    alignment: Alignment | None
+    seconds: float
+
+
+def _sample(run: _Run, models: _Models, progress: Progress) -> _Data:
+    options, (tok_s, tok_t), mesh = run.options, run.tokenizers, models.placement.mesh
+    started = time.perf_counter()
+    key = jax.random.key(options.seed)
+    gen = dict(gen_len=options.gen_len, temperature=options.temperature, top_p=options.top_p,
+               batch_size=options.gen_batch_size, progress=progress, mesh=mesh)  # fmt: skip
+    total = options.prompts + options.heldout
+    if run.seed_texts is None:
+        prompts = generic_prompts(tok_s, total, options.seed)
+    else:
+        prompts = user_prompts(tok_s, run.seed_texts, total, options.seed, run.prompts_file)  # type: ignore[arg-type]
+    tokens = sample_sequences(models.spec_s, models.params_s, models.lora_s, prompts,  # type: ignore[arg-type]
+                              key=jax.random.fold_in(key, 1), label="teacher", **gen)  # type: ignore[arg-type]  # fmt: skip
+    vocab_maps, alignment = None, None
+    if run.one_vocab:
+        sequences = as_batch(tokens)
+    elif run.objective.teacher == "own_tokens":  # the text tokenized by both, and where the two meet
+        aligned = retokenize_aligned(tokens, tok_s, tok_t)
+        sequences = as_batch(aligned.b_ids, aligned.b_mask)._replace(
+            teacher_inputs=aligned.a_ids[:, :-1], teacher_positions=aligned.a_position
         )
-        _interrupt.check()
-        after = heldout_figures(fitted.trainable, "after")
-        factors = written_factors(student, fitted.trainable)
-        dtype = loaded.dtype if options.output_dtype == "auto" else options.output_dtype
-        if staging is not None:
-            write_target_adapter(staging, loaded.config, target_cfg, factors, dtype)
-        section = {
-            "settings": _settings_json(options),
-            "objective": objective.label(loss),
-            "vocabulary": "shared" if one_vocab else "different",
-            **({} if alignment is None else {"alignment": alignment}),
-            "loss_curve": [{"step": s, "loss": v} for s, v in fitted.losses],
-            "heldout": {
-                "sequences": options.heldout,
-                "measure": objective.measure(loss),
-                **before,
-                **after,
-            },
-            "tokens_seen": fitted.tokens,
-            "resumed_from_step": 0 if start is None else start[0],
-            "seconds": {"init_transfer": init_seconds, "teacher_samples": data_seconds, "train": fitted.seconds},
-        }
-        report = report_for(source_cfg, target_cfg, result, transfer_options, init_seconds, output, dtype)
-        report = dataclasses.replace(report, distill=section)
-        if staging is not None:
-            write_report(staging, report)
-    if run_dir is not None:
-        _checkpoint.remove(run_dir)  # the run is complete: nothing to resume
+        assert run.objective.vocab_maps is not None
+        *maps, shared = run.objective.vocab_maps(tok_s, tok_t, models.spec_s.vocab, models.spec_t.vocab)
+        vocab_maps = tuple(models.placement.replicate(x) for x in maps)
+        alignment = Alignment(
+            _positions_aligned(sequences), shared, None if shared is None else shared / tok_t.vocab_size
+        )
+    else:  # the teacher's text, re-tokenized for the student
+        sequences = as_batch(*retokenize(tokens, tok_s, tok_t))
+    anchor = None
+    if options.anchor_weight > 0:
+        anchor_prompts = generic_prompts(tok_t, options.prompts, options.seed + 1)
+        anchor = as_batch(sample_sequences(models.spec_t, models.params_t, None, anchor_prompts,
+                                           key=jax.random.fold_in(key, 2), label="anchor", **gen))  # type: ignore[arg-type]  # fmt: skip
+    train_data, heldout = sequences.take(slice(None, options.prompts)), sequences.take(slice(options.prompts, None))
+    return _Data(train_data, heldout, anchor, vocab_maps, alignment, time.perf_counter() - started)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fitted:
+    loss: Loss
+    trained: TrainResult
+    heldout: Heldout
+    resumed_from_step: int
+    run_dir: Path | None  # the run's checkpoints, removed once the output is in place
+
+
+def _fit(run: _Run, student: Student, models: _Models, data: _Data, progress: Progress) -> _Fitted:
+    options, placement = run.options, models.placement
+    teacher = run.objective.teacher != "none"
+    fixed = placement.stacks(student.fixed)
+    frozen = Frozen(models.params_t, models.params_s if teacher else None, models.lora_s if teacher else None,
+                    fixed, data.vocab_maps)  # fmt: skip
+    if not teacher:  # no step reads the source model from here on: let its device arrays go
+        models.params_s = models.lora_s = None
+    vocab = run.tokenizers[0].vocab_size if run.one_vocab else None
+    loss = Loss(options.kd, options.learn, options.anchor_weight, models.spec_t, models.spec_s if teacher else None,
+                vocab, product_weight=options.product_weight, sequence_weight=options.sequence_weight,
+                remat=options.remat, mesh=placement.mesh)  # fmt: skip
+    measures = {"": loss, **run.objective.also_measured(loss)}
+
+    def measured(trainable: Trainable) -> dict[str, float]:
+        return {name: heldout_loss(m, trainable, frozen, data.heldout, options.batch_size, placement)
+                for name, m in measures.items()}  # fmt: skip
+
+    before = measured(placement.replicate(student.trainable)) if options.heldout else None
+    opt = optimizer(options.steps, options.learning_rate, options.warmup_steps, options.weight_decay,
+                    options.clip_norm)  # fmt: skip
+    run_dir = None if run.cache_dir is None else run.cache_dir / "distill" / _run_key(run)
+    start = None if run_dir is None else _checkpoint.restore(run_dir, student.trainable, opt, placement.replicated)
+    trained = train(loss, student, frozen, data.train, data.anchor, steps=options.steps,
+                    batch_size=options.batch_size, opt=opt, seed=options.seed, log_every=options.log_every,
+                    progress=progress, start=start,
+                    on_checkpoint=None if run_dir is None else lambda s, t, o: _checkpoint.save(run_dir, s, t, o),
+                    checkpoint_every=options.checkpoint_every, placement=placement)  # fmt: skip
+    _interrupt.check()
+    after = measured(trained.trainable) if options.heldout else None
+    figures = None if before is None or after is None else {k: BeforeAfter(before[k], after[k]) for k in before}
+    heldout = Heldout(options.heldout, run.objective.measure(loss), None if figures is None else figures.pop(""),
+                      figures or {})  # fmt: skip
+    return _Fitted(loss, trained, heldout, 0 if start is None else start[0], run_dir)
+
+
+def _write(staging: Path | None, run: _Run, init: _Init, data: _Data, fitted: _Fitted) -> TransferReport:
+    """The adapter and the report into `staging` (None: a process that writes nothing); the report."""
+    options = run.options
+    factors = written_factors(init.student, fitted.trained.trainable)
+    dtype = run.adapter.dtype if options.transfer.output_dtype == "auto" else options.transfer.output_dtype
+    if staging is not None:
+        write_target_adapter(staging, run.adapter.config, run.target, factors, dtype)
+    section = DistillReport(
+        settings=options,
+        objective=run.objective.label(fitted.loss),
+        vocabulary="shared" if run.one_vocab else "different",
+        alignment=data.alignment,
+        loss_curve=tuple(LossPoint(step, value) for step, value in fitted.trained.losses),
+        heldout=fitted.heldout,
+        tokens_seen=fitted.trained.tokens,
+        resumed_from_step=fitted.resumed_from_step,
+        seconds=DistillSeconds(init.seconds, data.seconds, fitted.trained.seconds),
+    )
+    report = report_for(run.source, run.target, init.result, options.transfer, init.seconds, run.output, dtype)
+    report = dataclasses.replace(report, distill=section)
+    if staging is not None:
+        write_report(staging, report)
     return report
 
 
@@ -250,14 +321,10 @@ def role_subspaces(
     }
 
 
-def _settings_json(options: DistillOptions) -> dict[str, Any]:
-    return dataclasses.asdict(options)
-
-
-def _run_key(options: DistillOptions, *paths: Path) -> str:
+def _run_key(run: _Run) -> str:
     """One folder per (inputs, settings): a checkpoint is resumed only by the same run."""
-    facts = [_settings_json(options)]
-    for path in paths:
+    facts: list[Any] = [dataclasses.asdict(run.options)]
+    for path in (run.source.folder, run.target.folder, run.adapter.folder):
         files = sorted(p for p in Path(path).iterdir() if p.is_file())
         facts.append([str(path), [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]])
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -18,6 +18,7 @@ from crosslora_jax import (
     OptionsError,
     Progress,
     SvdSettings,
+    TransferOptions,
     TransferReport,
     read_adapter,
     read_model_config,
@@ -47,18 +48,26 @@ def _distill(p: dict[str, Path], **kw: object) -> TransferReport:
 
 def test_distill_writes_an_adapter_for_the_target_with_its_report(tmp_path: Path) -> None:
     p = _models(tmp_path)
-    report = _distill(p, svd=SvdSettings(rank=8))
+    report = _distill(p, transfer=TransferOptions(svd=SvdSettings(rank=8)))
     adapter = read_adapter(p["output"], read_model_config(p["target"]))
     assert {m.role for m in adapter.modules.values()} == {"q", "v", "down"}
     assert len(adapter.modules) == 3 * 3  # every target layer (linear map 2 → 3)
     saved = json.loads((p["output"] / "crosslora_report.json").read_text())
     section = saved["distill"]
     assert section == json.loads(json.dumps(report.to_json()["distill"]))
+    # the section's layout, keys in order (the init transfer's settings where they stood as flat fields)
+    assert list(section) == ["settings", "objective", "vocabulary", "loss_curve", "heldout", "tokens_seen",
+                             "resumed_from_step", "seconds"]  # fmt: skip
+    assert list(section["settings"])[:8] == ["init", "learn", "kd", "product_weight", "sequence_weight", "svd",
+                                             "layer_map", "prompts"]  # fmt: skip
+    assert list(section["settings"])[-1] == "output_dtype" and section["settings"]["svd"]["rank"] == 8
+    assert list(section["heldout"]) == ["sequences", "measure", "before", "after"]
+    assert list(section["seconds"]) == ["init_transfer", "teacher_samples", "train"]
     assert section["vocabulary"] == "shared" and section["objective"] == "full"  # --kd=auto on one vocabulary
-    assert section["settings"]["kd"] == "full"
-    assert [c["step"] for c in section["loss_curve"]] == [2, 4]
-    assert section["tokens_seen"] == 4 * 4 * 6  # steps × batch × positions (prompt 1 + 6 sampled − 1)
-    assert section["heldout"]["before"] > 0 and section["heldout"]["after"] > 0
+    assert report.distill.settings.kd == section["settings"]["kd"] == "full"
+    assert [c["step"] for c in section["loss_curve"]] == [p.step for p in report.distill.loss_curve] == [2, 4]
+    assert report.distill.tokens_seen == 4 * 4 * 6  # steps × batch × positions (prompt 1 + 6 sampled − 1)
+    assert report.distill.heldout.objective.before > 0 and report.distill.heldout.objective.after > 0
     assert section["settings"]["steps"] == 4
 
 
@@ -67,7 +76,7 @@ def test_distilling_onto_phi3_writes_its_fused_modules(tmp_path: Path) -> None:
     phi3 = synthetic.model_config("phi3", hidden=24, intermediate=40, heads=3, kv_heads=1, layers=2, vocab=256)
     p["target"] = synthetic.write_model(tmp_path / "phi3", phi3, synthetic.model_tensors(phi3, seed=4))
     synthetic.write_tokenizer(p["target"], "bytes")
-    _distill(p, learn="transform", svd=SvdSettings(rank=8))
+    _distill(p, learn="transform", transfer=TransferOptions(svd=SvdSettings(rank=8)))
     adapter = read_adapter(p["output"], read_model_config(p["target"]))
     # read back split by role; qkv_proj carries k as well, with a zero block: k was not adapted
     assert {m.role for m in adapter.modules.values()} == {"q", "k", "v", "down"}
@@ -83,14 +92,14 @@ def test_different_tokenizers_take_the_bytes_sequence_or_shared_objective(tmp_pa
         with pytest.raises(OptionsError, match=r"--kd.*use --kd=sequence, shared or bytes"):
             _distill(p, kd=kd)
         assert not p["output"].exists()
-    section = _distill(p, init="truncate").distill  # --kd=auto: bytes, when the vocabularies differ
+    section = _distill(p, init="truncate").to_json()["distill"]  # --kd=auto: bytes, when the vocabularies differ
     assert section["vocabulary"] == "different" and section["settings"]["kd"] == "bytes"
     assert section["objective"].startswith("bytes") and "shared_tokens" not in section["alignment"]
     assert 0.5 < section["alignment"]["positions_aligned"] < 1  # BOS and inside merged tokens: no match
     assert 0 < section["heldout"]["bytes_kl_before"] < section["heldout"]["before"]  # the cross-entropy adds
     assert section["heldout"]["measure"].startswith("next-byte KL")
     p["output"] = tmp_path / "out_shared"
-    shared = _distill(p, kd="shared", init="truncate").distill
+    shared = _distill(p, kd="shared", init="truncate").to_json()["distill"]
     assert shared["objective"].startswith("shared")
     # bytes ↔ bpe share the 256 byte tokens; the bpe merges are the student's alone
     assert shared["alignment"] == {
@@ -101,7 +110,7 @@ def test_different_tokenizers_take_the_bytes_sequence_or_shared_objective(tmp_pa
     assert 0 < shared["heldout"]["shared_kl_before"] < shared["heldout"]["before"]
     assert shared["heldout"]["measure"].startswith("shared-vocabulary KL")
     p["output"] = tmp_path / "out_sequence"
-    sequence = _distill(p, kd="sequence", init="truncate").distill
+    sequence = _distill(p, kd="sequence", init="truncate").to_json()["distill"]
     assert "re-tokenized" in sequence["objective"] and "alignment" not in sequence
 
 
@@ -130,14 +139,14 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) 
     assert not p["output"].exists()
     assert list((cache / "distill").glob("*/step_4")), "a checkpoint survives the interrupt"
     report = distill(p["source"], p["target"], p["adapter"], p["output"], options, cache_dir=cache)
-    assert report.distill["resumed_from_step"] == 4
+    assert report.distill.resumed_from_step == 4
     assert not list((cache / "distill").iterdir()), "a finished run leaves no checkpoint"
     clean = distill(p["source"], p["target"], p["adapter"], tmp_path / "clean", options)
     resumed, fresh = (load_file(str(f / "adapter_model.safetensors")) for f in (p["output"], tmp_path / "clean"))
     assert resumed.keys() == fresh.keys()
     for key in fresh:
         np.testing.assert_allclose(resumed[key], fresh[key], rtol=1e-5, atol=1e-6 * np.abs(fresh[key]).max())
-    assert clean.distill["resumed_from_step"] == 0
+    assert clean.distill.resumed_from_step == 0
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

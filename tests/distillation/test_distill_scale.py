@@ -101,7 +101,7 @@ try:
 except KeyboardInterrupt:
     pass
 if args["resume"]:
-    seen["resumed_from_step"] = distill(*paths, options, cache_dir=args["cache"]).distill["resumed_from_step"]
+    seen["resumed_from_step"] = distill(*paths, options, cache_dir=args["cache"]).distill.resumed_from_step
 with open(args["seen"], "w") as f:
     json.dump(seen, f)
 """
@@ -138,7 +138,7 @@ from crosslora_jax.distillation import DistillOptions, distill
 
 args = json.loads(sys.argv[1])
 report = distill(*(args[k] for k in ("source", "target", "adapter", "output")), DistillOptions(**args["options"]))
-print(json.dumps([jax.device_count(), report.distill["heldout"]]))
+print(json.dumps([jax.device_count(), report.distill.heldout.to_json()]))
 """
 
 
