@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -192,15 +193,15 @@ def _sample(run: _Run, models: _Models, progress: Progress) -> _Data:
     options, (tok_s, tok_t), mesh = run.options, run.tokenizers, models.placement.mesh
     started = time.perf_counter()
     key = jax.random.key(options.seed)
-    gen = dict(gen_len=options.gen_len, temperature=options.temperature, top_p=options.top_p,
-               batch_size=options.gen_batch_size, progress=progress, mesh=mesh)  # fmt: skip
+    sample = functools.partial(sample_sequences, gen_len=options.gen_len, temperature=options.temperature,
+                               top_p=options.top_p, batch_size=options.gen_batch_size, progress=progress, mesh=mesh)  # fmt: skip
     total = options.prompts + options.heldout
     if run.seed_texts is None:
         prompts = generic_prompts(tok_s, total, options.seed)
     else:
         prompts = user_prompts(tok_s, run.seed_texts, total, options.seed, run.prompts_file)  # type: ignore[arg-type]
-    tokens = sample_sequences(models.spec_s, models.params_s, models.lora_s, prompts,  # type: ignore[arg-type]
-                              key=jax.random.fold_in(key, 1), label="teacher", **gen)  # type: ignore[arg-type]  # fmt: skip
+    tokens = sample(models.spec_s, models.params_s, models.lora_s, prompts, key=jax.random.fold_in(key, 1),
+                    label="teacher")  # fmt: skip
     vocab_maps, alignment = None, None
     if run.one_vocab:
         sequences = as_batch(tokens)
@@ -220,8 +221,8 @@ def _sample(run: _Run, models: _Models, progress: Progress) -> _Data:
     anchor = None
     if options.anchor_weight > 0:
         anchor_prompts = generic_prompts(tok_t, options.prompts, options.seed + 1)
-        anchor = as_batch(sample_sequences(models.spec_t, models.params_t, None, anchor_prompts,
-                                           key=jax.random.fold_in(key, 2), label="anchor", **gen))  # type: ignore[arg-type]  # fmt: skip
+        anchor = as_batch(sample(models.spec_t, models.params_t, None, anchor_prompts, key=jax.random.fold_in(key, 2),
+                                 label="anchor"))  # fmt: skip
     train_data, heldout = sequences.take(slice(None, options.prompts)), sequences.take(slice(options.prompts, None))
     return _Data(train_data, heldout, anchor, vocab_maps, alignment, time.perf_counter() - started)  # type: ignore[arg-type]
 
