@@ -68,8 +68,19 @@ def layer_sharding(mesh: Mesh | None = None) -> NamedSharding:
 
 
 def padded_length(n: int, mesh: Mesh | None = None) -> int:
+    """`n` rounded up to a multiple of the mesh's device count (the layer mesh's by default)."""
     d = (mesh or layer_mesh()).size
     return -(-n // d) * d
+
+
+def pad_rows(x: np.ndarray, rows: int, fill: np.ndarray | None = None) -> np.ndarray:
+    """`x` [N, ...] grown to `rows` rows by copies of the row `fill` (zeros when None); `x` itself
+    when it has that many already."""
+    pad = rows - x.shape[0]
+    if pad <= 0:
+        return x
+    extra = np.zeros((pad, *x.shape[1:]), x.dtype) if fill is None else np.repeat(fill[None], pad, axis=0)
+    return np.concatenate([x, extra.astype(x.dtype, copy=False)])
 
 
 def place_stack(

@@ -50,10 +50,7 @@ class Placement:
                 fields.append(None)
                 continue
             x = np.asarray(x)
-            pad = -x.shape[0] % self.devices
-            if pad:
-                x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-            fields.append(_mesh.place(x, rows))
+            fields.append(_mesh.place(_mesh.pad_rows(x, _mesh.padded_length(x.shape[0], self.mesh)), rows))
         return type(batch)(*fields)  # type: ignore[call-arg]
 
     def params(self, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -46,8 +46,7 @@ def sample_sequences(
     for start in range(0, n, batch_size):
         part = prompts[start : start + batch_size]
         rows = part.shape[0]
-        if rows < batch_size:  # one compiled shape: pad the last batch, drop the padding after
-            part = np.concatenate([part, np.repeat(part[-1:], batch_size - rows, axis=0)])
+        part = _mesh.pad_rows(part, batch_size, part[-1])  # one compiled shape: the padding is dropped after
         tokens = generate(
             spec,
             params,

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
+from crosslora_jax import _mesh
 from crosslora_jax._errors import OptionsError
 from crosslora_jax.eval._model import KVCache, Lora, init_cache, logits_with_cache
 from crosslora_jax.eval._spec import ModelSpec
@@ -59,11 +60,11 @@ def generate(
     temperature and top-p). The same key gives the same tokens, on any number of devices.
     """
     if not isinstance(gen_len, int) or isinstance(gen_len, bool) or gen_len < 1:
-        raise OptionsError("--gen_len", f"must be a positive integer, got {gen_len!r}")
+        raise OptionsError("gen_len", f"must be a positive integer, got {gen_len!r}")
     if not temperature >= 0:  # also refuses NaN
-        raise OptionsError("--temperature", f"must be >= 0, got {temperature!r}")
+        raise OptionsError("temperature", f"must be >= 0, got {temperature!r}")
     if not 0 < top_p <= 1:
-        raise OptionsError("--top_p", f"must be in (0, 1], got {top_p!r}")
+        raise OptionsError("top_p", f"must be in (0, 1], got {top_p!r}")
     shape = np.shape(prompts)
     if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
         raise OptionsError("prompts", f"must be token ids [batch, length] with both at least 1, got shape {shape}")
@@ -72,7 +73,7 @@ def generate(
         raise OptionsError("prompts", f"must be integer token ids in [0, {spec.vocab}), got {ids.dtype} values")
     if shape[1] + gen_len > spec.max_positions:  # RoPE past the trained length gives meaningless text
         raise OptionsError(
-            "--gen_len",
+            "gen_len",
             f"prompt ({shape[1]}) + gen_len ({gen_len}) tokens exceed the model's {spec.max_positions} positions",
         )
     batch = shape[0]
@@ -80,8 +81,7 @@ def generate(
     if mesh is not None:
         if data_axis not in mesh.axis_names:
             raise OptionsError("mesh", f"has no axis {data_axis!r} (axes: {', '.join(mesh.axis_names)})")
-        pad = -batch % mesh.shape[data_axis]
-        ids = np.concatenate([ids, np.repeat(ids[:1], pad, axis=0)]) if pad else ids
+        ids = _mesh.pad_rows(ids, -(-batch // mesh.shape[data_axis]) * mesh.shape[data_axis], ids[0])
         sharding = NamedSharding(mesh, PartitionSpec(data_axis))
         tokens = jax.device_put(ids.astype(np.int32), sharding)
     else:

@@ -240,13 +240,13 @@ np.save({str(tmp_path / "logits.npy")!r}, np.asarray(step_logits))
 @pytest.mark.parametrize(
     ("kwargs", "named"),
     [
-        (dict(gen_len=0), "--gen_len"),
-        (dict(gen_len=2.0), "--gen_len"),
-        (dict(gen_len=512 - PROMPT + 1), "positions"),  # the fixture's max_position_embeddings is 512
-        (dict(temperature=-0.1), "--temperature"),
-        (dict(temperature=float("nan")), "--temperature"),
-        (dict(top_p=0.0), "--top_p"),
-        (dict(top_p=1.5), "--top_p"),
+        (dict(gen_len=0), r"^gen_len:"),
+        (dict(gen_len=2.0), r"^gen_len:"),
+        (dict(gen_len=512 - PROMPT + 1), r"^gen_len: .*positions"),  # the fixture's max_position_embeddings is 512
+        (dict(temperature=-0.1), r"^temperature:"),
+        (dict(temperature=float("nan")), r"^temperature:"),
+        (dict(top_p=0.0), r"^top_p:"),
+        (dict(top_p=1.5), r"^top_p:"),
         (dict(prompts=np.zeros((4,), np.int32)), "prompts"),
         (dict(prompts=np.zeros((2, 0), np.int32)), "prompts"),
         (dict(prompts=np.full((2, 3), VOCAB, np.int32)), "prompts"),
