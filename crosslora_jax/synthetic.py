@@ -22,6 +22,7 @@ from crosslora_jax.arch import ARCHITECTURES, ROLES, ArchSpec, model_dims, role_
 from crosslora_jax.io.dtypes import NUMPY_DTYPES
 from crosslora_jax.io.peft_adapter import CONFIG_FILE as ADAPTER_CONFIG
 from crosslora_jax.io.peft_adapter import KEY_PREFIX, WEIGHTS_FILE
+from crosslora_jax.io.tokenizer import byte_level_alphabet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,7 +292,7 @@ def write_tokenizer(folder: Path, kind: str = "bytes") -> Path:
     chat template (data for readers; nothing renders it)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-    byte_char = {b: c for c, b in _byte_chars().items()}
+    byte_char = {b: c for c, b in byte_level_alphabet().items()}
     if kind == "bytes":
         vocab = {byte_char[b]: b for b in range(256)}
         merges: list[tuple[str, str]] = []
@@ -315,13 +316,6 @@ def write_tokenizer(folder: Path, kind: str = "bytes") -> Path:
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": 512, **config}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     return folder
-
-
-def _byte_chars() -> dict[str, int]:
-    """GPT-2's byte-level alphabet: character → byte (printable bytes are themselves)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {**{chr(b): b for b in printable}, **{chr(256 + k): b for k, b in enumerate(others)}}
 
 
 def _as_byte_chars(text: str, byte_char: Mapping[int, str]) -> str:

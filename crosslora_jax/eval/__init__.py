@@ -41,11 +41,11 @@ from crosslora_jax.eval._tasks import (
     Question,
     Task,
     evaluate_task,
-    load_tokenizer,
     read_task,
     score_sequences,
 )
 from crosslora_jax.io.hf_config import read_model_config
+from crosslora_jax.io.tokenizer import load_tokenizer
 
 
 def load_model(

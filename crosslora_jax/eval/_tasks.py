@@ -7,7 +7,7 @@ and the argmax per byte of the choice (`acc_norm`). Plain text is cut into windo
 `max_length` predicted tokens (each token is predicted once, with the window's tokens before it
 as context) and scored by mean token loss (nats), perplexity and bits per byte.
 
-Tokenisation is the model folder's own `tokenizer.json` (the `tokenizers` package, extra `eval`).
+Tokenisation is the model folder's own `tokenizer.json` (`io.tokenizer.load_tokenizer`).
 Scoring is deterministic: sequences are sorted by length and padded to buckets of 32 tokens.
 """
 
@@ -31,7 +31,6 @@ from crosslora_jax._options import check_choice, check_options, option
 from crosslora_jax.eval._model import token_logprobs
 from crosslora_jax.eval._spec import ModelSpec
 
-TOKENIZER_FILE = "tokenizer.json"
 TARGET_DELIMITER = " "
 _BUCKET = 32
 Progress = Callable[[int, int], None]  # (batches done, batches total)
@@ -70,23 +69,6 @@ class Task:
     kind: str  # "choice" | "text"
     questions: tuple[Question, ...] = ()
     text: str = ""
-
-
-def load_tokenizer(model_dir: Path | str) -> Any:
-    """The `tokenizers.Tokenizer` in the model folder's tokenizer.json."""
-    path = Path(model_dir) / TOKENIZER_FILE
-    try:
-        import tokenizers  # optional dependency (extra `eval`)
-    except ImportError:
-        raise ConfigError(
-            path, "the evaluator needs the `tokenizers` package: pip install 'crosslora_jax[eval]'"
-        ) from None
-    if not path.is_file():
-        raise ConfigError(path, "file not found; the evaluator tokenises with the model's own tokenizer.json")
-    try:
-        return tokenizers.Tokenizer.from_file(str(path))
-    except Exception as e:  # the Rust side raises plain Exception subclasses
-        raise ConfigError(path, f"not a valid tokenizer file: {' '.join(str(e).split())}") from None
 
 
 def read_task(path: Path | str, kind: TaskFormat = "auto") -> Task:

@@ -103,6 +103,16 @@ class ModelTokenizer:
         return out
 
 
+def load_tokenizer(model_dir: Path | str) -> tokenizers.Tokenizer:
+    """The `tokenizers.Tokenizer` of `model_dir`/tokenizer.json, as the library reads it (the
+    evaluator's tokenizer; `read_tokenizer` adds the checks distillation needs). `TokenizerError`
+    naming the file when it is missing or the library refuses it."""
+    path = Path(model_dir) / TOKENIZER_FILE
+    if not path.is_file():
+        raise TokenizerError(path, "file not found; the evaluator tokenises with the model's own tokenizer.json")
+    return _parse(path)
+
+
 def read_tokenizer(model_dir: Path | str) -> ModelTokenizer:
     """Read `model_dir`/tokenizer.json (+ tokenizer_config.json, chat_template.jinja, if there).
 
@@ -472,7 +482,7 @@ def _surface_rule(decoder: Mapping[str, Any] | None) -> Callable[[str], bytes | 
     parts = _decoder_parts(decoder)
     types = {p.get("type") for p in parts}
     if "ByteLevel" in types:
-        table = _unicode_to_byte()
+        table = byte_level_alphabet()
 
         def byte_level(token: str) -> bytes | None:
             try:
@@ -514,8 +524,9 @@ def _decoder_parts(decoder: Any) -> list[Mapping[str, Any]]:
 
 
 @functools.cache
-def _unicode_to_byte() -> dict[str, int]:
-    """GPT-2's table, inverted: printable bytes stand for themselves, the other 68 for 256 + k."""
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, character → byte: printable bytes stand for themselves, the
+    other 68 for chr(256 + k) (also what `synthetic.write_tokenizer`'s bpe fixture writes)."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     others = [b for b in range(256) if b not in printable]
     return {**{chr(b): b for b in printable}, **{chr(256 + k): b for k, b in enumerate(others)}}
