@@ -11,7 +11,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NamedTuple, NoReturn, TypeVar
 
 from absl import flags, logging
 
@@ -89,6 +89,54 @@ def _define(
             holder = flags.DEFINE_string(name, default, meta.help, **common)
         parts[field.name] = lambda holder=holder: holder.value
     return lambda: cls(**{name: value() for name, value in parts.items()})
+
+
+class RunFlags(NamedTuple):
+    """The flags of a command that reads two models and writes adapters: folders, caches."""
+
+    source_model: flags.FlagHolder
+    target_model: flags.FlagHolder
+    adapter: flags.FlagHolder  # a string, or a list of them where the command takes several
+    output: flags.FlagHolder
+    overwrite: flags.FlagHolder
+    cache_dir: flags.FlagHolder
+    compilation_cache: flags.FlagHolder
+
+    def check(self) -> None:
+        """`OptionsError` naming a required flag left unset."""
+        for holder in (self.source_model, self.target_model, self.adapter, self.output):
+            if not holder.value:
+                raise OptionsError(f"--{holder.name}", "is required")
+
+    def enable_compilation_cache(self) -> None:
+        if self.compilation_cache.value:
+            from crosslora_jax._xla_cache import enable_compilation_cache  # imports jax: after flag errors
+
+            enable_compilation_cache(self.cache_dir.value or None)
+
+
+def define_run_flags(
+    module: str, *, source: str, target: str, adapter: str, output: str, cache_dir: str, several_adapters: bool = False
+) -> RunFlags:
+    """--source_model, --target_model, --adapter (repeatable with `several_adapters`), --output,
+    --overwrite, --cache_dir and --compilation_cache, owned by `module`, with the command's own
+    help for the first four and for --cache_dir."""
+    common = {"module_name": module}
+    define_adapter = flags.DEFINE_multi_string if several_adapters else flags.DEFINE_string
+    return RunFlags(
+        flags.DEFINE_string("source_model", None, source, **common),
+        flags.DEFINE_string("target_model", None, target, **common),
+        define_adapter("adapter", None, adapter, **common),
+        flags.DEFINE_string("output", None, output, **common),
+        flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output.", **common),
+        flags.DEFINE_string("cache_dir", None, cache_dir, **common),
+        flags.DEFINE_bool(
+            "compilation_cache",
+            True,
+            "Keep compiled XLA programs between runs (under --cache_dir/xla, else ~/.cache/crosslora_jax/xla).",
+            **common,
+        ),
+    )
 
 
 def define_distributed_flags(module: str) -> Callable[[], None]:

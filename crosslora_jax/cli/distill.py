@@ -20,29 +20,28 @@ import time
 from collections.abc import Sequence
 
 import jax
-from absl import app, flags
+from absl import app
 
-from crosslora_jax._errors import OptionsError
 from crosslora_jax._progress import Progress
-from crosslora_jax._xla_cache import enable_compilation_cache
-from crosslora_jax.cli._common import define_distributed_flags, define_flags_from, flags_parser, run_guarded
+from crosslora_jax.cli._common import (
+    define_distributed_flags,
+    define_flags_from,
+    define_run_flags,
+    flags_parser,
+    run_guarded,
+)
 from crosslora_jax.distillation import DistillOptions, DistillReport, distill
 from crosslora_jax.io.report import format_summary
 
-_SOURCE = flags.DEFINE_string("source_model", None, "HF model folder the adapter was trained on (the teacher).")
-_TARGET = flags.DEFINE_string("target_model", None, "HF model folder to move the adapter to (the student).")
-_ADAPTER = flags.DEFINE_string("adapter", None, "PEFT LoRA adapter folder for the source.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output adapter folder.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --output.")
-_CACHE_DIR = flags.DEFINE_string(
-    "cache_dir",
-    None,
-    "Keep base-model subspaces, compiled XLA programs and training checkpoints here; rerunning an "
+_RUN = define_run_flags(
+    __name__,
+    source="HF model folder the adapter was trained on (the teacher).",
+    target="HF model folder to move the adapter to (the student).",
+    adapter="PEFT LoRA adapter folder for the source.",
+    output="Output adapter folder.",
+    cache_dir="Keep base-model subspaces, compiled XLA programs and training checkpoints here; rerunning an "
     "interrupted command with the same flags resumes from its last checkpoint.",
-)
-_COMPILATION_CACHE = flags.DEFINE_bool(
-    "compilation_cache", True, "Keep compiled XLA programs between runs (under --cache_dir/xla, else ~/.cache)."
-)
+)  # --source_model, --target_model, --adapter, --output, --overwrite, --cache_dir, --compilation_cache
 # --init, --learn, --kd, --svd_rank, --svd, ..., --output_dtype: one flag per DistillOptions field
 _OPTIONS = define_flags_from(DistillOptions, __name__)
 _START_DISTRIBUTED = define_distributed_flags(__name__)  # --distributed, --coordinator_address, ...
@@ -66,29 +65,25 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        for name, flag in (("--source_model", _SOURCE), ("--target_model", _TARGET), ("--adapter", _ADAPTER),
-                           ("--output", _OUTPUT)):  # fmt: skip
-            if not flag.value:
-                raise OptionsError(name, "is required")
+        _RUN.check()
         options = _OPTIONS()
         _START_DISTRIBUTED()
-        if _COMPILATION_CACHE.value:
-            enable_compilation_cache(_CACHE_DIR.value or None)
+        _RUN.enable_compilation_cache()
         started = time.perf_counter()
         report = distill(
-            _SOURCE.value,
-            _TARGET.value,
-            _ADAPTER.value,
-            _OUTPUT.value,
+            _RUN.source_model.value,
+            _RUN.target_model.value,
+            _RUN.adapter.value,
+            _RUN.output.value,
             options,
-            overwrite=_OVERWRITE.value,
-            cache_dir=_CACHE_DIR.value,
+            overwrite=_RUN.overwrite.value,
+            cache_dir=_RUN.cache_dir.value,
             progress=Progress.to_stderr() if jax.process_index() == 0 else None,
         )
         if jax.process_index() != 0:  # process 0 writes and reports
             return
         seconds = time.perf_counter() - started
-        summary = format_summary(report, _OUTPUT.value, seconds)
+        summary = format_summary(report, _RUN.output.value, seconds)
         assert report.distill is not None  # distill() always sets it
         print(f"{summary}\n{_distill_lines(report.distill)}", file=sys.stdout, flush=True)
 
