@@ -86,3 +86,24 @@ def test_an_optional_number_is_unset_by_default() -> None:
 def test_every_option_type_raises_options_error_naming_the_flag(make, flag) -> None:
     with pytest.raises(OptionsError, match=f"^{flag}: "):
         make()
+
+
+def test_distill_takes_only_the_init_transfers_flags_it_names() -> None:
+    """`DistillOptions.transfer` (a `TransferOptions`): its svd, layer_map and output_dtype are
+    distill's flags, under the transfer's names; its method comes from --init, never a flag."""
+    from crosslora_jax.distillation import DistillOptions
+
+    values, build = _define(DistillOptions)
+    transfer_flags = {name for name in TRANSFER_FLAGS if name in values}
+    assert transfer_flags == {"svd_rank", "svd", "svd_oversample", "svd_power_iters", "svd_seed", "layer_map",
+                              "output_dtype"}  # fmt: skip
+    values(["prog", "--init=zero", "--svd_rank=12", "--layer_map=index", "--output_dtype=bfloat16", "--steps=7"])
+    options = build()
+    assert options.transfer == TransferOptions(method="truncate", svd=SvdSettings(rank=12), layer_map="index",
+                                               output_dtype="bfloat16")  # fmt: skip
+    assert options.steps == 7 and options.init == "zero"
+    assert DistillOptions(init="lora_x", transfer=TransferOptions(min_similarity=0.5)).transfer.method == "lora_x"
+    # the report's settings keep the layout they had when these were DistillOptions' own fields
+    settings = options.to_json()
+    assert list(settings)[5:7] == ["svd", "layer_map"] and list(settings)[-1] == "output_dtype"
+    assert settings["svd"] == dataclasses.asdict(SvdSettings(rank=12)) and "transfer" not in settings
