@@ -642,8 +642,11 @@ def run_seed(
     return rows
 
 
-CROSS_VOCAB_KD = ("sequence", "shared", "bytes")  # the objectives that work when the tokenizers differ
-DIFFERENT_VOCAB_ONLY = ("shared", "bytes")  # refused by the library on one vocabulary
+# the objectives that work when the tokenizers differ, and those the library refuses on one vocabulary
+CROSS_VOCAB_KD = tuple(name for name, o in crosslora_jax.distillation.OBJECTIVES.items() if o.vocabularies != "one")
+DIFFERENT_VOCAB_ONLY = tuple(
+    name for name, o in crosslora_jax.distillation.OBJECTIVES.items() if o.vocabularies == "different"
+)
 
 
 def parse_variant(variant: str) -> tuple[str, float, float | None]:
