@@ -62,7 +62,7 @@ def distill(
     target_model: Path | str,
     adapter: Path | str,
     output: Path | str,
-    options: DistillOptions = DistillOptions(),
+    options: DistillOptions | None = None,
     *,
     overwrite: bool = False,
     cache_dir: Path | str | None = None,
@@ -74,8 +74,9 @@ def distill(
     With `cache_dir`, base-model subspaces are cached as for `transfer`, and training state is
     checkpointed under `cache_dir/distill/<run>` every `options.checkpoint_every` steps: rerunning
     an interrupted command resumes where it stopped, with the uninterrupted run's result. With
-    several processes, `cache_dir` must be a folder they all share.
+    several processes, `cache_dir` must be a folder they all share. `options=None` means `DistillOptions()`.
     """
+    options = DistillOptions() if options is None else options
     progress = progress or Progress()
     source_model, target_model, output = absolute(source_model), absolute(target_model), absolute(output)
     adapter = absolute(adapter)

@@ -75,12 +75,8 @@ class Task:
 def load_tokenizer(model_dir: Path | str) -> Any:
     """The `tokenizers.Tokenizer` in the model folder's tokenizer.json."""
     path = Path(model_dir) / TOKENIZER_FILE
-    try:
-        import tokenizers  # optional dependency (extra `eval`)
-    except ImportError:
-        raise ConfigError(
-            path, "the evaluator needs the `tokenizers` package: pip install 'crosslora_jax[eval]'"
-        ) from None
+    import tokenizers  # a core dependency; imported here so the package imports without loading it
+
     if not path.is_file():
         raise ConfigError(path, "file not found; the evaluator tokenises with the model's own tokenizer.json")
     try:
@@ -189,11 +185,13 @@ def evaluate_task(
     params: Mapping[str, object],
     tokenizer: Any,
     task: Task,
-    options: EvalOptions = EvalOptions(),
+    options: EvalOptions | None = None,
     *,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Score `task` (`options.task_format` was used to read it); the metrics with their standard errors."""
+    """Score `task` (`options.task_format` was used to read it); the metrics with their standard errors.
+    `options=None` means `EvalOptions()`."""
+    options = EvalOptions() if options is None else options
     batch_size = options.batch_size
     max_length = min(options.max_length or spec.max_positions, spec.max_positions)
     if max_length < 2:  # the model's max_position_embeddings
