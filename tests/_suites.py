@@ -15,7 +15,17 @@ SLOW: dict[str, str] = {
     "tests/distillation/test_distill_scale.py": "8-device and two-process distillations in subprocesses",
     "tests/test_scale.py::test_eight_devices_give_the_same_adapter_as_one": "an 8-device transfer in a subprocess",
     "tests/eval/test_generate.py::test_eight_devices_give_the_same_tokens_as_one": "8-device sampling in a subprocess",
-    "tests/cli/test_bad_input_cli.py::test_a_signal_mid_run_stops_promptly_and_leaves_nothing": (
-        "SIGTERM/SIGINT into a running command, then a clean rerun: 35-56 s each"
-    ),
+    # The commands as subprocesses: each case pays an interpreter and a JAX start (3-13 s on the
+    # 2-core machine) before its own work. The library calls under them stay in the fast suite
+    # (the same bad inputs through the API: tests/test_bad_input_api.py).
+    "tests/cli/test_bad_input_cli.py": "bad input, bad flags and SIGTERM/SIGINT through the commands: exit 2 / 143 / 130",
+    "tests/cli/test_cli_ux.py": "the commands' --help, progress, summary, --plot and default compilation cache",
+    "tests/cli/test_stderr.py": "what a command's stderr holds at each verbosity",
+    "tests/cli/test_configs.py::test_the_readme_flagfile_runs_twice_from_a_working_directory": "two transfer commands",
+    "tests/distillation/test_distill.py::test_the_command_prints_progress_and_a_summary": "the distill command",
+    "tests/distillation/test_distill.py::test_sigterm_then_the_same_command_resumes": "distill, SIGTERM, rerun",
+    "tests/distillation/test_distill.py::test_bad_input_is_one_line_exit_2": "bad input through the distill command",
+    "tests/eval/test_evaluate_cli.py::test_multiple_choice_end_to_end": "the evaluate command, twice",
+    "tests/eval/test_evaluate_cli.py::test_text_end_to_end": "the evaluate command",
+    "tests/eval/test_evaluate_cli.py::test_errors_are_one_line_exit_2": "bad input through the evaluate command",
 }

@@ -1,7 +1,8 @@
 """The tiny stand-ins for the model folders README and docs name, written once per session.
 
 Snippets in README.md and docs/ name `Qwen2.5-1.5B/` (source), `Llama-3.2-3B/` (target, one layer
-deeper, so the unequal-depth case is what runs), `my_lora/` (a LoRA of the source), and the task
+deeper, so the unequal-depth case is what runs), `my_lora/` and `my_other_lora/` (LoRAs of the
+source), and the task
 files `my_task.jsonl` and `my_text.txt`. `write_tiny_workspace` writes tiny models under those
 names, so a snippet runs as written from that folder: only what the paths hold differs.
 """
@@ -20,13 +21,14 @@ ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 def write_tiny_workspace(root: Path) -> Path:
-    """Source and target models with byte tokenizers, a rank-4 LoRA on every role, two task files."""
+    """Source and target models with byte tokenizers, two LoRAs of the source, two task files."""
     root.mkdir(parents=True, exist_ok=True)
     src = synthetic.write_model(root / SOURCE, SOURCE_CFG, synthetic.model_tensors(SOURCE_CFG, seed=0))
     tgt = synthetic.write_model(root / TARGET, TARGET_CFG, synthetic.model_tensors(TARGET_CFG, seed=1))
     for folder in (src, tgt):
         synthetic.write_tokenizer(folder, "bytes")
     synthetic.write_adapter(root / ADAPTER, SOURCE_CFG, seed=2, roles=ROLES, rank=4, alpha=8)
+    synthetic.write_adapter(root / "my_other_lora", SOURCE_CFG, seed=3, roles=("q", "v"), rank=2, alpha=4)
     questions = [
         {"question": "2 + 2 =", "choices": [" 4", " 5", " 22"], "answer": 0},
         {"question": "The sky is", "choices": [" blue", " loud"], "answer": 0},
