@@ -17,7 +17,7 @@ from crosslora_jax import synthetic
 SOURCE, TARGET, ADAPTER = "Qwen2.5-1.5B", "Llama-3.2-3B", "my_lora"
 SOURCE_CFG = synthetic.model_config("qwen2", hidden=32, intermediate=48, heads=4, kv_heads=2, layers=2)
 TARGET_CFG = synthetic.model_config("llama", hidden=48, intermediate=64, heads=4, kv_heads=2, layers=3)
-ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+ROLES = ("q", "v")  # PEFT's default target modules for llama-style models
 
 
 def write_tiny_workspace(root: Path) -> Path:

@@ -45,7 +45,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if item.nodeid.startswith(prefix):
                 item.add_marker(pytest.mark.slow)
                 used.add(prefix)
+        function, _, params = item.nodeid.partition("[")
+        if function in _suites.SAMPLED:
+            if params[:-1] == _suites.SAMPLED[function][0]:
+                used.add(function)  # the kept parameter set exists
+            else:
+                item.add_marker(pytest.mark.slow)
     whole = [Path(config.rootpath, a).resolve() for a in config.args] == [Path(__file__).resolve().parent]
-    stale = set(_suites.SLOW) - used
+    stale = {*_suites.SLOW, *_suites.SAMPLED} - used
     if whole and stale and not config.getoption("keyword"):  # a run of chosen files sees only some tests
         raise pytest.UsageError(f"tests/_suites.py names tests that do not exist: {sorted(stale)}")
