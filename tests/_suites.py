@@ -16,7 +16,10 @@ from __future__ import annotations
 SLOW: dict[str, str] = {
     "tests/tools/": "benchmark and replication smoke runs: each tool end to end, 10-160 s apiece",
     "tests/distillation/test_distill_scale.py": "8-device and two-process distillations in subprocesses",
-    "tests/test_scale.py::test_eight_devices_give_the_same_adapter_as_one": "an 8-device transfer in a subprocess",
+    "tests/test_scale.py": (
+        "8 devices and 2 processes in subprocesses; warm, damaged and resumed caches and many adapters through "
+        "the whole pipeline on a 5 → 7-layer pair in chunks (5-105 s each under load)"
+    ),
     "tests/eval/test_generate.py::test_eight_devices_give_the_same_tokens_as_one": "8-device sampling in a subprocess",
     # The commands as subprocesses: each case pays an interpreter and a JAX start (3-13 s on the
     # 2-core machine) before its own work. The library calls under them stay in the fast suite
@@ -39,6 +42,8 @@ SLOW: dict[str, str] = {
     "tests/distillation/test_distill.py::test_an_interrupted_run_resumes": "a distillation, interrupted and resumed",
     "tests/distillation/test_train.py::test_a_resumed_run_equals_the_uninterrupted_one": "two training loops",
     "tests/eval/test_generate.py::test_same_key_same_tokens_and_tiny_top_p_is_greedy": "several sampling loops",
+    "tests/test_public_api.py::test_options_none_means_the_defaults_for_distill": "a whole (tiny) distillation",
+    "tests/test_public_api.py::test_the_distill_console_script_is_installed_and_runs": "the distill command",
     "tests/ops/test_svd_engines_contract.py::test_gram_krylov_path": (
         "the gram engine's Krylov route at the sizes that take it (3072-wide, r = 320): 25-93 s a case under load"
     ),
