@@ -34,6 +34,7 @@ SLOW: dict[str, str] = {
     "tests/eval/test_evaluate_cli.py::test_multiple_choice_end_to_end": "the evaluate command, twice",
     "tests/eval/test_evaluate_cli.py::test_text_end_to_end": "the evaluate command",
     "tests/eval/test_evaluate_cli.py::test_errors_are_one_line_exit_2": "bad input through the evaluate command",
+    "tests/eval/test_evaluate_cli.py::test_scores_match_transformers": "scores against transformers' model (torch)",
     # Whole distillations through distill() (16-51 s each under load); the fast suite keeps one
     # tiny run end to end (tests/test_public_api.py, options=None) and the objectives' math.
     "tests/distillation/test_distill.py::test_distill_writes": "a whole distillation",
