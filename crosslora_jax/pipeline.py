@@ -119,7 +119,7 @@ def transfer(
     target_model: Path | str,
     adapters: Sequence[Path | str],
     output: Path | str,
-    options: TransferOptions = TransferOptions(),
+    options: TransferOptions | None = None,
     *,
     overwrite: bool = False,
     cache_dir: Path | str | None = None,
@@ -134,7 +134,9 @@ def transfer(
     there (orbax) and reused by later runs; a cache folder that cannot be created or written is
     an `OutputError` before any compute. Relative paths are taken from the working directory.
     `progress` receives one step per role chunk (by default each step is logged at INFO).
+    `options=None` means `TransferOptions()`, the command's defaults.
     """
+    options = TransferOptions() if options is None else options
     source_model, target_model, output = absolute(source_model), absolute(target_model), absolute(output)
     adapter_dirs = expand_adapter_dirs([absolute(a) for a in adapters])
     if not adapter_dirs:
@@ -194,13 +196,14 @@ def run_transfer(
     source: ModelConfig,
     target: ModelConfig,
     adapters: Sequence[LoraAdapter],
-    options: TransferOptions,
+    options: TransferOptions | None = None,
     progress: Progress | None = None,
     *,
     cache_dir: Path | str | None = None,
 ) -> list[TransferResult]:
     """The computation without the writing: every adapter mapped onto `target`; base-model
     subspaces are read from and kept in `cache_dir` when given (as `transfer` does)."""
+    options = TransferOptions() if options is None else options
     progress = progress or Progress()
     cache = None if cache_dir is None else SubspaceCache(cache_dir, options.svd, progress)
     return _run_transfer(source, target, adapters, options, cache, progress)

@@ -3,8 +3,7 @@
 Usage: python -m crosslora_jax.evaluate --model=DIR [--adapter=DIR] --task=FILE [--output=FILE]
 
 A .jsonl task is multiple choice (`question`, `choices`, `answer`), scored by log-likelihood;
-any other file is plain text, scored by mean token loss. Needs the model's tokenizer.json and
-the `eval` extra (pip install 'crosslora_jax[eval]').
+any other file is plain text, scored by mean token loss. Needs the model's tokenizer.json.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def distill(
     target_model: Path | str,
     adapter: Path | str,
     output: Path | str,
-    options: DistillOptions = DistillOptions(),
+    options: DistillOptions | None = None,
     *,
     overwrite: bool = False,
     cache_dir: Path | str | None = None,
@@ -73,8 +73,9 @@ def distill(
     With `cache_dir`, base-model subspaces are cached as for `transfer`, and training state is
     checkpointed under `cache_dir/distill/<run>` every `options.checkpoint_every` steps: rerunning
     an interrupted command resumes where it stopped, with the uninterrupted run's result. With
-    several processes, `cache_dir` must be a folder they all share.
+    several processes, `cache_dir` must be a folder they all share. `options=None` means `DistillOptions()`.
     """
+    options = DistillOptions() if options is None else options
     progress = progress or Progress()
     run = _check(source_model, target_model, adapter, output, options, overwrite, cache_dir)
     writer = jax.process_index() == 0  # the others compute their shards and write nothing

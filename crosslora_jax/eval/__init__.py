@@ -63,11 +63,13 @@ def evaluate(
     model_dir: Path | str,
     task: Path | str,
     adapter_dir: Path | str | None = None,
-    options: EvalOptions = EvalOptions(),
+    options: EvalOptions | None = None,
     *,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Score `task` on the model (with the adapter merged in, if any); metrics with standard errors."""
+    """Score `task` on the model (with the adapter merged in, if any); metrics with standard errors.
+    `options=None` means `EvalOptions()`."""
+    options = EvalOptions() if options is None else options
     tokenizer = load_tokenizer(model_dir)
     loaded = read_task(task, options.task_format)
     spec, params = load_model(model_dir, adapter_dir)

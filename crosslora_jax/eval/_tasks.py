@@ -171,11 +171,13 @@ def evaluate_task(
     params: Mapping[str, object],
     tokenizer: Any,
     task: Task,
-    options: EvalOptions = EvalOptions(),
+    options: EvalOptions | None = None,
     *,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Score `task` (`options.task_format` was used to read it); the metrics with their standard errors."""
+    """Score `task` (`options.task_format` was used to read it); the metrics with their standard errors.
+    `options=None` means `EvalOptions()`."""
+    options = EvalOptions() if options is None else options
     batch_size = options.batch_size
     max_length = min(options.max_length or spec.max_positions, spec.max_positions)
     if max_length < 2:  # the model's max_position_embeddings

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import hypothesis.strategies as st
 import numpy as np
+from _profiles import examples
 from hypothesis import HealthCheck, given, settings
 
 from crosslora_jax import AdapterError, CheckpointError, ConfigError, read_adapter, read_model_config, synthetic
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint, SafetensorsFile
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CFG = synthetic.model_config("llama", hidden=16, intermediate=32, heads=2, kv_heads=1, layers=1)
 
 json_values = st.recursive(

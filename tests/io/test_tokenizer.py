@@ -14,6 +14,7 @@ from pathlib import Path
 import hypothesis.strategies as st
 import numpy as np
 import pytest
+from _profiles import examples
 from hypothesis import HealthCheck, given, settings
 
 from crosslora_jax import synthetic
@@ -31,8 +32,8 @@ from crosslora_jax.io.tokenizer import (
     shared_vocabulary,
 )
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-ROUND_TRIP = settings(max_examples=80, deadline=None)
+FUZZ = settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+ROUND_TRIP = settings(max_examples=examples(80), deadline=None)
 TEXTS = ["the self import def x\n  y", "héllo wörld — ∑ 日本語 🙂", "", " ", "def f(a, b):\n    return a = b\n"]
 
 
@@ -285,7 +286,7 @@ def _reference_positions(a, b, ids_a, mask_a, ids_b, mask_b) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("pair", [("bytes", "bpe"), ("bpe", "bytes"), ("bpe", "llama"), ("llama", "bpe")])
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     texts=st.lists(
         st.text(alphabet="theaislfn xd=\n()", min_size=1, max_size=30).filter(lambda t: not t[0].isspace()),

@@ -6,6 +6,7 @@ import hypothesis.strategies as st
 import jax
 import numpy as np
 import pytest
+from _profiles import examples
 from hypothesis import given, settings
 
 from crosslora_jax.ops import SvdSettings, transfer_stack, truncated_svd
@@ -80,7 +81,7 @@ def test_cross_lora_with_source_equal_target_at_full_rank_returns_the_source_upd
 _dims = st.sampled_from([1, 4, 9])
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(
     m_s=_dims,
     n_s=_dims,
