@@ -77,13 +77,14 @@ def compute_subspaces(
         ]
 
     first = route(settings, m, n)
-    sub, (residual, gap, bound, flagged) = run(settings, range(len(layers)))
+    sub, figures = run(settings, range(len(layers)))
+    residual, gap, bound, flagged = (np.array(x) for x in figures)  # writable copies
     routes = [first] * len(layers)
     redo = np.flatnonzero(flagged) if settings.engine == "gram" else np.zeros(0, int)
     if redo.size:  # the same on every process: to_host gathers the flags everywhere
         exact = dataclasses.replace(settings, engine=FALLBACK)
         again, (residual2, gap2, bound2, flagged2) = run(exact, [int(r) for r in redo])
-        sub = Subspace(*(x.copy() for x in sub))
+        sub = Subspace(*(np.array(x) for x in sub))
         for x, y in zip(sub, again, strict=True):
             x[redo] = y
         for arrays, new in ((residual, residual2), (gap, gap2), (bound, bound2), (flagged, flagged2)):
