@@ -42,7 +42,7 @@ from crosslora_jax._fingerprint import checkpoint_fingerprint
 from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
-from crosslora_jax.ops.svd import Subspace, SvdSettings, effective_rank, engine_constants
+from crosslora_jax.ops.svd import Subspace, SvdSettings, effective_rank, engine_constants, residual_tolerance
 from crosslora_jax.transfer_report import SvdQuality
 
 _FINGERPRINTS = "fingerprints.json"
@@ -132,7 +132,8 @@ class SubspaceCache:
             ok = ok and all(np.isfinite(x).all() for x in entry)
             code = int(np.asarray(tree["route"]))
             ok = ok and 0 <= code < len(ROUTES)
-            quality = SvdQuality(ROUTES[code], *(float(np.asarray(tree[k])) for k in _QUALITY))
+            figures = [float(np.asarray(tree[k])) for k in _QUALITY]
+            quality = SvdQuality(ROUTES[code], *figures, flagged=figures[0] > residual_tolerance(m, n))
         except Exception as e:
             logging.warning("cache entry %s is damaged (%s); recomputing", path, type(e).__name__)
             ok = False

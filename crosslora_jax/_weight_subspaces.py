@@ -97,6 +97,7 @@ def compute_subspaces(
         logging.warning("role %s layers %s: SVD residual above %.1e·σ₁ (not backward-stable) with route %s; "
                         "see the report's svd figures", role, still, tolerance, routes[layers.index(still[0])])  # fmt: skip
     quality = tuple(
-        SvdQuality(routes[r], float(residual[r]), float(gap[r]), float(bound[r])) for r in range(len(layers))
+        SvdQuality(routes[r], float(residual[r]), float(gap[r]), float(bound[r]), bool(flagged[r]))
+        for r in range(len(layers))
     )
     return ComputedSubspaces(sub, quality, read_seconds, int(redo.size))

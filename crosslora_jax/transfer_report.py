@@ -49,13 +49,15 @@ class SvdQuality:
     residual / gap_estimate, Wedin's bound on the sine of the largest angle between the computed
     and the true top-r subspaces (inf where the estimated gap is 0); `route`: what produced the
     subspaces ("gram-eigh", "gram-lanczos", "gram-lanczos→exact" where the check sent a gram
-    result to the exact SVD, "exact", "randomized").
+    result to the exact SVD, "exact", "randomized"); `flagged`: the final residual is still above
+    the flag line (exact itself, or randomized, which never falls back).
     """
 
     route: str
     residual: float
     gap_estimate: float
     bound: float
+    flagged: bool = False
 
     @property
     def fell_back(self) -> bool:

@@ -143,9 +143,9 @@ def test_the_report_file_is_the_returned_reports_json_with_its_keys_in_order(tmp
     assert list(written["subspaces"]) == ["computed_layers", "cached_layers", "fallback_layers"]
     for m in written["modules"]:
         for side in ("svd_source", "svd_target") if "rank" in m else ():
-            assert list(m[side]) == ["route", "residual", "gap_estimate", "bound"]
+            assert list(m[side]) == ["route", "residual", "gap_estimate", "bound", "flagged"]
             assert m[side]["route"] == "gram-eigh"  # small weights: the full eigh of the Gram matrix
-            assert 0 <= m[side]["residual"] < 1e-5 and m[side]["gap_estimate"] > 0
+            assert 0 <= m[side]["residual"] < 1e-5 and m[side]["gap_estimate"] > 0 and m[side]["flagged"] is False
     kinds = {m["skipped_by"]: list(m) for m in written["modules"]}
     assert kinds[None] == kinds["gate"] == _WHERE + _FIGURES + _VERDICT  # computed: transferred or gated out
     assert kinds["adapter"] == _WHERE + _VERDICT  # never computed: no figures
