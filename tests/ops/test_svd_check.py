@@ -229,7 +229,7 @@ def test_full_rank_cut_and_zero_weights_give_finite_figures(engine: str) -> None
 
 # ---------------------------------------------------------------- the block-Lanczos route (R = 16)
 
-KRYLOV = (1800, 2000)  # the smallest side ≥ 2 × the Krylov basis at R = 16: gram's Lanczos route
+KRYLOV = (3400, 3500)  # the smaller side ≥ 4 × the Krylov basis at R = 16: gram's Lanczos route
 
 
 @pytest.mark.slow
@@ -279,46 +279,79 @@ def test_a_flagged_gram_layer_is_recomputed_by_exact_and_says_so(tmp_path, monke
 
 # ---------------------------------------------------------------- real size (slow)
 
-# Llama-3.2-3B's gate weight (8192×3072: gram's Lanczos route, which fails on flat bulks) and
-# Qwen2.5-1.5B's (8960×1536: the full-eigh route), r = 320 as the CLI's default.
+# Llama-3.2-3B's gate weight (8192×3072) and Qwen2.5-1.5B's (8960×1536), r = 320 as the CLI's
+# default: both take gram's full-eigh route now. Until issue 22 the 3072-wide one took block
+# Lanczos (the Krylov basis was allowed up to half of d), which fails on flat bulks: reproduced
+# here by setting that fraction back, to test that the check flags it and the fallback fixes it.
 REAL_TARGET, REAL_SOURCE, R = (8192, 3072), (8960, 1536), 320
 
 
-@pytest.mark.slow
-def test_real_size_flat_bulk_lanczos_is_flagged_and_the_pipeline_meets_the_contract(tmp_path) -> None:
-    settings = SvdSettings(rank=R)
-    assert route(settings, *REAL_TARGET) == "gram-lanczos" and route(settings, *REAL_SOURCE) == "gram-eigh"
-    w_t = _flat_bulk(np.random.default_rng(2), *REAL_TARGET)
-    w_s = _flat_bulk(np.random.default_rng(1), *REAL_SOURCE)
-    # The engine alone, no fallback: today's failing case is flagged, far above the line.
-    raw, check = _ours(w_t, R, "gram")
-    assert check.flagged and check.residual > 100 * residual_tolerance(*REAL_TARGET)
-    assert _largest_sine(raw.u, raw.v, w_t) > 1e-2  # it really is wrong
-    # The pipeline's path: a checkpoint holding these weights, compute_subspaces with fallback.
+def _subspaces_from_checkpoint(tmp_path, name: str, w: np.ndarray, hidden: int, inter: int):
+    """compute_subspaces (the pipeline's path, fallback included) on a checkpoint holding `w` as
+    layer 0's gate weight."""
+    import json
+
+    from safetensors.numpy import save_file
+
     from crosslora_jax import _weight_subspaces
 
-    subspaces = {}
-    for name, w, hidden, inter in (("target", w_t, 3072, 8192), ("source", w_s, 1536, 8960)):
-        cfg = synthetic.model_config("llama", hidden=hidden, intermediate=inter, heads=hidden // 128,
-                                     kv_heads=2, head_dim=128, layers=1, vocab=64)  # fmt: skip
-        folder = tmp_path / name
+    cfg = synthetic.model_config("llama", hidden=hidden, intermediate=inter, heads=hidden // 128, kv_heads=2,
+                                 head_dim=128, layers=1, vocab=64)  # fmt: skip
+    folder = tmp_path / name
+    if not folder.exists():
         folder.mkdir()
-        (folder / "config.json").write_text(__import__("json").dumps({**cfg, "torch_dtype": "bfloat16"}))
-        from safetensors.numpy import save_file
-
+        (folder / "config.json").write_text(json.dumps({**cfg, "torch_dtype": "bfloat16"}))
         save_file({"model.layers.0.mlp.gate_proj.weight": w.astype(ml_dtypes.bfloat16)},
                   str(folder / "model.safetensors"))  # fmt: skip
-        got = _weight_subspaces.compute_subspaces(read_model_config(folder), Checkpoint(folder), "gate", [0], settings)
-        subspaces[name] = got
-    tgt, (q_t,) = subspaces["target"].subspace, subspaces["target"].quality
-    src, (q_s,) = subspaces["source"].subspace, subspaces["source"].quality
-    assert q_t.route == "gram-lanczos→exact" and q_s.route == "gram-eigh"
-    assert subspaces["target"].fallbacks == 1 and subspaces["source"].fallbacks == 0
-    src1, tgt1 = (svd_module.Subspace(*(x[0] for x in s)) for s in (src, tgt))
-    for w, sub, q, side in ((w_s, src1, q_s, "source"), (w_t, tgt1, q_t, "target")):
-        _assert_singular_values(w, sub.s, side)
-        assert q.residual <= residual_tolerance(*w.shape)
-        true = _largest_sine(sub.u, sub.v, w)
-        assert q.bound >= true, f"{side}: bound {q.bound:.2e} below the true error {true:.2e}"
+    return _weight_subspaces.compute_subspaces(read_model_config(folder), Checkpoint(folder), "gate", [0],
+                                               SvdSettings(rank=R))  # fmt: skip
+
+
+def _reset_programs() -> None:
+    from crosslora_jax import _weight_subspaces
+
+    jax.clear_caches()
+    _weight_subspaces._sharded_svd.cache_clear()
+
+
+@pytest.mark.slow
+def test_real_size_flat_bulk_old_lanczos_route_is_flagged_and_every_route_meets_the_contract(
+    tmp_path, monkeypatch
+) -> None:
+    settings = SvdSettings(rank=R)
+    assert route(settings, *REAL_TARGET) == route(settings, *REAL_SOURCE) == "gram-eigh"
+    w_t = _flat_bulk(np.random.default_rng(2), *REAL_TARGET)
+    w_s = _flat_bulk(np.random.default_rng(1), *REAL_SOURCE)
     a, b = _lora(np.random.default_rng(3), *REAL_SOURCE)
-    _assert_delta_w(a, b, w_s, w_t, src1, tgt1, R, "real size")
+    src = _subspaces_from_checkpoint(tmp_path, "source", w_s, 1536, 8960)
+    (q_s,) = src.quality
+    src1 = svd_module.Subspace(*(x[0] for x in src.subspace))
+
+    def holds(got, label: str) -> None:
+        (q_t,) = got.quality
+        tgt1 = svd_module.Subspace(*(x[0] for x in got.subspace))
+        for w, sub, q, side in ((w_s, src1, q_s, "source"), (w_t, tgt1, q_t, label)):
+            _assert_singular_values(w, sub.s, side)
+            assert q.residual <= residual_tolerance(*w.shape) and not q.flagged, side
+            true = _largest_sine(sub.u, sub.v, w)
+            assert q.bound >= true, f"{side}: bound {q.bound:.2e} below the true error {true:.2e}"
+        _assert_delta_w(a, b, w_s, w_t, src1, tgt1, R, label)
+
+    assert q_s.route == "gram-eigh" and src.fallbacks == 0
+    default = _subspaces_from_checkpoint(tmp_path, "target", w_t, 3072, 8192)
+    assert default.quality[0].route == "gram-eigh" and default.fallbacks == 0
+    holds(default, "target, gram-eigh")
+    # Issue 22's failing route: the engine alone is flagged, far above the line, and really wrong.
+    monkeypatch.setattr(svd_module, "_KRYLOV_MAX_FRACTION", 0.5)
+    _reset_programs()
+    try:
+        assert route(settings, *REAL_TARGET) == "gram-lanczos"
+        raw, check = _ours(w_t, R, "gram")
+        assert check.flagged and check.residual > 100 * residual_tolerance(*REAL_TARGET)
+        assert _largest_sine(raw.u, raw.v, w_t) > 1e-2
+        fallen = _subspaces_from_checkpoint(tmp_path, "target", w_t, 3072, 8192)
+    finally:
+        monkeypatch.undo()
+        _reset_programs()
+    assert fallen.quality[0].route == "gram-lanczos→exact" and fallen.fallbacks == 1
+    holds(fallen, "target, gram-lanczos→exact")
