@@ -341,13 +341,14 @@ def main() -> None:
             for (p, o), name in randomized.items():
                 record(name, ours(small, "randomized", f"o_rand_p{p}_o{o}", setting=(p, o)))
         elif variant == "fleet":
-            from crosslora_jax import read_model_config, synthetic
+            from crosslora_jax import synthetic
 
+            source_config = json.loads((small["source"] / "config.json").read_text())
             folders = [small["a1"], small["a2"]]
             for k in range(2, args.fleet):  # more adapters of the same source, written once
                 folder = small["a1"].parent / f"adapter{k + 1}"
                 if not (folder / "adapter_config.json").exists():
-                    synthetic.write_adapter(folder, read_model_config(small["source"]), seed=10 + k, roles=ROLES,
+                    synthetic.write_adapter(folder, source_config, seed=10 + k, roles=ROLES,
                                             rank=16, alpha=32, dtype="bfloat16")  # fmt: skip
                 folders.append(folder)
             paths = {**small, "fleet": ",".join(str(f) for f in folders[: args.fleet])}
