@@ -1,7 +1,10 @@
 """Base-model subspaces on disk, one orbax checkpoint per (checkpoint, SVD settings, role, layer).
 
 Entry path: <cache>/<checkpoint fingerprint>/<settings key>/<role>/layer_<layer>; the settings key
-hashes the SVD settings with the engine's fixed constants, so other settings are other entries.
+hashes the SVD settings with the engine's fixed constants and the entry format, so other settings
+(and entries written before the format held the SVD check and route) are other entries. An entry
+holds the factors, the energy share, the a-posteriori check's figures and the route that
+produced the factors (a gram result the check sent to the exact SVD says so).
 orbax renames an entry into place only when complete; we then record each file's size and CRC32
 beside it. An entry whose files do not match that record, that fails to restore or has the wrong
 shapes is deleted (and so recomputed by the caller).
@@ -39,11 +42,17 @@ from crosslora_jax._fingerprint import checkpoint_fingerprint
 from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
-from crosslora_jax.ops.svd import Subspace, SvdSettings, effective_rank, engine_constants
+from crosslora_jax.ops.svd import Subspace, SvdSettings, effective_rank, engine_constants, residual_tolerance
+from crosslora_jax.transfer_report import SvdQuality
 
 _FINGERPRINTS = "fingerprints.json"
 _CHECKSUMS = "crosslora_checksums.json"  # inside each entry; its temporary copies share the prefix
 _CRC_BLOCK = 16 << 20
+# 2: entries hold the SVD check (residual, gap_estimate, bound) and the route.
+_FORMAT = 2
+# Routes are stored by their index here (orbax stores arrays); append only, never reorder.
+ROUTES = ("gram-eigh", "gram-lanczos", "exact", "randomized", "gram-eigh→exact", "gram-lanczos→exact")
+_QUALITY = ("residual", "gap_estimate", "bound")
 
 
 class SubspaceCache:
@@ -54,13 +63,16 @@ class SubspaceCache:
         _check_cache_folder(self.folder)
         self._progress = progress or Progress()  # says when a first-time checkpoint hash takes a while
         self._settings = settings
-        key = {**dataclasses.asdict(settings), **engine_constants(settings), "compute": "float32"}
+        key = {**dataclasses.asdict(settings), **engine_constants(settings), "compute": "float32", "format": _FORMAT}
         self._settings_key = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         self._fingerprints: dict[Path, str] = {}
         self._checkpointer = ocp.PyTreeCheckpointer()
 
-    def load(self, ckpt: Checkpoint, role: str, layers: Sequence[int], shape: tuple[int, int]) -> dict[int, Subspace]:
-        """The valid entries among `layers` of `role` (an [m, n] weight), as host arrays by layer.
+    def load(
+        self, ckpt: Checkpoint, role: str, layers: Sequence[int], shape: tuple[int, int]
+    ) -> dict[int, tuple[Subspace, SvdQuality]]:
+        """The valid entries among `layers` of `role` (an [m, n] weight), as host arrays and the
+        SVD's quality by layer.
 
         With several processes, an entry counts only where process 0 found it; one that process 0
         has and this process lacks means the folder is not shared (`OutputError`).
@@ -74,12 +86,14 @@ class SubspaceCache:
             hits = agreed
         return {layer: restored[layer] for layer, hit in zip(layers, hits, strict=True) if hit}  # type: ignore[misc]
 
-    def save(self, ckpt: Checkpoint, role: str, layer: int, entry: Subspace) -> None:
+    def save(self, ckpt: Checkpoint, role: str, layer: int, entry: Subspace, quality: SvdQuality) -> None:
         """Write one layer's entry and its checksum record; call it on every process."""
         path = self._entry(ckpt, role, layer)
+        figures = {k: np.float32(getattr(quality, k)) for k in _QUALITY}
+        tree = {**entry._asdict(), **figures, "route": np.int32(ROUTES.index(quality.route))}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._checkpointer.save(path, entry._asdict(), force=True)
+            self._checkpointer.save(path, tree, force=True)
             # orbax's save ends in a barrier, so the files are final on every process; each writes
             # the same record (atomically), so none restores an entry before its record exists.
             tmp = path / f"{_CHECKSUMS}.tmp{os.getpid()}"
@@ -94,7 +108,9 @@ class SubspaceCache:
             self._fingerprints[ckpt.folder] = checkpoint_fingerprint(ckpt, memo, self._progress)
         return self.folder / self._fingerprints[ckpt.folder] / self._settings_key / role / f"layer_{layer:05d}"
 
-    def _restore(self, ckpt: Checkpoint, role: str, layer: int, shape: tuple[int, int]) -> Subspace | None:
+    def _restore(
+        self, ckpt: Checkpoint, role: str, layer: int, shape: tuple[int, int]
+    ) -> tuple[Subspace, SvdQuality] | None:
         path = self._entry(ckpt, role, layer)
         if not path.exists():
             return None
@@ -114,13 +130,17 @@ class SubspaceCache:
             entry = Subspace(**{k: np.asarray(tree[k], np.float32) for k in want})
             ok = all(getattr(entry, k).shape == shape for k, shape in want.items())
             ok = ok and all(np.isfinite(x).all() for x in entry)
+            code = int(np.asarray(tree["route"]))
+            ok = ok and 0 <= code < len(ROUTES)
+            figures = [float(np.asarray(tree[k])) for k in _QUALITY]
+            quality = SvdQuality(ROUTES[code], *figures, flagged=figures[0] > residual_tolerance(m, n))
         except Exception as e:
             logging.warning("cache entry %s is damaged (%s); recomputing", path, type(e).__name__)
             ok = False
         if not ok:
             shutil.rmtree(path, ignore_errors=True)
             return None
-        return entry
+        return entry, quality
 
 
 def _check_cache_folder(cache_dir: Path) -> None:

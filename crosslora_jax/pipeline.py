@@ -42,7 +42,15 @@ from crosslora_jax.ops import (
 from crosslora_jax.ops.layer_map import LayerMapKind
 from crosslora_jax.ops.svd import effective_rank
 from crosslora_jax.ops.transfer import Method
-from crosslora_jax.transfer_report import LayerMap, ModuleFigures, ModuleReport, SidePair, Timings, TransferReport
+from crosslora_jax.transfer_report import (
+    LayerMap,
+    ModuleFigures,
+    ModuleReport,
+    SidePair,
+    SvdQuality,
+    Timings,
+    TransferReport,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +91,7 @@ class SubspaceStats:
 
     computed: int = 0  # layers whose SVD ran
     cached: int = 0  # layers restored from the cache folder
+    fallbacks: int = 0  # computed gram layers the check flagged and the exact SVD redid
     svd_seconds: float = 0.0
     read_seconds: float = 0.0
     cache_seconds: float = 0.0
@@ -252,7 +261,7 @@ def _run_transfer(
     # The previous chunk's subspaces per model folder, this role only: the linear layer map is
     # monotone, so a source layer is shared only by neighbouring chunks of one role, and host
     # memory stays at one chunk per model.
-    memo: dict[Path, dict[int, Subspace]] = {}
+    memo: dict[Path, dict[int, _Layer]] = {}
     memo_role = None
     progress.start(sum(costs), len(plan))
     try:
@@ -263,11 +272,15 @@ def _run_transfer(
             if role != memo_role:
                 memo, memo_role = {}, role
             src = tgt = None
+            src_quality: list[SvdQuality] = []
+            tgt_quality: list[SvdQuality] = []
             if options.needs_subspaces:
                 src_layers, tgt_layers = sorted({i for _, i in chunk}), [j for j, _ in chunk]
-                src = _chunk_subspaces(source, source_ckpt, role, src_layers, memo, cache, options.svd, stats)
-                tgt = _chunk_subspaces(target, target_ckpt, role, tgt_layers, memo, cache, options.svd, stats)
-            _transfer_chunk(role, chunk, source, target, outcomes, options, src, tgt)
+                src, src_quality = _chunk_subspaces(source, source_ckpt, role, src_layers, memo, cache, options.svd,
+                                                    stats)  # fmt: skip
+                tgt, tgt_quality = _chunk_subspaces(target, target_ckpt, role, tgt_layers, memo, cache, options.svd,
+                                                    stats)  # fmt: skip
+            _transfer_chunk(role, chunk, source, target, outcomes, options, src, tgt, (src_quality, tgt_quality))
             progress.step(cost, f"{label} done in {time.perf_counter() - started:.1f}s")
     finally:
         progress.close()
@@ -338,19 +351,22 @@ def _check_role_weights(model: ModelConfig, ckpt: Checkpoint, role: str) -> None
             )
 
 
+_Layer = tuple[Subspace, SvdQuality]  # one layer's host factors and its SVD's check and route
+
+
 def _chunk_subspaces(
     model: ModelConfig,
     ckpt: Checkpoint,
     role: str,
     layers: Sequence[int],
-    memo: dict[Path, dict[int, Subspace]],
+    memo: dict[Path, dict[int, _Layer]],
     cache: SubspaceCache | None,
     settings: SvdSettings,
     stats: SubspaceStats,
-) -> Subspace:
-    """Host arrays [len(layers), ...] of `role` at `layers` (repeats allowed): each layer from the
-    previous chunk (`memo`, replaced by this call's layers), else the cache, else computed (and
-    then cached)."""
+) -> tuple[Subspace, list[SvdQuality]]:
+    """Host arrays [len(layers), ...] of `role` at `layers` (repeats allowed) and each one's SVD
+    quality: each layer from the previous chunk (`memo`, replaced by this call's layers), else the
+    cache, else computed (and then cached)."""
     previous = memo.pop(model.folder, {})
     unique = sorted(set(layers))
     found = {layer: previous[layer] for layer in unique if layer in previous}
@@ -364,18 +380,20 @@ def _chunk_subspaces(
     missing = [layer for layer in unique if layer not in found]
     if missing:
         started = time.perf_counter()
-        computed, read_seconds = compute_subspaces(model, ckpt, role, missing, settings)
+        computed = compute_subspaces(model, ckpt, role, missing, settings)
         stats.computed += len(missing)
-        stats.read_seconds += read_seconds
-        stats.svd_seconds += time.perf_counter() - started - read_seconds
+        stats.fallbacks += computed.fallbacks
+        stats.read_seconds += computed.read_seconds
+        stats.svd_seconds += time.perf_counter() - started - computed.read_seconds
         started = time.perf_counter()
         for n, layer in enumerate(missing):
-            found[layer] = Subspace(*(x[n] for x in computed))
+            found[layer] = (Subspace(*(x[n] for x in computed.subspace)), computed.quality[n])
             if cache is not None:
-                cache.save(ckpt, role, layer, found[layer])
+                cache.save(ckpt, role, layer, *found[layer])
         stats.cache_seconds += time.perf_counter() - started
     memo[model.folder] = found
-    return Subspace(*(np.stack(xs) for xs in zip(*(found[layer] for layer in layers), strict=True)))
+    stacked = Subspace(*(np.stack(xs) for xs in zip(*(found[layer][0] for layer in layers), strict=True)))
+    return stacked, [found[layer][1] for layer in layers]
 
 
 def weight_subspaces(
@@ -391,7 +409,7 @@ def weight_subspaces(
     where present, else computed (and then kept there), as `transfer` gets them."""
     cache = None if cache_dir is None else SubspaceCache(cache_dir, settings, progress)
     ckpt = Checkpoint(model.folder)
-    return _chunk_subspaces(model, ckpt, role, layers, {}, cache, settings, SubspaceStats())
+    return _chunk_subspaces(model, ckpt, role, layers, {}, cache, settings, SubspaceStats())[0]
 
 
 @functools.cache
@@ -434,9 +452,11 @@ def _transfer_chunk(
     options: TransferOptions,
     src: Subspace | None,
     tgt: Subspace | None,
+    quality: tuple[Sequence[SvdQuality], Sequence[SvdQuality]],
 ) -> None:
     """Every adapter's modules of one chunk; `src` holds the chunk's distinct source layers in
-    increasing order, `tgt` its target layers (both None when no subspace is needed)."""
+    increasing order, `tgt` its target layers (both None when no subspace is needed), `quality`
+    their SVDs' checks in the same orders."""
     src_pos = {layer: n for n, layer in enumerate(sorted({i for _, i in chunk}))}
     for outcome in outcomes:
         by_rank: dict[int, list[tuple[int, int, int, LoraModule]]] = defaultdict(list)
@@ -463,6 +483,7 @@ def _transfer_chunk(
                     subspace = _SubspaceFacts(
                         energy=(float(src.energy[src_pos[i]]), float(tgt.energy[t])),
                         svd_rank=SidePair(int(src.u.shape[2]), int(tgt.u.shape[2])),
+                        quality=(quality[0][src_pos[i]], quality[1][t]),
                     )
                 entry = _module_entry(
                     role, j, module, source, target, options, {k: float(v[row]) for k, v in diag.items()}, subspace
@@ -483,6 +504,7 @@ def _sharded_truncate(m_t: int, n_t: int):  # noqa: ANN202
 class _SubspaceFacts:
     energy: tuple[float, float]  # share of ‖W‖_F² kept by rank r: source, target
     svd_rank: SidePair  # effective rank used
+    quality: tuple[SvdQuality, SvdQuality]  # source, target SVD checks
 
 
 def _module_entry(
@@ -519,6 +541,8 @@ def _module_entry(
         chance_v=stats.get("chance_v"),
         norm_ratio=stats["target_norm"] / source_norm if source_norm > 0 else None,
         in_subspace=stats["in_subspace_norm"] / source_norm if scored and source_norm > 0 else None,
+        svd_source=subspace.quality[0] if scored else None,
+        svd_target=subspace.quality[1] if scored else None,
     )
     return ModuleReport(
         module=target.arch.module_path(role, j),
@@ -582,6 +606,7 @@ def report_for(
         devices=tuple(str(d) for d in jax.devices()),
         computed_layers=stats.computed,
         cached_layers=stats.cached,
+        fallback_layers=stats.fallbacks,
         timings=Timings(
             compute_seconds=compute_seconds,
             svd_seconds=stats.svd_seconds,

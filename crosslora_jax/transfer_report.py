@@ -8,6 +8,7 @@ are explained for users in docs/method.md.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -41,6 +42,35 @@ class LayerMap:
 
 
 @dataclasses.dataclass(frozen=True)
+class SvdQuality:
+    """How good one base weight's truncated SVD is (the a-posteriori check; docs/method.md).
+
+    `residual` = ‖[W V̂ − Û Σ̂; Wᵀ Û − V̂ Σ̂]‖₂ / σ̂₁ (measured against W, so a backward bound);
+    `gap_estimate` = (σ̂_r − σ̂_{r+1}) / σ̂₁ from the route's own values (an estimate); `bound` =
+    residual / gap_estimate, Wedin's bound on the sine of the largest angle between the computed
+    and the true top-r subspaces (inf where the estimated gap is 0); `route`: what produced the
+    subspaces ("gram-eigh", "gram-lanczos", "gram-lanczos→exact" where the check sent a gram
+    result to the exact SVD, "exact", "randomized"); `flagged`: the final residual is still above
+    the flag line (exact itself, or randomized, which never falls back).
+    """
+
+    route: str
+    residual: float
+    gap_estimate: float
+    bound: float
+    flagged: bool = False
+
+    @property
+    def fell_back(self) -> bool:
+        return "→" in self.route
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["bound"] = self.bound if math.isfinite(self.bound) else None  # JSON has no inf
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
 class ModuleFigures:
     """What was measured for a module the transfer computed (kept or gated out).
 
@@ -62,11 +92,16 @@ class ModuleFigures:
     chance_v: float | None
     norm_ratio: float | None  # ‖ΔW_t‖/‖ΔW_s‖; None when ΔW_s = 0
     in_subspace: float | None  # share of ‖ΔW_s‖ inside the source subspaces
+    svd_source: SvdQuality | None = None  # the source weight's SVD check; None without subspaces
+    svd_target: SvdQuality | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["source_shape"], out["target_shape"] = list(self.source_shape), list(self.target_shape)
         out["svd_rank"] = None if self.svd_rank is None else list(self.svd_rank)
+        for key in ("svd_source", "svd_target"):
+            quality = getattr(self, key)
+            out[key] = None if quality is None else quality.to_json()
         return out
 
 
@@ -135,6 +170,7 @@ class TransferReport(Mapping[str, Any]):
     devices: tuple[str, ...]
     computed_layers: int  # subspaces computed by this run
     cached_layers: int  # subspaces read from --cache_dir
+    fallback_layers: int  # of the computed, gram results the check flagged and the exact SVD redid
     timings: Timings
     modules: tuple[ModuleReport, ...]  # sorted by target layer, then role
     distill: DistillReport | None = None  # set by `distill`: its settings, loss curve and figures
@@ -158,7 +194,11 @@ class TransferReport(Mapping[str, Any]):
             "output_dtype": self.output_dtype,
             "devices": list(self.devices),
             "summary": self.summary,
-            "subspaces": {"computed_layers": self.computed_layers, "cached_layers": self.cached_layers},
+            "subspaces": {
+                "computed_layers": self.computed_layers,
+                "cached_layers": self.cached_layers,
+                "fallback_layers": self.fallback_layers,
+            },
             "timings": self.timings.to_json(),
             "modules": [m.to_json() for m in self.modules],
             **({} if self.distill is None else {"distill": self.distill.to_json()}),

@@ -56,7 +56,7 @@ def test_truncate_computes_no_svd_unless_the_gate_needs_one(tmp_path) -> None:
     paths = make_inputs(tmp_path)
     (report,) = transfer(*(paths[k] for k in ("source", "target")), [paths["adapter"]], tmp_path / "t",
                          TransferOptions(method="truncate"))  # fmt: skip
-    assert report["subspaces"] == {"computed_layers": 0, "cached_layers": 0}
+    assert report["subspaces"] == {"computed_layers": 0, "cached_layers": 0, "fallback_layers": 0}
     assert report["svd"]["effective_rank"] == {"q": None, "v": None}
     src = load_file(str(paths["adapter"] / "adapter_model.safetensors"))
     out = load_file(str(tmp_path / "t" / "adapter_model.safetensors"))
@@ -64,6 +64,7 @@ def test_truncate_computes_no_svd_unless_the_gate_needs_one(tmp_path) -> None:
         if m["status"] != "transferred":
             continue
         assert m["phi_u"] is None and m["energy_source"] is None and m["in_subspace"] is None
+        assert m["svd_source"] is None and m["svd_target"] is None  # no SVD, no check
         prefix_s, prefix_t = f"base_model.model.{m['source_module']}", f"base_model.model.{m['module']}"
         a_s, b_s = src[f"{prefix_s}.lora_A.weight"], src[f"{prefix_s}.lora_B.weight"]
         a_t, b_t = out[f"{prefix_t}.lora_A.weight"], out[f"{prefix_t}.lora_B.weight"]
@@ -99,6 +100,8 @@ def test_table_and_summary_show_each_sides_chance(tmp_path) -> None:
     assert f"{moved} modules transferred, {skipped} skipped" in lines[1]
     v_line = next(line for line in lines if line.split()[0] == "v")
     assert f"({v0['chance_u']:.3f})" in v_line  # one layer's chance is every layer's: same shapes
+    computed = report["subspaces"]["computed_layers"]
+    assert lines[-1].startswith(f"  SVD check: 0 of {computed} computed weight SVDs fell back to the exact SVD;")
 
 
 def test_summary_counts_skips_by_reason(tmp_path) -> None:
@@ -119,7 +122,8 @@ _TOP_KEYS = ["adapter", "output", "source_model", "target_model", "method", "svd
 _WHERE = ["module", "role", "target_layer", "source_layer"]
 _VERDICT = ["status", "skipped_by", "reason"]
 _FIGURES = ["source_module", "method", "rank", "alpha", "source_shape", "target_shape", "svd_rank", "energy_source",
-            "energy_target", "phi_u", "phi_v", "chance_u", "chance_v", "norm_ratio", "in_subspace"]  # fmt: skip
+            "energy_target", "phi_u", "phi_v", "chance_u", "chance_v", "norm_ratio", "in_subspace", "svd_source",
+            "svd_target"]  # fmt: skip
 
 
 def test_the_report_file_is_the_returned_reports_json_with_its_keys_in_order(tmp_path) -> None:
@@ -136,7 +140,12 @@ def test_the_report_file_is_the_returned_reports_json_with_its_keys_in_order(tmp
     assert list(written["timings"]) == ["compute_seconds", "svd_seconds", "read_seconds", "cache_seconds",
                                         "project_seconds", "write_seconds"]  # fmt: skip
     assert list(written["svd"])[-1] == "effective_rank" and list(written["layer_map"]) == ["kind", "target_to_source"]
-    assert list(written["subspaces"]) == ["computed_layers", "cached_layers"]
+    assert list(written["subspaces"]) == ["computed_layers", "cached_layers", "fallback_layers"]
+    for m in written["modules"]:
+        for side in ("svd_source", "svd_target") if "rank" in m else ():
+            assert list(m[side]) == ["route", "residual", "gap_estimate", "bound", "flagged"]
+            assert m[side]["route"] == "gram-eigh"  # small weights: the full eigh of the Gram matrix
+            assert 0 <= m[side]["residual"] < 1e-5 and m[side]["gap_estimate"] > 0 and m[side]["flagged"] is False
     kinds = {m["skipped_by"]: list(m) for m in written["modules"]}
     assert kinds[None] == kinds["gate"] == _WHERE + _FIGURES + _VERDICT  # computed: transferred or gated out
     assert kinds["adapter"] == _WHERE + _VERDICT  # never computed: no figures
@@ -163,7 +172,8 @@ def test_a_fused_target_module_reports_each_of_its_roles(tmp_path) -> None:
         "model.layers.0.mlp.gate_up_proj[up]"
     ]
     summary = format_summary(report, tmp_path / "o", 1.0).splitlines()
-    assert [line.split()[:2] for line in summary[3:]] == [["q", "2/2"], ["k", "2/2"], ["v", "2/2"], ["up", "2/2"]]
+    assert [line.split()[:2] for line in summary[3:-1]] == [["q", "2/2"], ["k", "2/2"], ["v", "2/2"], ["up", "2/2"]]
+    assert summary[-1].startswith("  SVD check: 0 of ")
     written = load_file(str(tmp_path / "o" / "adapter_model.safetensors"))
     assert written[f"base_model.model.{qkv}.lora_A.weight"].shape == (12, 32)  # q, k, v at rank 4
     assert written[f"base_model.model.{qkv}.lora_B.weight"].shape == (64, 12)  # 32 + 16 + 16 rows

@@ -69,12 +69,17 @@ def test_eight_devices_give_the_same_adapter_as_one(pair, tmp_path) -> None:
 def test_second_adapter_with_a_warm_cache_computes_no_svd(pair, tmp_path) -> None:
     cache = tmp_path / "cache"
     (first,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o1", OPTIONS, cache_dir=cache)
-    assert first["subspaces"] == {"computed_layers": 3 * (5 + 7), "cached_layers": 0}
+    assert first["subspaces"] == {"computed_layers": 3 * (5 + 7), "cached_layers": 0, "fallback_layers": 0}
     # Same roles, other adapter (rank differs): every subspace comes from the cache.
     other = synthetic.write_adapter(tmp_path / "a3", synthetic.model_config(
         "qwen2", hidden=48, intermediate=96, heads=4, kv_heads=2, layers=5), seed=9, roles=("q", "v", "down"), rank=2)  # fmt: skip
     (second,) = transfer(pair["source"], pair["target"], [other], tmp_path / "o2", OPTIONS, cache_dir=cache)
-    assert second["subspaces"] == {"computed_layers": 0, "cached_layers": 3 * (5 + 7)}
+    assert second["subspaces"] == {"computed_layers": 0, "cached_layers": 3 * (5 + 7), "fallback_layers": 0}
+    # The cache keeps each SVD's check and route: cached entries report what the fresh ones did.
+    fresh = {m["module"]: (m["svd_source"], m["svd_target"]) for m in first["modules"] if m["status"] == "transferred"}
+    for m in second["modules"]:
+        if m["module"] in fresh:
+            assert (m["svd_source"], m["svd_target"]) == fresh[m["module"]]
     # Cached factors give the same adapter as fresh ones.
     transfer(pair["source"], pair["target"], [other], tmp_path / "o3", OPTIONS)
     a, b = _factors(tmp_path / "o2"), _factors(tmp_path / "o3")
@@ -100,14 +105,18 @@ def test_a_cache_filled_by_one_engine_is_not_read_by_another(pair, tmp_path) -> 
     cache = tmp_path / "cache"
     exact = TransferOptions(method="cross_lora", svd=SvdSettings(rank=12, engine="exact"), layers_per_chunk=3)
     (first,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o1", exact, cache_dir=cache)
-    assert first["subspaces"] == {"computed_layers": 36, "cached_layers": 0}
+    assert first["subspaces"] == {"computed_layers": 36, "cached_layers": 0, "fallback_layers": 0}
     (gram,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o2", OPTIONS, cache_dir=cache)
-    assert OPTIONS.svd.engine == "gram" and gram["subspaces"] == {"computed_layers": 36, "cached_layers": 0}
+    assert OPTIONS.svd.engine == "gram" and gram["subspaces"] == {
+        "computed_layers": 36,
+        "cached_layers": 0,
+        "fallback_layers": 0,
+    }
     # Both engines' entries now live side by side; each run reads its own.
     for options in (exact, OPTIONS):
         (again,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o3", options,
                             overwrite=True, cache_dir=cache)  # fmt: skip
-        assert again["subspaces"] == {"computed_layers": 0, "cached_layers": 36}
+        assert again["subspaces"] == {"computed_layers": 0, "cached_layers": 36, "fallback_layers": 0}
 
 
 def test_damaged_and_partial_cache_entries_are_recomputed(pair, tmp_path, monkeypatch) -> None:
@@ -142,7 +151,7 @@ def test_damaged_and_partial_cache_entries_are_recomputed(pair, tmp_path, monkey
 
     monkeypatch.setattr(ocp.PyTreeCheckpointer, "restore", spy)
     (report,) = transfer(pair["source"], pair["target"], [pair["a1"]], tmp_path / "o2", OPTIONS, cache_dir=cache)
-    assert report["subspaces"] == {"computed_layers": 3, "cached_layers": 33}
+    assert report["subspaces"] == {"computed_layers": 3, "cached_layers": 33, "fallback_layers": 0}
     assert len(opened) == 33 and not {damaged, partial, flipped} & set(opened)
     a, b = _factors(tmp_path / "o1"), _factors(tmp_path / "o2")
     for key in a:

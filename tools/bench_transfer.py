@@ -6,8 +6,10 @@
 
 Writes paper-shaped synthetic checkpoints (`--pair=1.5b-3b`: Qwen2.5-1.5B → Llama-3.2-3B per-layer
 shapes; `--pair=8b`: Llama-3-8B → Llama-3.1-8B shapes), all 7 roles, bf16, one shard per layer,
-power-law spectra (crosslora_jax.synthetic.Spectrum) drawn on the JAX device, and two rank-16
-bf16 LoRAs on every projection. Then runs each variant in its own process, so peak RSS is its own:
+power-law spectra (crosslora_jax.synthetic.Spectrum) drawn on the JAX device, or with
+`--weights=flat` flat random-matrix bulks (crosslora_jax.synthetic.flat_bulk_weight: Gaussian
+with a slowly varying column scale, like trained projections; the hard case for the default
+engine, issue 22), and two rank-16 bf16 LoRAs on every projection. Then runs each variant in its own process, so peak RSS is its own:
 
 - baseline: what the public reference code does — load both whole models as float32, then for
   each lora_A and lora_B tensor separately a full SVD of both base matrices and a least-squares
@@ -26,6 +28,10 @@ bf16 LoRAs on every projection. Then runs each variant in its own process, so pe
 - randomized: the randomized engine with `--power_iters`/`--oversample`, or one row per
   `P:O` in `--randomized=P:O,P:O,...` (power iterations : oversampling); its "ΔW_t vs exact"
   column is ‖ΔW_rand − ΔW_exact‖_F / ‖ΔW_exact‖_F over all modules (max per module in brackets).
+- fleet: `--fleet` adapters (default 10) for the same model pair in one `transfer` call (what
+  `--adapter` repeated does), default engine, cold; compared with that many baseline runs, taken
+  as that many times the baseline row of the same bench run (each baseline run does the same
+  work: it has no cache).
 - depth: the randomized engine with `--depth_chunk` layers per chunk at `--layers` and at twice
   as many: peak RSS against depth.
 
@@ -64,7 +70,7 @@ PAIRS = {
         ("llama", dict(hidden=96, intermediate=128, heads=4, kv_heads=2, head_dim=24)),
     ),
 }
-VARIANTS = ("baseline", "torch_baseline", "gram", "warm", "programs", "exact", "randomized", "depth")
+VARIANTS = ("baseline", "torch_baseline", "gram", "warm", "programs", "exact", "randomized", "fleet", "depth")
 BASELINES = {
     "baseline": "baseline (reference-style, NumPy SVD)",
     "torch_baseline": "baseline (reference-style, torch SVD)",
@@ -75,10 +81,10 @@ PROGRAMS = "ours, gram, empty subspace cache, XLA programs cached"
 EXACT = "ours, exact SVD (1st adapter, fills its cache)"
 
 
-def make_inputs(work: Path, pair: str, layers: int) -> dict[str, Path]:
+def make_inputs(work: Path, pair: str, layers: int, weights: str = "power") -> dict[str, Path]:
     from crosslora_jax import synthetic
 
-    root = work / f"{pair}-L{layers}"
+    root = work / (f"{pair}-L{layers}" + ("" if weights == "power" else f"-{weights}"))
     paths = {"source": root / "source", "target": root / "target", "a1": root / "adapter1", "a2": root / "adapter2"}
     done = root / "complete"
     if done.exists():
@@ -87,8 +93,9 @@ def make_inputs(work: Path, pair: str, layers: int) -> dict[str, Path]:
     src = synthetic.model_config(src_type, layers=layers, vocab=1024, **src_dims)
     tgt = synthetic.model_config(tgt_type, layers=layers, vocab=1024, **tgt_dims)
     started = time.perf_counter()
-    synthetic.write_model_by_layer(paths["source"], src, seed=0)
-    synthetic.write_model_by_layer(paths["target"], tgt, seed=1)
+    spectrum = synthetic.Spectrum() if weights == "power" else None
+    synthetic.write_model_by_layer(paths["source"], src, seed=0, spectrum=spectrum)
+    synthetic.write_model_by_layer(paths["target"], tgt, seed=1, spectrum=spectrum)
     for n, key in enumerate(("a1", "a2")):
         synthetic.write_adapter(paths[key], src, seed=10 + n, roles=ROLES, rank=16, alpha=32, dtype="bfloat16")
     done.touch()
@@ -111,11 +118,12 @@ def child_ours(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     if args.trace:  # a jax.profiler trace of this whole row (TensorBoard / Perfetto)
         jax.profiler.start_trace(args.trace)
-    (report,) = transfer(args.source, args.target, [args.adapter], args.output, options, overwrite=True,
-                         cache_dir=args.cache_dir)  # fmt: skip
+    reports = transfer(args.source, args.target, args.adapter.split(","), args.output, options, overwrite=True,
+                       cache_dir=args.cache_dir)  # fmt: skip
     if args.trace:
         jax.profiler.stop_trace()
-    return {"wall": time.perf_counter() - started, **report["timings"], **report["subspaces"]}
+    report = reports[0]
+    return {"wall": time.perf_counter() - started, **report["timings"], **report["subspaces"], "adapters": len(reports)}
 
 
 def child_baseline(args: argparse.Namespace) -> dict:
@@ -246,8 +254,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", choices=sorted(PAIRS), default="1.5b-3b")
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--weights", choices=["power", "flat"], default="power",
+                        help="base weights: power-law spectra, or flat random-matrix bulks (issue 22)")  # fmt: skip
     parser.add_argument("--svd_rank", type=int, default=320)
     parser.add_argument("--chunk", type=int, default=4, help="layers per chunk for baseline-comparison rows")
+    parser.add_argument("--fleet", type=int, default=10, help="adapters in the fleet row")
     parser.add_argument("--depth_chunk", type=int, default=1, help="layers per chunk for the depth (RSS) rows")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--power_iters", type=int, default=2, help="randomized rows")
@@ -276,7 +287,7 @@ def main() -> None:
     COMMIT[:] = [_commit()]  # at the start: the code every row runs
     work = Path(args.work).resolve()
     started = time.perf_counter()
-    small = make_inputs(work, args.pair, args.layers)
+    small = make_inputs(work, args.pair, args.layers, args.weights)
     input_seconds = time.perf_counter() - started
     common = [f"--svd_rank={args.svd_rank}"]
 
@@ -329,8 +340,22 @@ def main() -> None:
         elif variant == "randomized":
             for (p, o), name in randomized.items():
                 record(name, ours(small, "randomized", f"o_rand_p{p}_o{o}", setting=(p, o)))
+        elif variant == "fleet":
+            from crosslora_jax import synthetic
+
+            source_config = json.loads((small["source"] / "config.json").read_text())
+            folders = [small["a1"], small["a2"]]
+            for k in range(2, args.fleet):  # more adapters of the same source, written once
+                folder = small["a1"].parent / f"adapter{k + 1}"
+                if not (folder / "adapter_config.json").exists():
+                    synthetic.write_adapter(folder, source_config, seed=10 + k, roles=ROLES,
+                                            rank=16, alpha=32, dtype="bfloat16")  # fmt: skip
+                folders.append(folder)
+            paths = {**small, "fleet": ",".join(str(f) for f in folders[: args.fleet])}
+            record(f"ours, {args.fleet} adapters in one command (default engine, cold)",
+                   ours(paths, "gram", "o_fleet", adapter="fleet"))  # fmt: skip
         elif variant == "depth":
-            deep = make_inputs(work, args.pair, 2 * args.layers)
+            deep = make_inputs(work, args.pair, 2 * args.layers, args.weights)
             for paths, layers in ((small, args.layers), (deep, 2 * args.layers)):
                 record(f"ours, randomized, chunk {args.depth_chunk}, {layers} layers",
                        ours(paths, "randomized", f"o_depth{layers}", chunk=args.depth_chunk), layers)  # fmt: skip
@@ -349,7 +374,7 @@ def render(args: argparse.Namespace, rows: dict[str, dict], layers_of: dict[str,
     lines = [
         f"`{command.strip()}`",
         "",
-        f"{PAIRS[args.pair][0]}, {args.layers} layers × 7 roles, LoRA rank 16, SVD rank {args.svd_rank}, "
+        f"{PAIRS[args.pair][0]}, {args.weights} weights, {args.layers} layers × 7 roles, LoRA rank 16, SVD rank {args.svd_rank}, "
         f"{args.chunk} layers per chunk; {os.cpu_count()} CPU cores ({platform.machine()}), "
         f"JAX device: {getattr(device, 'device_kind', device.platform)}, jax {jax.__version__}; "
         f"page cache {'dropped before each row' if args.drop_caches else 'not dropped'}; "
@@ -358,8 +383,9 @@ def render(args: argparse.Namespace, rows: dict[str, dict], layers_of: dict[str,
         f"Code at commit {COMMIT[0]}; CPU: {_cpu_model()}; load average at the end: "
         f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}.",
         "",
-        "| variant | wall s | s / layer | SVD s | project s | read s | peak RSS MB | vs faster baseline | ΔW_t vs exact |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | wall s | s / layer | SVD s | project s | read s | peak RSS MB | SVDs fell back | "
+        "vs faster baseline | ΔW_t vs exact |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     walls = [rows[name]["wall"] for name in BASELINES.values() if name in rows]
     base = min(walls) if walls else None
@@ -369,11 +395,12 @@ def render(args: argparse.Namespace, rows: dict[str, dict], layers_of: dict[str,
         if r.get("layers_timed", layers) < layers:
             label += f" — extrapolated from {r['layers_timed']} layer(s)"
         delta = r.get("delta_vs_exact")
-        ratio = f"{base / r['wall']:.1f}×" if base and layers == args.layers else "—"
+        # A fleet row is compared with that many baseline runs (each the same work, no cache).
+        ratio = f"{base * r.get('adapters', 1) / r['wall']:.1f}×" if base and layers == args.layers else "—"
         lines.append(
             f"| {label} | {r['wall']:.1f} | {r['wall'] / layers:.2f} | {r.get('svd_seconds', 0):.1f} | "
             f"{r.get('project_seconds', 0):.2f} | {r.get('read_seconds', 0):.1f} | {r['rss_mb']:.0f} | "
-            f"{ratio} | "
+            f"{r.get('fallback_layers', '—')} | {ratio} | "
             f"{f'{delta[0]:.4f} (max {delta[1]:.4f})' if delta else '—'} |"
         )
     cold, warm = rows.get(GRAM), rows.get(WARM)

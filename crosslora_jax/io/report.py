@@ -102,4 +102,16 @@ def format_summary(report: TransferReport, output: Path | str, seconds: float) -
             f"  {role:<5} {f'{moved}/{len(rows)}':>7} {phi_u:>15} {phi_v:>15} {_mean(values('in_subspace')):>11} "
             f"{ratio:>13}"
         )
+    if report.computed_layers:
+        lines.append(_svd_check_line(report))
     return "\n".join(lines)
+
+
+def _svd_check_line(report: TransferReport) -> str:
+    """How many computed weight SVDs the a-posteriori check sent to the exact SVD, and the
+    largest subspace bound over the modules (source and target sides)."""
+    bounds = [q.bound for m in report.modules if m.figures is not None
+              for q in (m.figures.svd_source, m.figures.svd_target) if q is not None]  # fmt: skip
+    worst = f"; largest subspace bound {max(bounds):.1e}" if bounds else ""
+    return (f"  SVD check: {report.fallback_layers} of {report.computed_layers} computed weight SVDs fell back "
+            f"to the exact SVD{worst}")  # fmt: skip

@@ -2,7 +2,8 @@
 
 Whether a transfer means anything is a per-layer × per-role pattern: subspace similarity against
 its chance level, ‖ΔW_t‖/‖ΔW_s‖, the share of ΔW_s inside the source weight's subspaces (when the
-report has it) and which modules were skipped, and why. matplotlib is an optional extra
+report has it), the SVD check of both weights (when the report has it) and which modules were
+skipped, and why. matplotlib is an optional extra
 (`pip install 'crosslora_jax[plot]'`), imported only when a plot is asked for; drawing uses the
 Agg canvas directly, so no display is needed and pyplot's global state is never touched.
 """
@@ -58,6 +59,7 @@ class ReportGrids:
     uninformative: Annotated[np.ndarray, "L R"]  # computed, but chance = 1 on both sides: φ says nothing
     norm_ratio: Annotated[np.ndarray, "L R"]
     in_subspace: Annotated[np.ndarray, "L R"] | None  # None when no module reports it
+    svd_check: Annotated[np.ndarray, "L R"] | None  # `svd_check_score`; None when no module reports it
     status: Annotated[np.ndarray, "L R"]  # int index into STATUSES
     hidden_roles: list[str]  # roles with no computed module, left out of the grids
 
@@ -69,6 +71,18 @@ def above_chance(phi: float, chance: float) -> float:
     sits at 0.5 where q_proj's is 0.25), so the raw numbers of two cells do not compare.
     """
     return (phi - chance) / (1.0 - chance)
+
+
+def svd_check_score(module: Mapping[str, Any]) -> float | None:
+    """The worse of the source and target weights' SVD checks: 1 = the first route passed, 0.5 =
+    the check sent it to the exact SVD (which passed), 0 = flagged (not backward-stable)."""
+    scores = []
+    for side in ("svd_source", "svd_target"):
+        quality = module.get(side)
+        if isinstance(quality, Mapping):
+            fell_back = "→" in str(quality.get("route", ""))
+            scores.append(0.0 if quality.get("flagged") is True else 0.5 if fell_back else 1.0)
+    return min(scores) if scores else None
 
 
 def _number(value: Any) -> float | None:
@@ -104,7 +118,7 @@ def report_grids(report: Mapping[str, Any]) -> ReportGrids:
     roles = shown or roles_all
     layers = list(range(max((m["target_layer"] for m in modules), default=-1) + 1))
     shape = (len(layers), len(roles))
-    similarity, norm_ratio, in_subspace = (np.full(shape, np.nan) for _ in range(3))
+    similarity, norm_ratio, in_subspace, svd_check = (np.full(shape, np.nan) for _ in range(4))
     uninformative = np.zeros(shape, bool)
     status = np.full(shape, STATUSES.index("none"))
     has_in_subspace = False
@@ -125,8 +139,12 @@ def report_grids(report: Mapping[str, Any]) -> ReportGrids:
         share = _number(m.get("in_subspace"))
         if share is not None:
             in_subspace[at], has_in_subspace = share, True
+        score = svd_check_score(m)
+        if score is not None:
+            svd_check[at] = score
     return ReportGrids(layers, roles, similarity, uninformative, norm_ratio,
-                       in_subspace if has_in_subspace else None, status,
+                       in_subspace if has_in_subspace else None,
+                       svd_check if np.isfinite(svd_check).any() else None, status,
                        [r for r in roles_all if r not in roles])  # fmt: skip
 
 
@@ -218,6 +236,9 @@ def _heat_maps(report: Mapping[str, Any], grids: ReportGrids) -> Any:
     if grids.in_subspace is not None:
         panels.append(_Panel("ΔW_s inside the source subspaces", grids.in_subspace,
                              "share of ‖ΔW_s‖ the method can carry;\nthe rest is dropped"))  # fmt: skip
+    if grids.svd_check is not None:
+        panels.append(_Panel("SVD check (worse of source, target)", grids.svd_check,
+                             "1 = passed, 0.5 = fell back to the exact SVD,\n0 = flagged: not backward-stable"))  # fmt: skip
     annotate = n_layers <= 40 and n_roles <= 10
     grid_h = min(24.0, max(1.5, n_layers * (0.3 if annotate else 0.16)))
     panel_w = max(3.0, 0.45 * n_roles + 0.6)

@@ -4,6 +4,7 @@ default XLA compilation cache, and a demo that cleans up after itself."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,8 @@ def test_transfer_shows_progress_on_stderr_and_the_summary_on_stdout(tmp_path) -
     assert [line.split()[0] for line in out[3:5]] == ["q", "v"]
     assert "(" in out[3] and "Traceback" not in result.stderr
     plot = paths["output"] / "crosslora_report.png"  # --plot: the picture beside the report
-    assert out[5] == f"  plot: {plot}"
+    assert re.match(r"  SVD check: 0 of \d+ computed weight SVDs fell back to the exact SVD", out[5]), out[5]
+    assert out[6] == f"  plot: {plot}"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     # Compiled programs were kept in the user's cache folder, so the next run skips compiling.
     assert list((xdg / "crosslora_jax" / "xla").iterdir())

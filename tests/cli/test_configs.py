@@ -71,8 +71,8 @@ def test_the_readme_flagfile_runs_twice_from_a_working_directory(tmp_path) -> No
     assert "fingerprinting " in run()
     assert "fingerprinting " not in run("--output=adapters/second")  # a later flag overrides the flagfile's
     reports = [json.loads((out / "crosslora_report.json").read_text()) for out in (first, second)]
-    assert reports[0]["subspaces"] == {"computed_layers": 2 * (2 + 3), "cached_layers": 0}
-    assert reports[1]["subspaces"] == {"computed_layers": 0, "cached_layers": 2 * (2 + 3)}
+    assert reports[0]["subspaces"] == {"computed_layers": 2 * (2 + 3), "cached_layers": 0, "fallback_layers": 0}
+    assert reports[1]["subspaces"] == {"computed_layers": 0, "cached_layers": 2 * (2 + 3), "fallback_layers": 0}
     recorded = Path(reports[1]["source_model"])
     assert recorded.is_absolute() and recorded.samefile(tmp_path / paths["source_model"])
     a, b = (load_file(str(out / "adapter_model.safetensors")) for out in (first, second))

@@ -20,6 +20,7 @@ from crosslora_jax.io.report_plot import (
     STATUSES,
     _title,
     report_grids,
+    svd_check_score,
     write_report_plot,
     write_report_plots,
 )
@@ -184,3 +185,22 @@ def test_without_matplotlib_the_error_says_what_to_install(run, monkeypatch, tmp
         write_report_plot(tmp_path, report)
     assert str(info.value) == "--plot: needs matplotlib: pip install 'crosslora_jax[plot]'"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_svd_check_panel_scores_pass_fallback_and_flag(run, tmp_path) -> None:
+    """A real report's modules passed the check on their first route (1); a fallback on either
+    side scores 0.5, a flag 0; a report without the figures draws no such panel."""
+    _, report = run
+    computed = [m for m in report["modules"] if "phi_u" in m]
+    assert computed and all(svd_check_score(m) == 1.0 for m in computed)
+    edited = copy.deepcopy(dict(report))
+    first, second = [m for m in edited["modules"] if "phi_u" in m][:2]
+    first["svd_target"] = {**first["svd_target"], "route": "gram-lanczos→exact"}
+    second["svd_source"] = {**second["svd_source"], "flagged": True}
+    grids = report_grids(edited)
+    at = {(m["target_layer"], grids.roles.index(m["role"])): svd_check_score(m) for m in (first, second)}
+    assert sorted(at.values()) == [0.0, 0.5] and all(grids.svd_check[k] == v for k, v in at.items())
+    bare = {**edited, "modules": [{k: v for k, v in m.items() if not k.startswith("svd_")} for m in edited["modules"]]}
+    assert report_grids(bare).svd_check is None
+    (tmp_path / "c").mkdir()
+    assert write_report_plot(tmp_path / "c", edited).is_file()

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,9 +43,10 @@ def test_bench_transfer_tiny_pair(tmp_path) -> None:
     assert "0 SVD layers computed, 14 read from the cache" in text
     # Ratios are against the faster baseline: that row reads 1.0×, the other at most that.
     numpy_base, torch_base = "baseline (reference-style, NumPy SVD)", "baseline (reference-style, torch SVD)"
-    ratios = sorted(float(cell(name, 8).rstrip("×")) for name in (numpy_base, torch_base))
+    ratios = sorted(float(cell(name, 9).rstrip("×")) for name in (numpy_base, torch_base))
     assert ratios[1] == 1.0 and ratios[0] <= 1.0, text
     assert "Code at commit" in text and "CPU:" in text
+    assert cell("ours, gram SVD (default; 1st adapter, fills cache)", 8) == "0"  # no SVD fell back
     for folder in ("o_gram", "o_exact", "o_baseline", "o_torch_baseline"):
         assert (tmp_path / "w" / folder / "adapter_model.safetensors").exists(), folder
     # The programs row computes every subspace again (its own cache) with the gram row's XLA programs.
@@ -52,6 +55,25 @@ def test_bench_transfer_tiny_pair(tmp_path) -> None:
     assert len([p for p in (work / "cache_programs").rglob("layer_*") if p.is_dir()]) == 14
     again, first = ((work / f / "adapter_model.safetensors").read_bytes() for f in ("o_programs", "o_gram"))
     assert again == first  # the same programs, loaded instead of compiled, give the same file
+
+
+def test_bench_transfer_flat_weights_and_fleet_row(tmp_path) -> None:
+    """--weights=flat writes flat-bulk checkpoints; the fleet row moves --fleet adapters in one
+    command and is compared with that many baseline runs."""
+    out = tmp_path / "table.md"
+    _run(["tools/bench_transfer.py", "--pair=tiny", "--layers=1", "--svd_rank=16", "--weights=flat", "--fleet=3",
+          "--variants=torch_baseline,fleet", f"--work={tmp_path / 'w'}", f"--out={out}"])  # fmt: skip
+    text = out.read_text()
+    assert "flat weights" in text and (tmp_path / "w" / "tiny-L1-flat" / "adapter3").is_dir()
+    row = next(line for line in text.splitlines() if line.startswith("| ours, 3 adapters in one command"))
+    base = next(line for line in text.splitlines() if line.startswith("| baseline (reference-style, torch SVD)"))
+    ratio, wall, base_wall = (
+        float(row.split("|")[9].strip().rstrip("×")),
+        float(row.split("|")[2]),
+        float(base.split("|")[2]),
+    )
+    assert ratio == pytest.approx(3 * base_wall / wall, rel=0.06, abs=0.06), text  # printed to 0.1
+    assert len(list((tmp_path / "w" / "o_fleet").glob("*/adapter_model.safetensors"))) == 3
 
 
 def test_svd_timing_tiny(tmp_path) -> None:
