@@ -226,8 +226,8 @@ def test_huge_and_tiny_weights_give_the_subspaces_of_unit_ones(engine: str, scal
 
 
 # Shapes where gram replaces the Gram matrix's full eigh by block Lanczos (at R = 16 that takes
-# d ≥ 4 × its 832-column basis); the cases above are too small to reach that path.
-KRYLOV_SHAPE = (3400, 3500)
+# d ≥ 4 × its 896-column basis = 3584); the cases above are too small to reach that path.
+KRYLOV_SHAPE = (3600, 3700)
 
 
 @pytest.mark.slow
