@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 
 import crosslora_jax as cl
 from crosslora_jax.distillation import _run as distill_run
-from crosslora_jax.eval import EvalOptions, evaluate, load_model
+from crosslora_jax.eval import EvalOptions, evaluate, load_model, load_tokenizer
 from crosslora_jax.eval import _tasks as eval_tasks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_options_none_means_the_defaults_for_evaluate(tiny_workspace):
     none = evaluate(tiny_workspace / TARGET, task, None, None)
     assert none == evaluate(tiny_workspace / TARGET, task, None, EvalOptions())
     spec, params = load_model(tiny_workspace / TARGET)
-    tokenizer = eval_tasks.load_tokenizer(tiny_workspace / TARGET)
+    tokenizer = load_tokenizer(tiny_workspace / TARGET)
     loaded = eval_tasks.read_task(task, "auto")
     result = eval_tasks.evaluate_task(spec, params, tokenizer, loaded, None)
     assert result == {k: v for k, v in none.items() if k not in ("model", "adapter")}
