@@ -44,7 +44,7 @@ EXEMPT: dict[tuple[str, str], str] = {
         "the marked suite itself; .ci/run runs it verbatim (test_ci_runs_the_readme_test_commands_verbatim)"
     ),
     **{
-        (doc, r"(^|\s|/)(bench_\w+|svd_timing|svd_accuracy|replication)\.py|gpu_8b\.sh"): (
+        (doc, r"(^|\s|/)(bench_\w+|svd_timing|svd_accuracy|svd_check_calibration|replication)\.py|gpu_8b\.sh"): (
             "a benchmark or the replication: minutes to hours at the documented sizes; each tool's "
             "quick/smoke mode runs end to end in tests/tools/"
         )
