@@ -108,6 +108,8 @@ class Settings:
     distill_init: str = "cross_lora"
     distill_learn: str = "lora"  # or "transform": r_t×r_s maps between the subspaces
     distill_tag: str = ""  # added to the row labels when the command line overrides the above
+    # DistillOptions fields the `default` variant sets (--distill_set): a lever measured against the defaults
+    distill_set: dict = dataclasses.field(default_factory=dict)
     # scored; every byte base is trained anyway, bpe (the resized shapes, another vocabulary) only when named
     targets: tuple[str, ...] = ("upgrade", "resized", "gemma2")
 
@@ -649,9 +651,15 @@ DIFFERENT_VOCAB_ONLY = tuple(
 )
 
 
+DEFAULTS = "default"  # the variant that runs `DistillOptions()` as a user without flags gets it
+
+
 def parse_variant(variant: str) -> tuple[str, float, float | None]:
     """ "kd[:anchor_weight[:sequence_weight]]" → (kd, anchor weight (0 if not given), sequence
-    weight (None if not given: DistillOptions' default))."""
+    weight (None if not given: DistillOptions' default)); "default" → ("default", NaN, None): the
+    library's defaults, every field (the recipe's schedule flags, anchor and kd=auto included)."""
+    if variant == DEFAULTS:
+        return DEFAULTS, float("nan"), None
     kd, *weights = variant.split(":")
     if len(weights) > 2:
         raise ValueError(f"distill variant {variant!r}: expected kd[:anchor_weight[:sequence_weight]]")
@@ -661,6 +669,8 @@ def parse_variant(variant: str) -> tuple[str, float, float | None]:
 
 def variant_label(kd: str, anchor: float, ce_weight: float | None) -> str:
     """e.g. "distill full", "distill full + anchor 0.5", "distill shared + anchor 0.5, CE ×1"."""
+    if kd == DEFAULTS:
+        return "distill, defaults"
     label = f"distill {kd}" + (f" + anchor {anchor}" if anchor else "")
     return label + ("" if ce_weight is None else f", CE ×{ce_weight:g}")
 
@@ -675,7 +685,9 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
     for target in settings.targets:
         bytes_target = tokenizer_of(target) == "bytes"
         applicable = [
-            v for v in variants if (v[0] not in DIFFERENT_VOCAB_ONLY if bytes_target else v[0] in CROSS_VOCAB_KD)
+            v
+            for v in variants
+            if v[0] == DEFAULTS or (v[0] not in DIFFERENT_VOCAB_ONLY if bytes_target else v[0] in CROSS_VOCAB_KD)
         ]
         if not applicable:
             log(
@@ -685,35 +697,34 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
         windows, general = (eval_windows(tokens_of(text, target, name), settings.seq_len, settings.eval_windows,
                                          bos_of(target)) for name in ("code_eval", "general_eval"))  # fmt: skip
         config, spec, params = models[target]
-        t0 = time.perf_counter()
-        matched = train_lora(spec, params, config, tokens_of(text, target, "code_train"), settings,
-                             seed=1000 * seed + 50, steps=settings.distill_steps, bos=bos_of(target))  # fmt: skip
-        matched_dir = save_lora(seed_dir / f"lora_{target}_matched", config, matched, settings)
-        matched_seconds = time.perf_counter() - t0
         folder = seed_dir / target
-        (l_base, _), (l_trained, _), (l_matched, _) = (
-            score(folder, a, windows) for a in (None, loras[target], matched_dir)
-        )
+        (l_base, _), (l_trained, _) = (score(folder, a, windows) for a in (None, loras[target]))
         g_base, g_trained = (score(folder, a, general)[0] for a in (None, loras[target]))
         teachers = teacher_losses(seed_dir / "S", loras["S"], folder, windows) if bytes_target else {}
+        runs = []
         for kd, anchor, ce_weight in applicable:
             label = variant_label(kd, anchor, ce_weight) + settings.distill_tag
-            extra = {} if ce_weight is None else {"sequence_weight": ce_weight}  # a field only newer trees have
-            options = crosslora_jax.DistillOptions(
-                init=settings.distill_init, learn=settings.distill_learn, kd=kd,
-                transfer=crosslora_jax.TransferOptions(svd=crosslora_jax.SvdSettings(rank=settings.svd_ranks[0])),
-                prompts=settings.distill_prompts, gen_len=settings.seq_len, gen_batch_size=256, steps=settings.distill_steps,
-                batch_size=settings.batch, learning_rate=settings.distill_lr, warmup_steps=settings.distill_steps // 20,
-                anchor_weight=anchor, heldout=64, seed=seed, log_every=max(settings.distill_steps // 10, 1), **extra,
-            )  # fmt: skip
+            options = distill_options(settings, seed, kd, anchor, ce_weight)
             out = seed_dir / (f"distill_{target}_{kd}_{anchor}" + ("" if ce_weight is None else f"_{ce_weight}"))
             t0 = time.perf_counter()
             report = crosslora_jax.distill(seed_dir / "S", folder, loras["S"], out, options)
-            seconds = time.perf_counter() - t0
+            runs.append((label, report, out, time.perf_counter() - t0))
+        # the compute-matched LoRA: the distillation's step budget on real code (the steps the first
+        # variant ran when it stopped on its own)
+        matched_steps = runs[0][1].distill.stopping.steps_run
+        t0 = time.perf_counter()
+        matched = train_lora(spec, params, config, tokens_of(text, target, "code_train"), settings,
+                             seed=1000 * seed + 50, steps=matched_steps, bos=bos_of(target))  # fmt: skip
+        matched_dir = save_lora(seed_dir / f"lora_{target}_matched", config, matched, settings)
+        matched_seconds = time.perf_counter() - t0
+        l_matched = score(folder, matched_dir, windows)[0]
+        for label, report, out, seconds in runs:
+            kd = report.distill.settings.kd  # `auto` resolved
             held = report.distill.heldout.objective
             l_d = score(folder, out, windows)[0]
             g_d = score(folder, out, general)[0]
             gain, matched_gain = l_base - l_trained, l_base - l_matched
+            stopping = report.distill.stopping
             rows.append({
                 "kind": "distill", "seed": seed, "target": target, "method": label,
                 "L_base": l_base, "L_transfer": l_d, "L_trained": l_trained, "L_matched": l_matched,
@@ -725,7 +736,9 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
                 "heldout_before": held.before, "heldout_after": held.after,
                 # shared/bytes: the positions that meet (and shared tokens)
                 "alignment": None if report.distill.alignment is None else report.distill.alignment.to_json(),
-                "seconds": seconds, "matched_seconds": matched_seconds,
+                "seconds": seconds, "matched_seconds": matched_seconds, "matched_steps": matched_steps,
+                "steps_run": stopping.steps_run, "stop": stopping.reason, "best_step": stopping.best_step,
+                "heldout_curve": [[p.step, p.loss] for p in stopping.curve],
             })  # fmt: skip
             r = rows[-1]
             log(
@@ -738,15 +751,35 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
     return rows
 
 
+def distill_options(
+    settings: Settings, seed: int, kd: str, anchor: float, ce_weight: float | None
+) -> crosslora_jax.DistillOptions:
+    """The `default` variant: `DistillOptions()` but for the seed (and the sampling batch, which
+    changes no token: per-row keys). The others: the earlier explicit recipe (SVD rank 16, a fixed
+    step count with cosine decay, 64 held-out sequences), so their rows reproduce the earlier tables."""
+    if kd == DEFAULTS:
+        return crosslora_jax.DistillOptions(seed=seed, gen_batch_size=256, **settings.distill_set)
+    steps = settings.distill_steps
+    extra = {} if ce_weight is None else {"sequence_weight": ce_weight}
+    return crosslora_jax.DistillOptions(
+        init=settings.distill_init, learn=settings.distill_learn, kd=kd,
+        transfer=crosslora_jax.TransferOptions(svd=crosslora_jax.SvdSettings(rank=settings.svd_ranks[0])),
+        prompts=settings.distill_prompts, gen_len=settings.seq_len, gen_batch_size=256, steps=steps,
+        batch_size=settings.batch, learning_rate=settings.distill_lr, warmup_steps=steps // 20,
+        anchor_weight=anchor, heldout=64, seed=seed, log_every=max(steps // 10, 1), early_stopping=False, **extra,
+    )  # fmt: skip
+
+
 def distill_table(rows: list[dict]) -> str:
     """Markdown for the distillation rows, mean ± sd over seeds."""
     lines = [
         "| target | method | L_base | L_distill | L_trained (150 steps) | L_trained (matched) | recovered | "
         "recovered min…max | recovered vs matched | teacher recovers | general: base → distill (Δ) | "
-        "general Δ of the trained LoRA | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "general Δ of the trained LoRA | seconds | steps run (stop) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for target, method, g in _groups(rows):
+        stops = ", ".join(sorted({r.get("stop", "steps") for r in g}))
         rec = [r["recovered"] for r in g]
         d_dist = [r["G_distill"] - r["G_base"] for r in g]
         d_trained = [r["G_trained"] - r["G_base"] for r in g]
@@ -757,7 +790,8 @@ def distill_table(rows: list[dict]) -> str:
             f"{_mean_spread([r['recovered_matched'] for r in g])} | "
             f"{_mean_spread([r.get('recovered_teacher', float('nan')) for r in g])} | "
             f"{np.mean([r['G_base'] for r in g]):.3f} → {np.mean([r['G_distill'] for r in g]):.3f} "
-            f"({_mean_spread(d_dist)}) | {_mean_spread(d_trained)} | {np.mean([r['seconds'] for r in g]):.0f} |"
+            f"({_mean_spread(d_dist)}) | {_mean_spread(d_trained)} | {np.mean([r['seconds'] for r in g]):.0f} | "
+            f"{np.mean([r.get('steps_run', r.get('matched_steps', 0)) for r in g]):.0f} ({stops}) |"
         )
     return "\n".join(lines)
 
@@ -807,6 +841,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _typed(value: str, like: object) -> object:
+    """`value` as the type of the field's default `like`."""
+    if isinstance(like, bool):
+        return value.lower() in ("1", "true", "yes")
+    return type(like)(value) if like is not None else value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -821,6 +862,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="e.g. full,delta,full:1.0,shared:0.5:1 (kd[:anchor weight[:sequence weight]]); on the bpe target only "
         "kd sequence/shared/bytes run, on the others all but shared/bytes",
+    )
+    parser.add_argument(
+        "--distill_set",
+        default=None,
+        help="DistillOptions fields for the `default` variant, e.g. steps=3000,patience=1000 (named in its label)",
     )
     parser.add_argument("--distill_init", default=None, help="data-free init of the distillation (default cross_lora)")
     parser.add_argument(
@@ -850,6 +896,16 @@ def main(argv: list[str] | None = None) -> int:
     tag = ", ".join(f"{k.removeprefix('distill_')} {v}" for k, v in given.items())
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None},
                                    distill_tag=f" ({tag})" if tag else "")  # fmt: skip
+    if args.distill_set:
+        fields = {f.name: f.type for f in dataclasses.fields(crosslora_jax.DistillOptions)}
+        chosen = {}
+        for item in args.distill_set.split(","):
+            name, _, value = item.partition("=")
+            if name not in fields or name in ("transfer", "seed"):
+                parser.error(f"--distill_set: {name!r} is not a DistillOptions field this tool can set")
+            chosen[name] = _typed(value, getattr(crosslora_jax.DistillOptions(), name))
+        settings = dataclasses.replace(settings, distill_set=chosen,
+                                       distill_tag=settings.distill_tag + f" ({args.distill_set})")  # fmt: skip
     groups = tuple(g for g in args.groups.split(",") if g)
     if not groups or set(groups) - {"data_free", "distill", "teachers"}:
         parser.error(f"--groups: choose from data_free, distill, teachers; got {args.groups!r}")

@@ -52,12 +52,26 @@ def _distill_lines(section: DistillReport) -> str:
     lines = [f"  distill: {section.objective}, {section.tokens_seen:,} tokens seen"]
     if section.loss_curve:
         lines.append(f"  training loss {section.loss_curve[0].loss:.4f} -> {section.loss_curve[-1].loss:.4f}")
+    lines.append(f"  {_stopping_line(section)}")
     if held.objective is not None:
         lines.append(f"  held-out {held.measure}: {held.objective.before:.4f} -> {held.objective.after:.4f}")
     if "kl_to_teacher" in held.also:
         kl = held.also["kl_to_teacher"]
         lines.append(f"  held-out KL to the teacher: {kl.before:.4f} -> {kl.after:.4f}")
     return "\n".join(lines)
+
+
+def _stopping_line(section: DistillReport) -> str:
+    stop, cap = section.stopping, section.settings.steps
+    if stop.reason == "plateau":
+        text = f"stopped on a plateau at step {stop.steps_run:,} (cap {cap:,}); kept step {stop.best_step:,}"
+    elif stop.reason == "step cap":
+        text = f"reached the --steps cap ({cap:,}) before a plateau; kept step {stop.best_step:,}"
+    else:
+        text = f"trained {stop.steps_run:,} steps (early stopping off)"
+    if section.resumed_from_step:
+        text += f"; resumed at step {section.resumed_from_step:,}, figures cover the whole run"
+    return text
 
 
 def main(argv: Sequence[str]) -> None:

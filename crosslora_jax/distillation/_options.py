@@ -20,8 +20,11 @@ ParamDtype = Literal["float32", "bfloat16"]
 @dataclasses.dataclass(frozen=True)
 class DistillOptions:
     """How to distil. `prompts` teacher sequences of `gen_len` sampled tokens are drawn once (plus
-    `heldout` more for the before/after figure); training takes `steps` AdamW steps of
-    `batch_size` of them (warm-up, then cosine decay; gradient norm clipped)."""
+    `heldout` more, never trained on); training takes AdamW steps of `batch_size` of them
+    (gradient norm clipped). With `early_stopping` (the default) the learning rate warms up, stays
+    constant, and is cut when the held-out objective stops improving; training stops on the plateau
+    after the last cut (or at the `steps` cap) and keeps the best parameters. Without it: warm-up,
+    then cosine decay to 0 over exactly `steps`."""
 
     init: Init = option("cross_lora", "Data-free transfer to start from (zero: PEFT's own init, B = 0).")
     learn: Learn = option(
@@ -40,7 +43,7 @@ class DistillOptions:
     # the init transfer's settings; svd, layer_map and output_dtype are flags (the API may set the
     # others); its method is always `init`'s (`truncate` for zero)
     transfer: TransferOptions = nested(TransferOptions, flags=("svd", "layer_map", "output_dtype"))  # noqa: RUF009 (a field specifier, as option)
-    prompts: int = option(1024, "Teacher sequences to sample for training.", low=1)
+    prompts: int = option(4000, "Teacher sequences to sample for training.", low=1)
     prompts_file: str | None = option(
         None, "Your own seed prompts: one per line, or JSON lines with a 'prompt' field (*.jsonl). Default: "
         "generic starts (the tokenizer's BOS token, or common first tokens)."
@@ -49,20 +52,45 @@ class DistillOptions:
     gen_batch_size: int = option(64, "Sequences the teacher samples at once (KV-cache memory grows with it).", low=1)
     temperature: float = option(1.0, "Sampling temperature (0 = greedy).", low=0.0)
     top_p: float = option(1.0, "Nucleus sampling: sample from the smallest token set of this mass.", low=1e-6, high=1.0)
-    steps: int = option(300, "Optimizer steps.", low=1)
+    steps: int = option(
+        5000, "Most optimizer steps: with --early_stopping the run usually stops before (on a plateau); without, "
+        "exactly this many.", low=1
+    )  # fmt: skip
     batch_size: int = option(16, "Sequences per step.", low=1)
-    learning_rate: float = option(1e-3, "Peak AdamW learning rate (linear warm-up, then cosine decay to 0).", low=0.0)
-    warmup_steps: int = option(20, "Linear warm-up steps.", low=0)
+    learning_rate: float = option(
+        5e-3, "Peak AdamW learning rate: after the warm-up, constant and cut on plateaus (--early_stopping), or "
+        "cosine decay to 0 over --steps.", low=0.0
+    )  # fmt: skip
+    warmup_steps: int = option(75, "Linear warm-up steps.", low=0)
+    early_stopping: bool = option(
+        True, "Score the held-out samples every --eval_every steps; cut the learning rate by --lr_decay after "
+        "--patience evaluations without a relative improvement of --min_delta, stop on the plateau after "
+        "--lr_decays cuts, and keep the best parameters (needs --heldout > 0)."
+    )  # fmt: skip
+    eval_every: int = option(50, "--early_stopping: steps between two held-out evaluations.", low=1)
+    patience: int = option(4, "--early_stopping: evaluations without improvement that make a plateau.", low=1)
+    min_delta: float = option(
+        1e-3, "--early_stopping: relative fall of the held-out value that counts as an improvement.", low=0.0
+    )  # fmt: skip
+    lr_decay: float = option(0.3, "--early_stopping: learning-rate factor on a plateau.", low=1e-6, high=1.0)
+    lr_decays: int = option(2, "--early_stopping: learning-rate cuts before a plateau stops training.", low=0)
     weight_decay: float = option(0.0, "AdamW weight decay.", low=0.0)
     clip_norm: float = option(1.0, "Clip the global gradient norm to this.", low=1e-12)
     anchor_weight: float = option(
         1.0, "Weight of KL(target base ‖ student) on the target's own samples: holds the student near the "
         "target outside the adapter's domain, at the cost of one more sampling pass (0: off).", low=0.0
     )  # fmt: skip
-    heldout: int = option(64, "Extra teacher sequences, never trained on, for the before/after figure.", low=0)
+    heldout: int = option(
+        128, "Extra teacher (and anchor) sequences, never trained on: the before/after figures and --early_stopping.",
+        low=0,
+    )  # fmt: skip
     seed: int = option(0, "Seed of sampling, batching and init (a seed repeats its result).")
     log_every: int = option(10, "A progress line every this many steps.", low=1)
     checkpoint_every: int = option(100, "With --cache_dir: checkpoint every this many steps.", low=1)
+    checkpoint_minutes: float = option(
+        5.0, "With --cache_dir: also checkpoint when this many minutes have passed since the last checkpoint "
+        "(checked at each progress line; 0: by steps only).", low=0.0
+    )  # fmt: skip
     param_dtype: ParamDtype = option(
         "float32", "dtype the frozen base weights are kept in on the devices: bfloat16 halves their memory (matmuls "
         "still accumulate in float32; the adapter, loss and optimizer state stay float32)."
@@ -79,6 +107,8 @@ class DistillOptions:
             object.__setattr__(self, "transfer", dataclasses.replace(self.transfer, method=method))
         if self.learning_rate <= 0:
             raise OptionsError("--learning_rate", f"must be positive, got {self.learning_rate}")
+        if self.early_stopping and self.heldout == 0:
+            raise OptionsError("--heldout", "must be positive with --early_stopping (it scores the held-out samples)")
         if self.batch_size > self.prompts:
             raise OptionsError("--batch_size", f"{self.batch_size} exceeds --prompts={self.prompts}")
 

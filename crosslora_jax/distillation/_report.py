@@ -65,6 +65,29 @@ class Heldout:
 
 
 @dataclasses.dataclass(frozen=True)
+class Stopping:
+    """How training ended. With early stopping: `monitored` (what the held-out evaluations
+    measure) at each evaluation, the step whose parameters were kept, and why it stopped ("plateau":
+    no improvement after the last learning-rate cut; "step cap": --steps reached first). Without:
+    reason "steps" and no evaluations."""
+
+    steps_run: int
+    reason: str  # "plateau" | "step cap" | "steps"
+    best_step: int | None
+    monitored: str | None
+    curve: tuple[LossPoint, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "steps_run": self.steps_run,
+            "reason": self.reason,
+            "best_step": self.best_step,
+            "monitored": self.monitored,
+            "heldout_curve": [{"step": p.step, "value": p.loss} for p in self.curve],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
 class DistillSeconds:
     init_transfer: float
     teacher_samples: float  # the teacher's (and the anchor's) sampling
@@ -81,9 +104,10 @@ class DistillReport:
     alignment: Alignment | None  # tokenizers that differ, objectives on aligned positions only
     loss_curve: tuple[LossPoint, ...]
     heldout: Heldout
-    tokens_seen: int
+    stopping: Stopping
+    tokens_seen: int  # the whole run's, resumed or not
     resumed_from_step: int  # 0: not resumed from a checkpoint
-    seconds: DistillSeconds
+    seconds: DistillSeconds  # `train`: the whole run's training time, resumed parts added
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +117,7 @@ class DistillReport:
             **({} if self.alignment is None else {"alignment": self.alignment.to_json()}),
             "loss_curve": [p._asdict() for p in self.loss_curve],
             "heldout": self.heldout.to_json(),
+            "stopping": self.stopping.to_json(),
             "tokens_seen": self.tokens_seen,
             "resumed_from_step": self.resumed_from_step,
             "seconds": dataclasses.asdict(self.seconds),

@@ -33,10 +33,28 @@ from crosslora_jax.distillation import _checkpoint
 from crosslora_jax.distillation._objectives import Objective, choose
 from crosslora_jax.distillation._options import DistillOptions
 from crosslora_jax.distillation._placement import Placement
-from crosslora_jax.distillation._report import Alignment, BeforeAfter, DistillReport, DistillSeconds, Heldout, LossPoint
+from crosslora_jax.distillation._report import (
+    Alignment,
+    BeforeAfter,
+    DistillReport,
+    DistillSeconds,
+    Heldout,
+    LossPoint,
+    Stopping,
+)
+from crosslora_jax.distillation._schedule import PlateauRule
 from crosslora_jax.distillation._student import Student, Trainable, build_student, source_lora, written_factors
 from crosslora_jax.distillation._teacher import as_batch, generic_prompts, sample_sequences, user_prompts
-from crosslora_jax.distillation._train import Batch, Frozen, Loss, TrainResult, heldout_loss, optimizer, train
+from crosslora_jax.distillation._train import (
+    Batch,
+    Frozen,
+    Loss,
+    TrainResult,
+    heldout_loss,
+    optimizer,
+    plateau_optimizer,
+    train,
+)
 from crosslora_jax.eval import Lora, ModelSpec, load_model
 from crosslora_jax.io.dtypes import NUMPY_DTYPES
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
@@ -185,6 +203,7 @@ class _Data:
     train: Batch
     heldout: Batch
     anchor: Batch | None  # the target base's own samples (--anchor_weight > 0)
+    anchor_heldout: Batch | None  # more of them, never trained on
     vocab_maps: tuple[jax.Array, jax.Array] | None  # placed; objectives that compare aligned positions
     alignment: Alignment | None
     seconds: float
@@ -219,13 +238,20 @@ def _sample(run: _Run, models: _Models, progress: Progress) -> _Data:
         )
     else:  # the teacher's text, re-tokenized for the student
         sequences = as_batch(*retokenize(tokens, tok_s, tok_t))
-    anchor = None
+    anchor = anchor_heldout = None
     if options.anchor_weight > 0:
-        anchor_prompts = generic_prompts(tok_t, options.prompts, options.seed + 1)
-        anchor = as_batch(sample(models.spec_t, models.params_t, None, anchor_prompts, key=jax.random.fold_in(key, 2),
-                                 label="anchor"))  # fmt: skip
-    train_data, heldout = sequences.take(slice(None, options.prompts)), sequences.take(slice(options.prompts, None))
-    return _Data(train_data, heldout, anchor, vocab_maps, alignment, time.perf_counter() - started)  # type: ignore[arg-type]
+        anchor_prompts = generic_prompts(tok_t, total, options.seed + 1)
+        anchor_all = as_batch(sample(models.spec_t, models.params_t, None, anchor_prompts,
+                                     key=jax.random.fold_in(key, 2), label="anchor"))  # fmt: skip
+        anchor, anchor_heldout = _split(anchor_all, options.prompts)
+    train_data, heldout = _split(sequences, options.prompts)
+    return _Data(train_data, heldout, anchor, anchor_heldout, vocab_maps, alignment,  # type: ignore[arg-type]
+                 time.perf_counter() - started)  # fmt: skip
+
+
+def _split(data: Batch, count: int) -> tuple[Batch, Batch]:
+    """(the first `count` sequences: training; the rest: held out)."""
+    return data.take(slice(None, count)), data.take(slice(count, None))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,22 +281,42 @@ def _fit(run: _Run, student: Student, models: _Models, data: _Data, progress: Pr
         return {name: heldout_loss(m, trainable, frozen, data.heldout, options.batch_size, placement)
                 for name, m in measures.items()}  # fmt: skip
 
+    def monitored(trainable: Trainable) -> float:  # what training minimises, on held-out samples
+        value = heldout_loss(loss, trainable, frozen, data.heldout, options.batch_size, placement)
+        if data.anchor_heldout is not None:
+            value += options.anchor_weight * heldout_loss(loss, trainable, frozen, data.anchor_heldout,
+                                                          options.batch_size, placement, anchor=True)  # fmt: skip
+        return value
+
     before = measured(placement.replicate(student.trainable)) if options.heldout else None
-    opt = optimizer(options.steps, options.learning_rate, options.warmup_steps, options.weight_decay,
-                    options.clip_norm)  # fmt: skip
+    rule = _plateau_rule(options)
+    if rule is None:
+        opt = optimizer(options.steps, options.learning_rate, options.warmup_steps, options.weight_decay,
+                        options.clip_norm)  # fmt: skip
+    else:
+        opt = plateau_optimizer(options.weight_decay, options.clip_norm)
     run_dir = None if run.cache_dir is None else run.cache_dir / "distill" / _run_key(run)
-    start = None if run_dir is None else _checkpoint.restore(run_dir, student.trainable, opt, placement.replicated)
+    start = None if run_dir is None else _checkpoint.restore(run_dir, student.trainable, opt, placement.replicated,
+                                                             with_best=rule is not None)  # fmt: skip
     trained = train(loss, student, frozen, data.train, data.anchor, steps=options.steps,
                     batch_size=options.batch_size, opt=opt, seed=options.seed, log_every=options.log_every,
                     progress=progress, start=start,
-                    on_checkpoint=None if run_dir is None else lambda s, t, o: _checkpoint.save(run_dir, s, t, o),
-                    checkpoint_every=options.checkpoint_every, placement=placement)  # fmt: skip
+                    on_checkpoint=None if run_dir is None else functools.partial(_checkpoint.save, run_dir),
+                    checkpoint_every=options.checkpoint_every, checkpoint_seconds=60 * options.checkpoint_minutes,
+                    placement=placement, rule=rule, monitor=monitored)  # fmt: skip
     _interrupt.check()
     after = measured(trained.trainable) if options.heldout else None
     figures = None if before is None or after is None else {k: BeforeAfter(before[k], after[k]) for k in before}
     heldout = Heldout(options.heldout, run.objective.measure(loss), None if figures is None else figures.pop(""),
                       figures or {})  # fmt: skip
-    return _Fitted(loss, trained, heldout, 0 if start is None else start[0], run_dir)
+    return _Fitted(loss, trained, heldout, 0 if start is None else start.step, run_dir)
+
+
+def _plateau_rule(options: DistillOptions) -> PlateauRule | None:
+    if not options.early_stopping:
+        return None
+    return PlateauRule(options.learning_rate, options.warmup_steps, options.eval_every, options.patience,
+                       options.min_delta, options.lr_decay, options.lr_decays)  # fmt: skip
 
 
 def _write(staging: Path | None, run: _Run, init: _Init, data: _Data, fitted: _Fitted) -> TransferReport:
@@ -287,6 +333,7 @@ def _write(staging: Path | None, run: _Run, init: _Init, data: _Data, fitted: _F
         alignment=data.alignment,
         loss_curve=tuple(LossPoint(step, value) for step, value in fitted.trained.losses),
         heldout=fitted.heldout,
+        stopping=_stopping(options, fitted.trained),
         tokens_seen=fitted.trained.tokens,
         resumed_from_step=fitted.resumed_from_step,
         seconds=DistillSeconds(init.seconds, data.seconds, fitted.trained.seconds),
@@ -296,6 +343,14 @@ def _write(staging: Path | None, run: _Run, init: _Init, data: _Data, fitted: _F
     if staging is not None:
         write_report(staging, report)
     return report
+
+
+def _stopping(options: DistillOptions, trained: TrainResult) -> Stopping:
+    if not options.early_stopping:
+        return Stopping(trained.steps_run, "steps", None, None)
+    monitored = "held-out objective" + (f" + {options.anchor_weight:g} × anchor KL" if options.anchor_weight else "")
+    curve = tuple(LossPoint(step, value) for step, value in trained.heldout)
+    return Stopping(trained.steps_run, trained.stop, trained.best_step, monitored, curve)
 
 
 def _positions_aligned(sequences: Batch) -> float:

@@ -56,8 +56,13 @@ def test_distill_writes_an_adapter_for_the_target_with_its_report(tmp_path: Path
     section = saved["distill"]
     assert section == json.loads(json.dumps(report.to_json()["distill"]))
     # the section's layout, keys in order (the init transfer's settings where they stood as flat fields)
-    assert list(section) == ["settings", "objective", "vocabulary", "loss_curve", "heldout", "tokens_seen",
-                             "resumed_from_step", "seconds"]  # fmt: skip
+    assert list(section) == ["settings", "objective", "vocabulary", "loss_curve", "heldout", "stopping",
+                             "tokens_seen", "resumed_from_step", "seconds"]  # fmt: skip
+    # early stopping (the default): evaluated at the start and at the end (eval_every 50 > 4 steps)
+    assert list(section["stopping"]) == ["steps_run", "reason", "best_step", "monitored", "heldout_curve"]
+    assert section["stopping"]["reason"] == "step cap" and section["stopping"]["steps_run"] == 4
+    assert [p["step"] for p in section["stopping"]["heldout_curve"]] == [0, 4]
+    assert section["stopping"]["monitored"] == "held-out objective + 1 × anchor KL"
     assert list(section["settings"])[:8] == ["init", "learn", "kd", "product_weight", "sequence_weight", "svd",
                                              "layer_map", "prompts"]  # fmt: skip
     assert list(section["settings"])[-1] == "output_dtype" and section["settings"]["svd"]["rank"] == 8
@@ -142,6 +147,13 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) 
     assert report.distill.resumed_from_step == 4
     assert not list((cache / "distill").iterdir()), "a finished run leaves no checkpoint"
     clean = distill(p["source"], p["target"], p["adapter"], tmp_path / "clean", options)
+    # the resumed run's report tells the whole run's story: curve, tokens, evaluations
+    assert [x.step for x in report.distill.loss_curve] == [x.step for x in clean.distill.loss_curve] == [2, 4, 6]
+    np.testing.assert_allclose([x.loss for x in report.distill.loss_curve],
+                               [x.loss for x in clean.distill.loss_curve], rtol=1e-5)  # fmt: skip
+    assert report.distill.tokens_seen == clean.distill.tokens_seen
+    assert report.distill.stopping.to_json()["heldout_curve"][0]["step"] == 0
+    assert [x.step for x in report.distill.stopping.curve] == [x.step for x in clean.distill.stopping.curve]
     resumed, fresh = (load_file(str(f / "adapter_model.safetensors")) for f in (p["output"], tmp_path / "clean"))
     assert resumed.keys() == fresh.keys()
     for key in fresh:
@@ -166,6 +178,7 @@ def test_the_command_prints_progress_and_a_summary(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "step 2/4 loss" in result.stderr and "tokens/s" in result.stderr and "ETA" in result.stderr
     assert "distill: delta" in result.stdout and "held-out" in result.stdout
+    assert "reached the --steps cap (4) before a plateau; kept step " in result.stdout  # --early_stopping's default
     held = json.loads((p["output"] / "crosslora_report.json").read_text())["distill"]["heldout"]
     assert {"before", "after", "kl_to_teacher_before", "kl_to_teacher_after"} <= held.keys()
     assert (p["output"] / "adapter_model.safetensors").is_file()
@@ -190,6 +203,7 @@ def test_sigterm_then_the_same_command_resumes_to_the_uninterrupted_result(tmp_p
     assert list((cache / "distill").glob("*/step_*")), "a checkpoint survives SIGTERM"
     again = _cli(*flags)
     assert again.returncode == 0, again.stderr
+    assert "figures cover the whole run" in again.stdout, again.stdout
     resumed_from = json.loads((p["output"] / "crosslora_report.json").read_text())["distill"]["resumed_from_step"]
     assert resumed_from >= 4
     clean = tmp_path / "clean"
@@ -228,3 +242,9 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path: Path, case: 
     before = sorted(x.relative_to(tmp_path) for x in tmp_path.rglob("*"))
     _one_line_error(_cli(*_flags(p, *extra)), fragment)
     assert sorted(x.relative_to(tmp_path) for x in tmp_path.rglob("*")) == before
+
+
+def test_early_stopping_needs_held_out_samples() -> None:
+    with pytest.raises(OptionsError, match=r"--heldout.*--early_stopping"):
+        DistillOptions(heldout=0)
+    assert DistillOptions(heldout=0, early_stopping=False).heldout == 0

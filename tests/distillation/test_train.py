@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from crosslora_jax import Progress, TransferOptions, read_adapter, read_model_config, run_transfer, synthetic
-from crosslora_jax.distillation import _checkpoint
+from crosslora_jax.distillation import _checkpoint, _train
 from crosslora_jax.distillation._objectives import OBJECTIVES
 from crosslora_jax.distillation._run import role_subspaces
+from crosslora_jax.distillation._schedule import PlateauRule
 from crosslora_jax.distillation._student import Student, build_student, source_lora, student_lora, written_factors
 from crosslora_jax.distillation._teacher import as_batch
 from crosslora_jax.distillation._train import Batch, Frozen, Loss, heldout_loss, optimizer, train
@@ -235,16 +236,95 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path: Path) -> None:
     class Stop(Exception):
         pass
 
-    def save_then_stop(step, trainable, opt_state) -> None:
-        _checkpoint.save(run_dir, step, trainable, opt_state)
+    def save_then_stop(snapshot: _train.Snapshot) -> None:
+        _checkpoint.save(run_dir, snapshot)
         raise Stop
 
     with pytest.raises(Stop):
         train(obj, student, frozen, data, None, steps=6, batch_size=8, opt=opt, seed=0, log_every=2,
               progress=Progress(), on_checkpoint=save_then_stop, checkpoint_every=3)  # fmt: skip
     start = _checkpoint.restore(run_dir, student.trainable, opt)
-    assert start is not None and start[0] == 3
+    assert start is not None and start.step == 3
     resumed = train(obj, student, frozen, data, None, steps=6, batch_size=8, opt=opt, seed=0, log_every=2,
                     progress=Progress(), start=start)  # fmt: skip
     for x, y in zip(jax.tree.leaves(whole.trainable), jax.tree.leaves(resumed.trainable), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7 * float(np.abs(x).max()))
+    # the resumed run reports the whole run: its curve (steps 2, 4, 6) and every token
+    assert [s for s, _ in resumed.losses] == [s for s, _ in whole.losses] == [2, 4, 6]
+    assert resumed.tokens == whole.tokens
+    np.testing.assert_allclose([v for _, v in resumed.losses[:1]], [v for _, v in whole.losses[:1]], rtol=1e-6)
+
+
+def _plateau_run(obj, student, frozen, data, steps: int, rule: PlateauRule, **kw) -> _train.TrainResult:
+    def monitor(trainable) -> float:
+        return heldout_loss(obj, trainable, frozen, data, 8)
+
+    return train(obj, student, frozen, data, None, steps=steps, batch_size=8,
+                 opt=_train.plateau_optimizer(0.0, 1.0), seed=0, log_every=2, progress=Progress(), rule=rule,
+                 monitor=monitor, **kw)  # fmt: skip
+
+
+# a rate so high that the objective stops falling soon: the rule must cut it, then stop
+RULE = PlateauRule(learning_rate=0.3, warmup_steps=1, eval_every=2, patience=2, min_delta=1e-3, decay=0.3, decays=1)
+
+
+def test_the_plateau_rule_stops_early_and_keeps_the_best_parameters(tmp_path: Path) -> None:
+    student, frozen, obj, data, _ = _setup(tmp_path, "lora")
+    fitted = _plateau_run(obj, student, frozen, data, steps=400, rule=RULE)
+    assert fitted.stop == "plateau" and fitted.steps_run < 400, fitted.heldout
+    steps, values = zip(*fitted.heldout, strict=True)
+    assert steps[0] == 0 and list(steps) == sorted(steps) and steps[-1] == fitted.steps_run
+    # the parameters kept are those of the best evaluation (the rule's own re-derivation here)
+    best = int(np.argmin(values))
+    assert fitted.best_step == steps[best]
+    kept = heldout_loss(obj, fitted.trainable, frozen, data, 8)
+    np.testing.assert_allclose(kept, values[best], rtol=1e-5)
+    assert kept < values[0]  # it learnt something before the plateau
+    # the stop came after exactly `decays` cuts: patience × (decays + 1) evaluations without a best
+    after_best = len(steps) - 1 - best
+    assert after_best == RULE.patience * (RULE.decays + 1) or (best > 0 and after_best >= RULE.patience)
+
+
+def test_a_resumed_plateau_run_keeps_its_patience_and_equals_the_uninterrupted_one(tmp_path: Path) -> None:
+    student, frozen, obj, data, _ = _setup(tmp_path, "lora")
+    whole = _plateau_run(obj, student, frozen, data, steps=400, rule=RULE)
+    cut = whole.steps_run - 3  # late in the run: the patience count and a cut are in the checkpoint
+    run_dir = tmp_path / "ckpt"
+    opt = _train.plateau_optimizer(0.0, 1.0)
+
+    class Stop(Exception):
+        pass
+
+    def save_at_cut(snapshot: _train.Snapshot) -> None:
+        if snapshot.step == cut:
+            _checkpoint.save(run_dir, snapshot)
+            raise Stop
+
+    with pytest.raises(Stop):
+        _plateau_run(obj, student, frozen, data, steps=400, rule=RULE, on_checkpoint=save_at_cut, checkpoint_every=1)
+    start = _checkpoint.restore(run_dir, student.trainable, opt, with_best=True)
+    assert start is not None and start.step == cut and start.state.plateau is not None
+    resumed = _plateau_run(obj, student, frozen, data, steps=400, rule=RULE, start=start)
+    assert (resumed.stop, resumed.steps_run, resumed.best_step) == (whole.stop, whole.steps_run, whole.best_step)
+    assert [s for s, _ in resumed.heldout] == [s for s, _ in whole.heldout]
+    np.testing.assert_allclose([v for _, v in resumed.heldout], [v for _, v in whole.heldout], rtol=1e-5)
+    assert [s for s, _ in resumed.losses] == [s for s, _ in whole.losses] and resumed.tokens == whole.tokens
+    for x, y in zip(jax.tree.leaves(whole.trainable), jax.tree.leaves(resumed.trainable), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6 * float(np.abs(x).max()))
+
+
+def test_checkpoints_come_by_time_at_progress_lines(tmp_path: Path) -> None:
+    student, frozen, obj, data, _ = _setup(tmp_path, "lora")
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0  # every reading of the clock is a second later
+        return now[0]
+
+    saved: list[int] = []
+    _run(obj, student, frozen, data, steps=12, on_checkpoint=lambda s: saved.append(s.step),
+         checkpoint_seconds=1e6, clock=clock)  # fmt: skip
+    assert saved == []  # never due
+    _run(obj, student, frozen, data, steps=12, on_checkpoint=lambda s: saved.append(s.step),
+         checkpoint_seconds=3.0, clock=clock)  # fmt: skip
+    assert saved and all(s % 2 == 0 for s in saved) and 12 not in saved  # at progress lines, not at the end
