@@ -944,6 +944,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for seed in range(settings.seeds):
             rows += run_seed(seed, settings, text, work, log, groups)
+            # the rows so far, in case a long run is stopped: the tables come at the end
+            (args.out / "rows_so_far.json").write_text(json.dumps(rows, indent=1))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -64,13 +64,14 @@ class DistillOptions:
     warmup_steps: int = option(75, "Linear warm-up steps.", low=0)
     early_stopping: bool = option(
         True, "Score the held-out samples every --eval_every steps; cut the learning rate by --lr_decay after "
-        "--patience evaluations without a relative improvement of --min_delta, stop on the plateau after "
-        "--lr_decays cuts, and keep the best parameters (needs --heldout > 0)."
+        "--patience evaluations without an improvement beyond their measured jitter (and --min_delta), stop on "
+        "the plateau after --lr_decays cuts, and keep the best parameters (needs --heldout > 0)."
     )  # fmt: skip
     eval_every: int = option(50, "--early_stopping: steps between two held-out evaluations.", low=1)
     patience: int = option(4, "--early_stopping: evaluations without improvement that make a plateau.", low=1)
     min_delta: float = option(
-        1e-3, "--early_stopping: relative fall of the held-out value that counts as an improvement.", low=0.0
+        1e-3, "--early_stopping: smallest relative fall of the held-out value that counts as an improvement "
+        "(the measured jitter of the evaluations, ×2, counts too).", low=0.0
     )  # fmt: skip
     lr_decay: float = option(0.3, "--early_stopping: learning-rate factor on a plateau.", low=1e-6, high=1.0)
     lr_decays: int = option(2, "--early_stopping: learning-rate cuts before a plateau stops training.", low=0)
