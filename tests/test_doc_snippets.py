@@ -55,7 +55,7 @@ EXEMPT: dict[tuple[str, str], str] = {
 # (tests/_suites.py): each command pays an interpreter and a JAX start before its work.
 SLOW = {
     ("README.md", "python -m crosslora_jax.transfer"): "a transfer and two evaluations through the commands",
-    ("README.md", "python -m crosslora_jax.distill"): "300 default steps of distillation through the command",
+    ("README.md", "python -m crosslora_jax.distill"): "a default distillation (early stopping) by the command",
     ("docs/usage.md", "--adapter=my_other_lora/"): "two adapters and a cache folder through the command",
     ("docs/usage.md", "--plot"): "a transfer with its plot through the command",
     ("docs/usage.md", "--task=my_text.txt"): "the evaluate command on a text file",

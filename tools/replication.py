@@ -40,6 +40,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 if __name__ == "__main__" and "--smoke" in sys.argv[1:]:
@@ -739,6 +740,7 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
                 "seconds": seconds, "matched_seconds": matched_seconds, "matched_steps": matched_steps,
                 "steps_run": stopping.steps_run, "stop": stopping.reason, "best_step": stopping.best_step,
                 "heldout_curve": [[p.step, p.loss] for p in stopping.curve],
+                "eval_jitter": eval_jitter(stopping.curve),
             })  # fmt: skip
             r = rows[-1]
             log(
@@ -746,9 +748,20 @@ def distill_rows(seed, settings, text, seed_dir, models, loras, log) -> list[dic
                 f"{l_trained:.4f} (matched {l_matched:.4f}) recovered {r['recovered']:+.3f} "
                 f"(its teacher {r['recovered_teacher']:+.3f}) "
                 f"(vs matched {r['recovered_matched']:+.3f}); general {g_base:.4f} -> {g_d:.4f} "
-                f"(trained LoRA {g_trained:.4f}); {seconds:.0f}s"
+                f"(trained LoRA {g_trained:.4f}); {seconds:.0f}s; {stopping.steps_run} steps ({stopping.reason}), "
+                f"evaluation jitter {100 * r['eval_jitter']:.2f} %"
             )
     return rows
+
+
+def eval_jitter(curve: Sequence[tuple[int, float]], from_step: int = 500) -> float:
+    """The held-out evaluations' jitter relative to their level: σ of successive differences / √2
+    over the evaluations from `from_step` on, divided by their mean (NaN when fewer than 4). Meant
+    for runs at one learning rate (`--distill_set=steps=3000,patience=1000`: no cut)."""
+    values = np.asarray([v for step, v in curve if step >= from_step])
+    if values.size < 4:
+        return float("nan")
+    return float(np.std(np.diff(values), ddof=1) / np.sqrt(2) / np.mean(values))
 
 
 def distill_options(
