@@ -201,8 +201,10 @@ def _sample(run: _Run, models: _Models, progress: Progress) -> _Data:
         prompts = generic_prompts(tok_s, total, options.seed)
     else:
         prompts = user_prompts(tok_s, run.seed_texts, total, options.seed, run.prompts_file)  # type: ignore[arg-type]
+    # the count is --prompts + --heldout: say so, since it is not the --prompts the user asked for
+    teacher = f"teacher ({options.prompts:,} + {options.heldout:,} held out)" if options.heldout else "teacher"
     tokens = sample(models.spec_s, models.params_s, models.lora_s, prompts, key=jax.random.fold_in(key, 1),
-                    label="teacher")  # fmt: skip
+                    label=teacher)  # fmt: skip
     vocab_maps, alignment = None, None
     if run.one_vocab:
         sequences = as_batch(tokens)
