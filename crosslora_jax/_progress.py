@@ -40,6 +40,7 @@ class Progress:
         self._clock = clock
         self._total = 0.0
         self._done = 0.0
+        self._skipped = 0.0  # of `_done`, work done before this run (`skip`): not timed here
         self._steps = 0
         self._count = 0
         self._started = clock()
@@ -50,7 +51,7 @@ class Progress:
         return cls(sys.stderr)
 
     def start(self, total: float, steps: int) -> None:
-        self._total, self._count, self._done, self._steps = max(total, 0.0), steps, 0.0, 0
+        self._total, self._count, self._done, self._skipped, self._steps = max(total, 0.0), steps, 0.0, 0.0, 0
         self._started = self._clock()
 
     def working(self, label: str) -> None:
@@ -79,6 +80,12 @@ class Progress:
         else:
             logging.info("%s", self._line(label))
 
+    def skip(self, cost: float, label: str) -> None:
+        """One step of `cost` done before this run (a resumed run's restored steps): it moves the
+        bar but not the rate, so the ETA is timed on this run's work only."""
+        self._skipped += cost
+        self.step(cost, label)
+
     def close(self) -> None:
         """End the bar's line so later output starts on a fresh one."""
         if self._tty and self._drawn:
@@ -86,11 +93,12 @@ class Progress:
             self._drawn = False
 
     def eta(self) -> float | None:
-        """Seconds left at the rate so far; None before the first step."""
-        if self._done <= 0:
+        """Seconds left at the rate so far; None before the first timed step."""
+        timed = self._done - self._skipped
+        if timed <= 0:
             return None
         elapsed = self._clock() - self._started
-        return elapsed * max(self._total - self._done, 0.0) / self._done
+        return elapsed * max(self._total - self._done, 0.0) / timed
 
     def _fraction(self) -> float:
         return min(self._done / self._total, 1.0) if self._total > 0 else 1.0

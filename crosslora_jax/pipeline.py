@@ -268,7 +268,7 @@ def _run_transfer(
         for (role, label, chunk), cost in zip(plan, costs, strict=True):
             _interrupt.check()
             progress.working(label)
-            started = time.perf_counter()
+            started, before = time.perf_counter(), (stats.computed, stats.cached)
             if role != memo_role:
                 memo, memo_role = {}, role
             src = tgt = None
@@ -281,7 +281,8 @@ def _run_transfer(
                 tgt, tgt_quality = _chunk_subspaces(target, target_ckpt, role, tgt_layers, memo, cache, options.svd,
                                                     stats)  # fmt: skip
             _transfer_chunk(role, chunk, source, target, outcomes, options, src, tgt, (src_quality, tgt_quality))
-            progress.step(cost, f"{label} done in {time.perf_counter() - started:.1f}s")
+            where = _chunk_sources(stats.computed - before[0], stats.cached - before[1])
+            progress.step(cost, f"{label}{where} done in {time.perf_counter() - started:.1f}s")
     finally:
         progress.close()
     results = []
@@ -297,6 +298,14 @@ def _run_transfer(
         results.append(TransferResult(outcome.adapter, outcome.factors, tuple(outcome.written), tuple(reports), lmap,
                                       outcome.project_seconds, stats))  # fmt: skip
     return results
+
+
+def _chunk_sources(computed: int, cached: int) -> str:
+    """Where a chunk's subspaces came from, for its progress line: ': 4 layer SVDs computed, 2
+    layers' subspaces from the cache,' ('' when none was needed or all were the previous chunk's)."""
+    parts = [f"{computed} layer SVDs computed"] if computed else []
+    parts += [f"{cached} layers' subspaces from the cache"] if cached else []
+    return f": {', '.join(parts)}," if parts else ""
 
 
 def _chunk_cost(

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from crosslora_jax._verdict import Verdict, judge
 from crosslora_jax.arch import is_fused_module
 
 if TYPE_CHECKING:
@@ -180,6 +181,11 @@ class TransferReport(Mapping[str, Any]):
         """Module count per status, in order of first appearance."""
         return dict(Counter(m.status for m in self.modules))
 
+    @property
+    def verdict(self) -> Verdict:
+        """Whether the moved update is expected to help, from the moved modules' φ (`_verdict`)."""
+        return judge(self.modules)
+
     def to_json(self) -> dict[str, Any]:
         effective = {role: None if r is None else r._asdict() for role, r in self.effective_rank.items()}
         return {
@@ -194,6 +200,7 @@ class TransferReport(Mapping[str, Any]):
             "output_dtype": self.output_dtype,
             "devices": list(self.devices),
             "summary": self.summary,
+            "verdict": self.verdict.to_json(),
             "subspaces": {
                 "computed_layers": self.computed_layers,
                 "cached_layers": self.cached_layers,

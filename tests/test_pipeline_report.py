@@ -101,7 +101,8 @@ def test_table_and_summary_show_each_sides_chance(tmp_path) -> None:
     v_line = next(line for line in lines if line.split()[0] == "v")
     assert f"({v0['chance_u']:.3f})" in v_line  # one layer's chance is every layer's: same shapes
     computed = report["subspaces"]["computed_layers"]
-    assert lines[-1].startswith(f"  SVD check: 0 of {computed} computed weight SVDs fell back to the exact SVD;")
+    assert lines[-2].startswith(f"  SVD check: 0 of {computed} computed weight SVDs fell back to the exact SVD;")
+    assert lines[-1].startswith("  verdict: ")  # tests/test_verdict.py holds what it says
 
 
 def test_summary_counts_skips_by_reason(tmp_path) -> None:
@@ -118,7 +119,7 @@ def test_summary_counts_skips_by_reason(tmp_path) -> None:
 
 
 _TOP_KEYS = ["adapter", "output", "source_model", "target_model", "method", "svd", "layer_map", "min_similarity",
-             "output_dtype", "devices", "summary", "subspaces", "timings", "modules"]  # fmt: skip
+             "output_dtype", "devices", "summary", "verdict", "subspaces", "timings", "modules"]  # fmt: skip
 _WHERE = ["module", "role", "target_layer", "source_layer"]
 _VERDICT = ["status", "skipped_by", "reason"]
 _FIGURES = ["source_module", "method", "rank", "alpha", "source_shape", "target_shape", "svd_rank", "energy_source",
@@ -141,6 +142,8 @@ def test_the_report_file_is_the_returned_reports_json_with_its_keys_in_order(tmp
                                         "project_seconds", "write_seconds"]  # fmt: skip
     assert list(written["svd"])[-1] == "effective_rank" and list(written["layer_map"]) == ["kind", "target_to_source"]
     assert list(written["subspaces"]) == ["computed_layers", "cached_layers", "fallback_layers"]
+    assert list(written["verdict"]) == ["outcome", "lift", "phi", "chance", "in_subspace", "judged", "uninformative",
+                                        "suggested_rank", "helps_from"]  # fmt: skip
     for m in written["modules"]:
         for side in ("svd_source", "svd_target") if "rank" in m else ():
             assert list(m[side]) == ["route", "residual", "gap_estimate", "bound", "flagged"]
@@ -172,8 +175,8 @@ def test_a_fused_target_module_reports_each_of_its_roles(tmp_path) -> None:
         "model.layers.0.mlp.gate_up_proj[up]"
     ]
     summary = format_summary(report, tmp_path / "o", 1.0).splitlines()
-    assert [line.split()[:2] for line in summary[3:-1]] == [["q", "2/2"], ["k", "2/2"], ["v", "2/2"], ["up", "2/2"]]
-    assert summary[-1].startswith("  SVD check: 0 of ")
+    assert [line.split()[:2] for line in summary[3:-2]] == [["q", "2/2"], ["k", "2/2"], ["v", "2/2"], ["up", "2/2"]]
+    assert summary[-2].startswith("  SVD check: 0 of ") and summary[-1].startswith("  verdict: ")
     written = load_file(str(tmp_path / "o" / "adapter_model.safetensors"))
     assert written[f"base_model.model.{qkv}.lora_A.weight"].shape == (12, 32)  # q, k, v at rank 4
     assert written[f"base_model.model.{qkv}.lora_B.weight"].shape == (64, 12)  # 32 + 16 + 16 rows

@@ -628,20 +628,27 @@ def run_seed(
                     "modules_total": totals[rank],
                     "phi_min_mean": float(np.mean([min(f.phi_u, f.phi_v) for f in scored])) if scored else None,
                     "chance_mean": float(np.mean([max(f.chance_u, f.chance_v) for f in scored])) if scored else None,
+                    # the summary's verdict line (docs/method.md "The verdict"): its outcome and mean lift
+                    "verdict": None if report is None else report.verdict.outcome,
+                    "verdict_lift": None if report is None else report.verdict.lift,
                     "seconds": seconds,
                 }
             )
+            lift = rows[-1]["verdict_lift"]
             log(
                 f"seed {seed}: {target:8s} {rows[-1]['method']:26s} L_base {l_base:.4f} L_transfer {l_tr:.4f} "
                 f"L_trained {l_trained:.4f} recovered {rows[-1]['recovered']:+.3f} "
-                f"({len(transferred)}/{totals[rank]} modules, {seconds:.1f}s)"
+                f"({len(transferred)}/{totals[rank]} modules, {seconds:.1f}s; verdict {rows[-1]['verdict']}"
+                + ("" if lift is None else f", lift {lift:+.3f}")
+                + ")"
             )
         # φ is a property of the pair at rank r, not of the method: truncate's row shows the
         # value cross_lora measured at the same rank (truncate itself needs no SVD).
         by_label = {r["method"]: r for r in rows if r["seed"] == seed and r["target"] == target}
         same_rank = by_label.get(method_label("cross_lora", settings.svd_ranks[0], 0.0))
         if same_rank is not None:
-            by_label["truncate"].update(phi_min_mean=same_rank["phi_min_mean"], chance_mean=same_rank["chance_mean"])
+            by_label["truncate"].update({k: same_rank[k] for k in ("phi_min_mean", "chance_mean", "verdict",
+                                                                     "verdict_lift")})  # fmt: skip
     return rows
 
 

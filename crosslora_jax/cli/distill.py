@@ -97,8 +97,10 @@ def main(argv: Sequence[str]) -> None:
         if jax.process_index() != 0:  # process 0 writes and reports
             return
         seconds = time.perf_counter() - started
-        summary = format_summary(report, _RUN.output.value, seconds)
         assert report.distill is not None  # distill() always sets it
+        init = report.distill.settings.init
+        subject = None if init == "zero" else f"the {init} init alone"  # zero starts from B = 0: nothing moved
+        summary = format_summary(report, _RUN.output.value, seconds, subject=subject)
         print(f"{summary}\n{_distill_lines(report.distill)}", file=sys.stdout, flush=True)
 
     run_guarded(body)

@@ -18,6 +18,7 @@ import jax
 from absl import app, flags, logging
 
 from crosslora_jax._progress import Progress
+from crosslora_jax._verdict import distill_command
 from crosslora_jax.cli._common import (
     define_distributed_flags,
     define_flags_from,
@@ -28,6 +29,7 @@ from crosslora_jax.cli._common import (
 from crosslora_jax.io.report import format_summary, format_table
 from crosslora_jax.io.report_plot import require_matplotlib, write_report_plot
 from crosslora_jax.pipeline import TransferOptions, transfer
+from crosslora_jax.transfer_report import TransferReport
 
 _RUN = define_run_flags(
     __name__,
@@ -71,11 +73,20 @@ def main(argv: Sequence[str]) -> None:
         for n, report in enumerate(reports if jax.process_index() == 0 else []):
             logging.info("adapter %s:\n%s", report.adapter, format_table(report.modules))
             folder = _RUN.output.value if len(reports) == 1 else report.output
-            print(("\n" if n else "") + format_summary(report, folder, seconds), file=sys.stdout, flush=True)
+            summary = format_summary(report, folder, seconds, instead=_distill_instead(report, len(reports) == 1))
+            print(("\n" if n else "") + summary, file=sys.stdout, flush=True)
             if _PLOT.value and report.output is not None:
                 print(f"  plot: {write_report_plot(report.output, report)}", flush=True)
 
     run_guarded(body)
+
+
+def _distill_instead(report: TransferReport, only_one: bool) -> str:
+    """The `distill` command for this adapter, with the paths as the user typed them where the
+    run had one adapter (else the adapter and output folders the run resolved)."""
+    adapter, output = (_RUN.adapter.value[0], _RUN.output.value) if only_one else (report.adapter, report.output)
+    return distill_command(_RUN.source_model.value, _RUN.target_model.value, str(adapter), str(output),
+                           _RUN.cache_dir.value)  # fmt: skip
 
 
 def run() -> None:

@@ -220,8 +220,10 @@ def _sample(run: _Run, models: _Models, progress: Progress) -> _Data:
         prompts = generic_prompts(tok_s, total, options.seed)
     else:
         prompts = user_prompts(tok_s, run.seed_texts, total, options.seed, run.prompts_file)  # type: ignore[arg-type]
+    # the count is --prompts + --heldout: say so, since it is not the --prompts the user asked for
+    counts = f" ({options.prompts:,} + {options.heldout:,} held out)" if options.heldout else ""
     tokens = sample(models.spec_s, models.params_s, models.lora_s, prompts, key=jax.random.fold_in(key, 1),
-                    label="teacher")  # fmt: skip
+                    label=f"teacher{counts}")  # fmt: skip
     vocab_maps, alignment = None, None
     if run.one_vocab:
         sequences = as_batch(tokens)
@@ -242,7 +244,7 @@ def _sample(run: _Run, models: _Models, progress: Progress) -> _Data:
     if options.anchor_weight > 0:
         anchor_prompts = generic_prompts(tok_t, total, options.seed + 1)
         anchor_all = as_batch(sample(models.spec_t, models.params_t, None, anchor_prompts,
-                                     key=jax.random.fold_in(key, 2), label="anchor"))  # fmt: skip
+                                     key=jax.random.fold_in(key, 2), label=f"anchor{counts}"))  # fmt: skip
         anchor, anchor_heldout = _split(anchor_all, options.prompts)
     train_data, heldout = _split(sequences, options.prompts)
     return _Data(train_data, heldout, anchor, anchor_heldout, vocab_maps, alignment,  # type: ignore[arg-type]

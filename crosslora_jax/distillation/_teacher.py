@@ -40,10 +40,14 @@ def sample_sequences(
     """Token ids [N, P + G]: each prompt [N, P] continued by the model (KV-cached sampling),
     generated `batch_size` rows at a time; deterministic for `key`, whatever the device count.
     With `mesh`, rows are split over its data axis and `params` may be FSDP-sharded over it
-    (each layer gathered inside the decode loop); every process gets every row."""
+    (each layer gathered inside the decode loop); every process gets every row. `progress`
+    gets one step per batch (every batch costs the same: the last is padded), labelled
+    `label: done/N sequences sampled`."""
     out = []
     n = prompts.shape[0]
-    for start in range(0, n, batch_size):
+    batches = range(0, n, batch_size)
+    progress.start(len(batches), len(batches))
+    for start in batches:
         part = prompts[start : start + batch_size]
         rows = part.shape[0]
         part = _mesh.pad_rows(part, batch_size, part[-1])  # one compiled shape: the padding is dropped after
@@ -60,7 +64,8 @@ def sample_sequences(
             layer_sharding=None if mesh is None else _mesh.replicated(mesh),
         )
         out.append(_mesh.to_host(tokens, rows))  # type: ignore[arg-type]
-        progress.note(f"{label}: {min(start + batch_size, n)}/{n} sequences sampled")
+        progress.step(1.0, f"{label}: {min(start + batch_size, n):,}/{n:,} sequences sampled")
+    progress.close()
     return np.concatenate(out)
 
 

@@ -314,7 +314,7 @@ def train(
     tokens_before = state.tokens
     progress.start(steps, -(-steps // log_every))
     if first:
-        progress.step(first, f"resumed at step {first}")
+        progress.skip(first, f"resumed at step {first}")
     elif rule is not None:
         evaluate(0)
     n = int(data.inputs.shape[0])

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from crosslora_jax._verdict import Verdict, moves_little
 from crosslora_jax.arch import ROLES
 from crosslora_jax.transfer_report import ModuleFigures, ModuleReport, TransferReport
 
@@ -70,10 +71,18 @@ def _span(values: Sequence[float]) -> str:
     return f"{low:.3f}" if abs(high - low) < 5e-4 else f"{low:.3f}-{high:.3f}"
 
 
-def format_summary(report: TransferReport, output: Path | str, seconds: float) -> str:
+def format_summary(
+    report: TransferReport,
+    output: Path | str,
+    seconds: float,
+    *,
+    instead: str | None = None,
+    subject: str | None = "the moved update",
+) -> str:
     """The command's result: counts, skips by reason, and per role φ beside its own chance
     level (means over the role's computed modules), the share of ΔW_s inside the source
-    subspaces, and the range of ‖ΔW_t‖/‖ΔW_s‖."""
+    subspaces, and the range of ‖ΔW_t‖/‖ΔW_s‖; last, the verdict line on `subject` (None: no
+    verdict line), with `instead` (`format_verdict`)."""
     modules = report.modules
     status = Counter(m.status for m in modules)
     skipped = Counter(m.skipped_by for m in modules if m.skipped_by is not None)
@@ -104,7 +113,35 @@ def format_summary(report: TransferReport, output: Path | str, seconds: float) -
         )
     if report.computed_layers:
         lines.append(_svd_check_line(report))
+    if subject is not None:
+        lines.append(format_verdict(report, instead=instead, subject=subject))
     return "\n".join(lines)
+
+
+def format_verdict(report: TransferReport, *, instead: str | None = None, subject: str = "the moved update") -> str:
+    """One line: whether `subject` (the moved update) is expected to help (`TransferReport.verdict`),
+    and, where it is not or φ cannot say, `instead` (the command to run; None: nothing more)."""
+    verdict: Verdict = report.verdict
+    otherwise = "" if instead is None else f"; distil instead: {instead}"
+    if verdict.outcome == "unmeasured":
+        return (f"  verdict: not judged: {report.method} computes no subspaces, so no φ (--method=cross_lora "
+                f"measures it){otherwise}")  # fmt: skip
+    if verdict.outcome == "says_nothing":
+        return (f"  verdict: φ says nothing: --svd_rank={report.svd.rank} reaches every moved weight's dimension "
+                f"(chance 1); --svd_rank={verdict.suggested_rank} would measure it{otherwise}")  # fmt: skip
+    assert verdict.lift is not None and verdict.phi is not None and verdict.chance is not None
+    helps = verdict.outcome == "helps"
+    left_out = f" (φ says nothing on {verdict.uninformative} more)" if verdict.uninformative else ""
+    figures = (f"φ {verdict.phi:.3f} against chance {verdict.chance:.3f} over {verdict.judged} modules{left_out}, "
+               f"{verdict.lift:+.2f} of the way from chance to 1 (helps from {verdict.helps_from:.2f})")  # fmt: skip
+    if verdict.in_subspace is not None:
+        figures += f"; {verdict.in_subspace:.0%} of the update lies inside the source subspaces"
+    if helps:
+        more = (
+            f" (a larger --svd_rank than {report.svd.rank} moves more)" if moves_little(verdict, report.method) else ""
+        )
+        return f"  verdict: {subject} is expected to help: {figures}{more}"
+    return f"  verdict: {subject} is not expected to help: {figures}{otherwise}"
 
 
 def _svd_check_line(report: TransferReport) -> str:

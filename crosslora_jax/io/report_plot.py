@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import numpy as np
 
 from crosslora_jax._errors import OptionsError, OutputError
+from crosslora_jax._verdict import CHANCE_IS_ONE, above_chance  # the verdict's reading of φ, drawn per cell
 from crosslora_jax.arch import ROLES
 from crosslora_jax.io._json import read_json_object
 from crosslora_jax.io.report import REPORT_FILE
@@ -38,7 +39,6 @@ _STATUS_LABELS = (
 _STATUS_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#d9d9d9", "#ffffff")
 _NO_VALUE = "#f2f2f2"
 _HATCH = "#b0b0b0"
-_CHANCE_IS_ONE = 1.0 - 1e-6  # chance is min(1, r/dim) in float32: exactly 1 when r ≥ dim
 
 
 def require_matplotlib() -> None:
@@ -62,15 +62,6 @@ class ReportGrids:
     svd_check: Annotated[np.ndarray, "L R"] | None  # `svd_check_score`; None when no module reports it
     status: Annotated[np.ndarray, "L R"]  # int index into STATUSES
     hidden_roles: list[str]  # roles with no computed module, left out of the grids
-
-
-def above_chance(phi: float, chance: float) -> float:
-    """(φ − chance)/(1 − chance): 0 at chance, 1 for identical subspaces (needs chance < 1).
-
-    φ alone misleads: its chance level max(r)/dim differs per side and role (k_proj's U side
-    sits at 0.5 where q_proj's is 0.25), so the raw numbers of two cells do not compare.
-    """
-    return (phi - chance) / (1.0 - chance)
 
 
 def svd_check_score(module: Mapping[str, Any]) -> float | None:
@@ -130,7 +121,7 @@ def report_grids(report: Mapping[str, Any]) -> ReportGrids:
         status[at] = _status_code(m)
         sides = [(_number(m.get(f"phi_{s}")), _number(m.get(f"chance_{s}"))) for s in ("u", "v")]
         sides = [(phi, chance) for phi, chance in sides if phi is not None and chance is not None]
-        informative = [above_chance(phi, chance) for phi, chance in sides if chance < _CHANCE_IS_ONE]
+        informative = [above_chance(phi, chance) for phi, chance in sides if chance < CHANCE_IS_ONE]
         if informative:
             similarity[at] = min(informative)
         uninformative[at] = bool(sides) and not informative

@@ -61,7 +61,12 @@ def test_transfer_shows_progress_on_stderr_and_the_summary_on_stdout(tmp_path) -
     assert "(" in out[3] and "Traceback" not in result.stderr
     plot = paths["output"] / "crosslora_report.png"  # --plot: the picture beside the report
     assert re.match(r"  SVD check: 0 of \d+ computed weight SVDs fell back to the exact SVD", out[5]), out[5]
-    assert out[6] == f"  plot: {plot}"
+    # the verdict: two independently drawn models sit at chance, so distil, with the paths as typed
+    assert out[6].startswith("  verdict: the moved update is not expected to help: φ "), out[6]
+    assert out[6].endswith(f"; distil instead: python -m crosslora_jax.distill --source_model={paths['source']} "
+                           f"--target_model={paths['target']} --adapter={paths['adapter']} "
+                           f"--output={paths['output']}_distilled"), out[6]  # fmt: skip
+    assert out[7] == f"  plot: {plot}"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     # Compiled programs were kept in the user's cache folder, so the next run skips compiling.
     assert list((xdg / "crosslora_jax" / "xla").iterdir())

@@ -179,6 +179,9 @@ def test_the_command_prints_progress_and_a_summary(tmp_path: Path) -> None:
     assert "step 2/4 loss" in result.stderr and "tokens/s" in result.stderr and "ETA" in result.stderr
     assert "distill: delta" in result.stdout and "held-out" in result.stdout
     assert "reached the --steps cap (4) before a plateau; kept step " in result.stdout  # --early_stopping's default
+    assert "  verdict: the cross_lora init alone is " in result.stdout and "distil instead" not in result.stdout
+    # sampling: one line per batch with an ETA, its count explained (--prompts + --heldout)
+    assert "teacher (12 + 4 held out): 16/16 sequences sampled; elapsed " in result.stderr, result.stderr
     held = json.loads((p["output"] / "crosslora_report.json").read_text())["distill"]["heldout"]
     assert {"before", "after", "kl_to_teacher_before", "kl_to_teacher_after"} <= held.keys()
     assert (p["output"] / "adapter_model.safetensors").is_file()

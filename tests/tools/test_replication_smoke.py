@@ -28,6 +28,8 @@ def test_smoke_run_produces_a_full_table(tmp_path):
         for key in ("L_base", "L_transfer", "L_trained"):
             assert math.isfinite(r[key]) and 0 < r[key] < 10, r
         assert r["modules_transferred"] <= r["modules_total"]
+        # the summary's verdict for the pair at that rank (truncate: cross_lora's at the same rank)
+        assert r["verdict"] in ("helps", "no_help", "says_nothing") or r["modules_transferred"] == 0, r
     # Same shapes, and truncate is a plain copy: the upgrade gets every module.
     (copy,) = [r for r in rows if r["target"] == "upgrade" and r["method"] == "truncate"]
     assert copy["modules_transferred"] == copy["modules_total"] > 0
