@@ -31,7 +31,7 @@ from crosslora_jax.cli._common import (
     run_guarded,
 )
 from crosslora_jax.distillation import DistillOptions, DistillReport, distill
-from crosslora_jax.io.report import format_summary
+from crosslora_jax.transfer.report_text import format_summary
 
 _RUN = define_run_flags(
     __name__,

@@ -25,9 +25,9 @@ from crosslora_jax.cli._common import (
     flags_parser,
     run_guarded,
 )
-from crosslora_jax.io.report import format_summary, format_table
-from crosslora_jax.io.report_plot import require_matplotlib, write_report_plot
-from crosslora_jax.pipeline import TransferOptions, transfer
+from crosslora_jax.transfer import TransferOptions, transfer
+from crosslora_jax.transfer.report_plot import require_matplotlib, write_report_plot
+from crosslora_jax.transfer.report_text import format_summary, format_table
 
 _RUN = define_run_flags(
     __name__,
@@ -54,7 +54,7 @@ def main(argv: Sequence[str]) -> None:
         options = _OPTIONS()
         _START_DISTRIBUTED()
         if _PLOT.value:
-            require_matplotlib()  # refuse before any work
+            require_matplotlib("--plot")  # refuse before any work
         _RUN.enable_compilation_cache()
         started = time.perf_counter()
         reports = transfer(
