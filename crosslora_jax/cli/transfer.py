@@ -11,13 +11,11 @@ crosslora_jax repository.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 
 import jax
 from absl import app, flags, logging
 
-from crosslora_jax._progress import Progress
 from crosslora_jax.cli._common import (
     define_distributed_flags,
     define_flags_from,
@@ -55,19 +53,7 @@ def main(argv: Sequence[str]) -> None:
         _START_DISTRIBUTED()
         if _PLOT.value:
             require_matplotlib("--plot")  # refuse before any work
-        _RUN.enable_compilation_cache()
-        started = time.perf_counter()
-        reports = transfer(
-            _RUN.source_model.value,
-            _RUN.target_model.value,
-            _RUN.adapter.value,
-            _RUN.output.value,
-            options,
-            overwrite=_RUN.overwrite.value,
-            cache_dir=_RUN.cache_dir.value,
-            progress=Progress.to_stderr() if jax.process_index() == 0 else None,
-        )
-        seconds = time.perf_counter() - started
+        reports, seconds = _RUN.run_job(transfer, options)
         for n, report in enumerate(reports if jax.process_index() == 0 else []):
             logging.info("adapter %s:\n%s", report.adapter, format_table(report.modules))
             folder = _RUN.output.value if len(reports) == 1 else report.output
