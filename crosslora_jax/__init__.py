@@ -8,7 +8,7 @@ Public API:
 - `TransferOptions`, `SvdSettings`: how to transfer.
 - `read_model_config`, `Checkpoint`, `read_adapter`: lazy readers of HF models and adapters.
 - `load_weight_stacks`, `load_lora_stacks`, `save_lora_stacks`: stacked [L, ...] pytrees of
-  base weights and LoRA factors, for the caller's own JAX code (see `crosslora_jax.stacks`).
+  base weights and LoRA factors, for the caller's own JAX code (see `crosslora_jax.io.stacks`).
 - `truncated_svd`, `transfer_stack`, `truncate_stack`, `align`, `similarity`, `layer_map`: the pure ops, jittable
   inside a caller's own computation.
 - `distill(source_model, target_model, adapter, output, options)`, `DistillOptions`: a transfer
@@ -37,6 +37,7 @@ from crosslora_jax.distillation import DistillOptions, distill
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.peft_adapter import LoraAdapter, read_adapter, write_adapter
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
+from crosslora_jax.io.stacks import LoraStack, load_lora_stacks, load_weight_stacks, save_lora_stacks
 from crosslora_jax.ops import (
     METHODS,
     Diagnostics,
@@ -49,9 +50,8 @@ from crosslora_jax.ops import (
     truncate_stack,
     truncated_svd,
 )
-from crosslora_jax.pipeline import TransferOptions, run_transfer, transfer
-from crosslora_jax.stacks import LoraStack, load_lora_stacks, load_weight_stacks, save_lora_stacks
-from crosslora_jax.transfer_report import ModuleReport, TransferReport
+from crosslora_jax.transfer import TransferOptions, run_transfer, transfer
+from crosslora_jax.transfer.report import ModuleReport, TransferReport
 
 __version__ = "0.1.0"
 

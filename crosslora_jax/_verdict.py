@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from crosslora_jax.transfer_report import ModuleReport
+    from crosslora_jax.transfer.report import ModuleReport
 
 # chance is min(1, r/dim), computed in float32: exactly 1 when r ≥ dim
 CHANCE_IS_ONE = 1.0 - 1e-6

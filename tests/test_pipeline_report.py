@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bad_inputs import SRC_CFG, make_inputs
 
 from crosslora_jax import SvdSettings, TransferOptions, synthetic, transfer
-from crosslora_jax.io.report import format_summary, format_table
+from crosslora_jax.transfer.report_text import format_summary, format_table
 
 
 @pytest.mark.parametrize("method", ["cross_lora", "lora_x"])

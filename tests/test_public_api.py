@@ -16,6 +16,7 @@ from _tiny import ADAPTER, SOURCE, TARGET
 from safetensors.numpy import load_file
 
 import crosslora_jax as cl
+from crosslora_jax import synthetic
 from crosslora_jax.distillation import _run as distill_run
 from crosslora_jax.eval import EvalOptions, evaluate, load_model, load_tokenizer
 from crosslora_jax.eval import _tasks as eval_tasks
@@ -30,16 +31,16 @@ def _stacks(ws: Path) -> tuple[dict[str, cl.LoraStack], int]:
 def test_a_stack_whose_layers_and_leading_axis_disagree_is_refused_and_nothing_written(tiny_workspace, tmp_path):
     lora, depth_t = _stacks(tiny_workspace)
     q = lora["q"]  # the source's 2 layers; the target has 3
-    grown = np.concatenate([q.a, q.a[:1]]), np.concatenate([q.b, q.b[:1]]), np.concatenate([q.alpha, q.alpha[:1]])
+    grown = np.concatenate([q.a, q.a[:1]]), np.concatenate([q.b, q.b[:1]]), np.concatenate([q.scale, q.scale[:1]])
     assert depth_t == 3 and q.layers == (0, 1)
     # What README's snippet once did: 3 rows moved, `layers` still the source's (0, 1).
     with pytest.raises(
-        cl.AdapterError, match=r"`layers` names 2 layers \(0, 1\) but the stack holds a 3, b 3, alpha 3"
+        cl.AdapterError, match=r"`layers` names 2 layers \(0, 1\) but the stack holds a 3, b 3, scale 3"
     ):
         cl.save_lora_stacks(tmp_path / "out", tiny_workspace / TARGET, {"q": q._replace(a=grown[0], b=grown[1],
-                            alpha=grown[2])}, like=tiny_workspace / ADAPTER)  # fmt: skip
-    with pytest.raises(cl.AdapterError, match="alpha 1"):
-        cl.save_lora_stacks(tmp_path / "out", tiny_workspace / TARGET, {"q": q._replace(alpha=q.alpha[:1])},
+                            scale=grown[2])}, like=tiny_workspace / ADAPTER)  # fmt: skip
+    with pytest.raises(cl.AdapterError, match="scale 1"):
+        cl.save_lora_stacks(tmp_path / "out", tiny_workspace / TARGET, {"q": q._replace(scale=q.scale[:1])},
                             like=tiny_workspace / ADAPTER)  # fmt: skip
     assert not (tmp_path / "out").exists()
 
@@ -58,7 +59,7 @@ def test_stacks_that_do_not_fit_the_target_are_refused(tiny_workspace, tmp_path,
     lora, _ = _stacks(tiny_workspace)
     # A stack of the target's own shapes (the source's q is 32 wide, the target's 48): zeros will do.
     m, n = cl.read_model_config(tiny_workspace / TARGET).shapes["q"]
-    fits = cl.LoraStack(np.zeros((2, 4, n), np.float32), np.zeros((2, m, 4), np.float32), (0, 2), lora["q"].alpha)
+    fits = cl.LoraStack(np.zeros((2, 4, n), np.float32), np.zeros((2, m, 4), np.float32), lora["q"].scale, (0, 2))
     cl.save_lora_stacks(tmp_path / "ok", tiny_workspace / TARGET, {"q": fits}, like=tiny_workspace / ADAPTER)
     with pytest.raises(cl.AdapterError, match=message):
         cl.save_lora_stacks(
@@ -71,14 +72,31 @@ def test_stacks_that_do_not_fit_the_target_are_refused(tiny_workspace, tmp_path,
 
 def test_for_target_layers_follows_the_layer_map_and_skips_layers_the_lora_lacks():
     rng = np.random.default_rng(0)
-    stack = cl.LoraStack(rng.standard_normal((3, 2, 5)), rng.standard_normal((3, 4, 2)), (1, 2, 4),
-                         np.asarray([1.0, 2.0, 3.0]))  # fmt: skip  # a LoRA on source layers 1, 2 and 4 only
+    stack = cl.LoraStack(rng.standard_normal((3, 2, 5)), rng.standard_normal((3, 4, 2)), np.asarray([1.0, 2.0, 3.0]),
+                         (1, 2, 4))  # fmt: skip  # a LoRA on source layers 1, 2 and 4 only
     source_of = [0, 1, 1, 2, None, 4]  # target layer j ← source layer source_of[j]
     moved = stack.for_target_layers(source_of)
     assert moved.layers == (1, 2, 3, 5)
     np.testing.assert_array_equal(moved.a, stack.a[[0, 0, 1, 2]])
     np.testing.assert_array_equal(moved.b, stack.b[[0, 0, 1, 2]])
-    np.testing.assert_array_equal(moved.alpha, [1.0, 1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(moved.scale, [1.0, 1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize(("alpha", "rank", "rslora"), [(16, 4, False), (5, 3, False), (5, 3, True), (0.7, 3, True)])
+def test_save_lora_stacks_writes_back_the_alpha_the_scale_came_from(tmp_path, alpha, rank, rslora):
+    """A stack holds scale = α/k (α/√k with rslora); saving writes the adapter's own α back."""
+    cfg = synthetic.model_config("llama", hidden=16, intermediate=24, heads=2, kv_heads=1, layers=2)
+    model = synthetic.write_model(tmp_path / "m", cfg, synthetic.model_tensors(cfg, seed=0))
+    lora = synthetic.write_adapter(tmp_path / "a", cfg, seed=1, roles=("q",), rank=rank, alpha=alpha,
+                                   extra_config={"use_rslora": rslora})  # fmt: skip
+    stacks = cl.load_lora_stacks(lora, model)
+    want = np.float32(alpha / (np.sqrt(rank) if rslora else rank))
+    np.testing.assert_array_equal(stacks["q"].scale, [want, want])
+    cl.save_lora_stacks(tmp_path / "out", model, stacks, like=lora)
+    saved = cl.read_adapter(tmp_path / "out", cl.read_model_config(model))
+    alphas = [m.alpha for m in saved.modules.values()]
+    assert alphas == [alpha] * 2 if float(alpha).is_integer() else alphas == pytest.approx([alpha] * 2, rel=1e-6)
+    assert all(np.float32(saved.scale(m)) == want for m in saved.modules.values())
 
 
 def test_options_none_means_the_defaults_for_transfer_and_run_transfer(tiny_workspace, tmp_path):

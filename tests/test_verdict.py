@@ -15,8 +15,8 @@ from _bad_inputs import make_inputs
 
 from crosslora_jax import SvdSettings, TransferOptions, synthetic, transfer
 from crosslora_jax._verdict import HELPS_FROM, distill_command, distilled_output, judge, moves_little
-from crosslora_jax.io.report import format_summary
-from crosslora_jax.transfer_report import ModuleFigures, ModuleReport
+from crosslora_jax.transfer.report import ModuleFigures, ModuleReport
+from crosslora_jax.transfer.report_text import format_summary
 
 
 def module(

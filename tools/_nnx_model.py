@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from crosslora_jax.eval import KVCache, Lora, ModelSpec
+from crosslora_jax.io.stacks import LoraStack
 
 # Copies of the functional model's private helpers (tools use public names only).
 _HI = jax.lax.Precision.HIGHEST
@@ -70,10 +71,10 @@ class LoraPath(nnx.Module):
 class Linear(nnx.Module):
     """y = x Wᵀ (+ bias) (+ LoRA side path); W [m, n] (stacked: [L, m, n])."""
 
-    def __init__(self, w: jax.Array, bias: jax.Array | None, lora: Mapping[str, jax.Array] | None) -> None:
+    def __init__(self, w: jax.Array, bias: jax.Array | None, lora: LoraStack | None) -> None:
         self.w = nnx.Param(jnp.asarray(w))
         self.bias = None if bias is None else nnx.Param(jnp.asarray(bias))
-        self.lora = None if lora is None else LoraPath(lora["a"], lora["b"], lora["scale"])
+        self.lora = None if lora is None else LoraPath(lora.a, lora.b, lora.scale)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = jnp.einsum("btn,mn->btm", x, self.w[...], precision=_HI)

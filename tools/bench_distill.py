@@ -41,6 +41,7 @@ from crosslora_jax.distillation._student import Student
 from crosslora_jax.distillation._train import Batch, Frozen, Loss, optimizer, train_step
 from crosslora_jax.eval import generate, logits, model_spec
 from crosslora_jax.io.hf_config import read_model_config
+from crosslora_jax.io.stacks import LoraStack
 
 PAIRS = {
     "tiny": (("llama", dict(hidden=32, intermediate=64, heads=4, kv_heads=2, layers=2)),
@@ -87,7 +88,7 @@ def _lora(spec, shapes, rank: int, seed: int, zero_b: bool = False) -> dict:
             if zero_b
             else jax.random.normal(next(keys), (spec.num_layers, m, rank)) * 0.01
         )
-        out[role] = {"a": a, "b": b, "scale": jnp.full((spec.num_layers,), 2.0)}
+        out[role] = LoraStack(a, b, jnp.full((spec.num_layers,), 2.0), tuple(range(spec.num_layers)))
     return out
 
 
@@ -143,7 +144,7 @@ def main() -> None:
         base = _timed(reforward, 1)
         rows.append(("generate, full re-forward per token (baseline)", tokens / base, 2 * n_s * tokens / base, base))
 
-    student = Student("lora", {r: {"a": x["a"], "b": x["b"]} for r, x in _lora(spec_t, shapes_t, 16, 3, True).items()},
+    student = Student("lora", {r: {"a": x.a, "b": x.b} for r, x in _lora(spec_t, shapes_t, 16, 3, True).items()},
                       {r: {"scale": jnp.full((spec_t.num_layers,), 2.0)} for r in ROLES}, ())  # fmt: skip
     frozen = Frozen(params_t, params_s, lora_s, student.fixed)
     obj = Loss(args.kd, "lora", 0.0, spec_t, spec_s, remat=not args.no_remat)  # distill's default: remat

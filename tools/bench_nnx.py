@@ -47,6 +47,7 @@ from crosslora_jax import synthetic
 from crosslora_jax.arch import ROLES, role_shapes
 from crosslora_jax.eval import init_cache, logits, logits_with_cache, model_spec
 from crosslora_jax.io.hf_config import read_model_config
+from crosslora_jax.io.stacks import LoraStack
 
 SIZES = {
     "tiny": dict(hidden=32, intermediate=64, heads=4, kv_heads=2, layers=2, vocab=256, batch=2, seq=8),
@@ -73,11 +74,12 @@ def _model(size: dict, folder: Path) -> tuple:
     if not spec.tied:
         params["lm_head"] = rand((spec.vocab, spec.hidden))
     lora = {
-        role: {
-            "a": rand((spec.num_layers, RANK, shapes[role][1])),
-            "b": rand((spec.num_layers, shapes[role][0], RANK), 0.01),
-            "scale": jnp.full((spec.num_layers,), 2.0),
-        }
+        role: LoraStack(
+            rand((spec.num_layers, RANK, shapes[role][1])),
+            rand((spec.num_layers, shapes[role][0], RANK), 0.01),
+            jnp.full((spec.num_layers,), 2.0),
+            tuple(range(spec.num_layers)),
+        )
         for role in ROLES
     }
     return spec, params, lora
@@ -98,7 +100,7 @@ def _tx() -> optax.GradientTransformation:
 
 def _functional(spec, params, lora, tokens, cache) -> dict[str, Callable[[], object]]:
     """Zero-argument calls of the functional model; the training state lives in `state`."""
-    fixed = {r: x["scale"] for r, x in lora.items()}
+    fixed = {r: x.scale for r, x in lora.items()}
     tx = _tx()
     forward = jax.jit(lambda p, t, lo: logits(spec, p, t, lo))
     decode = jax.jit(lambda p, c, t, lo: logits_with_cache(spec, p, c, t, lo))
@@ -106,13 +108,13 @@ def _functional(spec, params, lora, tokens, cache) -> dict[str, Callable[[], obj
     @jax.jit
     def train(trainable, opt_state, p, t):
         def loss(tr):
-            return _ce(logits(spec, p, t[:, :-1], {r: {**tr[r], "scale": fixed[r]} for r in tr}), t[:, 1:])
+            return _ce(logits(spec, p, t[:, :-1], {r: lora[r]._replace(**tr[r], scale=fixed[r]) for r in tr}), t[:, 1:])
 
         value, grads = jax.value_and_grad(loss)(trainable)
         updates, opt_state = tx.update(grads, opt_state, trainable)
         return optax.apply_updates(trainable, updates), opt_state, value
 
-    trainable = {r: {"a": x["a"], "b": x["b"]} for r, x in lora.items()}
+    trainable = {r: {"a": x.a, "b": x.b} for r, x in lora.items()}
     state = {"t": trainable, "o": tx.init(trainable)}
 
     def step() -> jax.Array:

@@ -61,6 +61,7 @@ from crosslora_jax.arch import ARCHITECTURES, ROLES, role_shapes
 from crosslora_jax.eval import ModelSpec, load_model, logits, model_spec, to_hf, token_logprobs
 from crosslora_jax.io.hf_config import read_model_config
 from crosslora_jax.io.peft_adapter import write_adapter
+from crosslora_jax.io.stacks import LoraStack
 from crosslora_jax.io.tokenizer import read_tokenizer
 
 VOCAB = 256  # the byte models' vocabulary; the bpe target's is synthetic.tokenizer_vocab_size("bpe")
@@ -320,17 +321,17 @@ def _step(spec, params, lora, state, lr_base, lr_lora, tokens):
     Base pretraining and LoRA training share this one function so that each architecture
     compiles a single training step (compiles dominate the smoke run on 2 CPU cores).
     """
-    trainable = (params, {r: {"a": x["a"], "b": x["b"]} for r, x in lora.items()})
+    trainable = (params, {r: {"a": x.a, "b": x.b} for r, x in lora.items()})
 
     def loss_fn(t):
         p, factors = t
-        return _loss(spec, p, {r: {**factors[r], "scale": lora[r]["scale"]} for r in factors}, tokens)
+        return _loss(spec, p, {r: lora[r]._replace(**factors[r]) for r in factors}, tokens)
 
     loss, grads = jax.value_and_grad(loss_fn)(trainable)
     updates, state = _ADAM.update(grads, state)
     params = jax.tree.map(lambda p, u: p + lr_base * u, params, updates[0])
     factors = jax.tree.map(lambda p, u: p + lr_lora * u, trainable[1], updates[1])
-    return params, {r: {**factors[r], "scale": lora[r]["scale"]} for r in lora}, state, loss
+    return params, {r: lora[r]._replace(**factors[r]) for r in lora}, state, loss
 
 
 def _schedule(step: int, steps: int, peak: float) -> float:
@@ -349,17 +350,18 @@ def new_lora(spec, config, settings, seed, scale=None):
     lora = {}
     for role in ROLES:
         m, n = shapes[role]
-        lora[role] = {
-            "a": jnp.asarray(rng.uniform(-1, 1, (spec.num_layers, k, n)) / math.sqrt(n), jnp.float32),
-            "b": jnp.zeros((spec.num_layers, m, k), jnp.float32),
-            "scale": jnp.full((spec.num_layers,), scale, jnp.float32),
-        }
+        lora[role] = LoraStack(
+            jnp.asarray(rng.uniform(-1, 1, (spec.num_layers, k, n)) / math.sqrt(n), jnp.float32),
+            jnp.zeros((spec.num_layers, m, k), jnp.float32),
+            jnp.full((spec.num_layers,), scale, jnp.float32),
+            tuple(range(spec.num_layers)),
+        )
     return lora
 
 
 def _train(spec, params, lora, data_mix, steps, settings, seed, lr_base, lr_lora, bos=None):
     rng = np.random.default_rng(seed)
-    trainable = (params, {r: {"a": x["a"], "b": x["b"]} for r, x in lora.items()})
+    trainable = (params, {r: {"a": x.a, "b": x.b} for r, x in lora.items()})
     state, loss = _ADAM.init(trainable), float("nan")
     for step in range(1, steps + 1):
         tokens = sample(rng, data_mix[step % len(data_mix)], settings.batch, settings.seq_len, bos)
@@ -391,7 +393,7 @@ def save_model(folder: Path, config: dict, spec: ModelSpec, params: dict, tokeni
 def save_lora(folder: Path, config: dict, lora: dict, settings: Settings) -> Path:
     arch = ARCHITECTURES[config["model_type"]]
     factors = {
-        arch.module_path(role, layer): (np.asarray(x["a"][layer]), np.asarray(x["b"][layer]))
+        arch.module_path(role, layer): (np.asarray(x.a[layer]), np.asarray(x.b[layer]))
         for role, x in lora.items()
         for layer in range(config["num_hidden_layers"])
     }

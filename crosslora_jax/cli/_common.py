@@ -8,6 +8,7 @@ import logging as std_logging
 import os
 import signal
 import sys
+import time
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping
@@ -113,6 +114,28 @@ class RunFlags(NamedTuple):
             from crosslora_jax._xla_cache import enable_compilation_cache  # imports jax: after flag errors
 
             enable_compilation_cache(self.cache_dir.value or None)
+
+    def run_job(self, job: Callable[..., T], options: Any) -> tuple[T, float]:
+        """`job(source, target, adapter, output, options, overwrite=, cache_dir=, progress=)` (the
+        signature of `transfer` and `distill`) on these flags, the compilation cache turned on
+        first, progress on stderr from process 0; its result and its wall seconds."""
+        import jax  # after flag errors, as above
+
+        from crosslora_jax._progress import Progress
+
+        self.enable_compilation_cache()
+        started = time.perf_counter()
+        result = job(
+            self.source_model.value,
+            self.target_model.value,
+            self.adapter.value,
+            self.output.value,
+            options,
+            overwrite=self.overwrite.value,
+            cache_dir=self.cache_dir.value,
+            progress=Progress.to_stderr() if jax.process_index() == 0 else None,
+        )
+        return result, time.perf_counter() - started
 
 
 def define_run_flags(

@@ -23,8 +23,8 @@ from crosslora_jax import synthetic
 from crosslora_jax._paths import absolute
 from crosslora_jax._xla_cache import enable_compilation_cache
 from crosslora_jax.cli._common import define_flags_from, flags_parser, run_guarded
-from crosslora_jax.io.report import REPORT_FILE, format_summary, format_table
-from crosslora_jax.pipeline import TransferOptions, transfer
+from crosslora_jax.transfer import TransferOptions, transfer
+from crosslora_jax.transfer.report_text import REPORT_FILE, format_summary, format_table
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Keep the generated models and output in this folder (default: a temporary folder, removed)."

@@ -16,13 +16,11 @@ crosslora_jax repository.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 
 import jax
 from absl import app
 
-from crosslora_jax._progress import Progress
 from crosslora_jax.cli._common import (
     define_distributed_flags,
     define_flags_from,
@@ -31,7 +29,7 @@ from crosslora_jax.cli._common import (
     run_guarded,
 )
 from crosslora_jax.distillation import DistillOptions, DistillReport, distill
-from crosslora_jax.io.report import format_summary
+from crosslora_jax.transfer.report_text import format_summary
 
 _RUN = define_run_flags(
     __name__,
@@ -82,21 +80,9 @@ def main(argv: Sequence[str]) -> None:
         _RUN.check()
         options = _OPTIONS()
         _START_DISTRIBUTED()
-        _RUN.enable_compilation_cache()
-        started = time.perf_counter()
-        report = distill(
-            _RUN.source_model.value,
-            _RUN.target_model.value,
-            _RUN.adapter.value,
-            _RUN.output.value,
-            options,
-            overwrite=_RUN.overwrite.value,
-            cache_dir=_RUN.cache_dir.value,
-            progress=Progress.to_stderr() if jax.process_index() == 0 else None,
-        )
+        report, seconds = _RUN.run_job(distill, options)
         if jax.process_index() != 0:  # process 0 writes and reports
             return
-        seconds = time.perf_counter() - started
         assert report.distill is not None  # distill() always sets it
         init = report.distill.settings.init
         subject = None if init == "zero" else f"the {init} init alone"  # zero starts from B = 0: nothing moved

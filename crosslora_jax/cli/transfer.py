@@ -11,13 +11,11 @@ crosslora_jax repository.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 
 import jax
 from absl import app, flags, logging
 
-from crosslora_jax._progress import Progress
 from crosslora_jax._verdict import distill_command
 from crosslora_jax.cli._common import (
     define_distributed_flags,
@@ -26,10 +24,10 @@ from crosslora_jax.cli._common import (
     flags_parser,
     run_guarded,
 )
-from crosslora_jax.io.report import format_summary, format_table
-from crosslora_jax.io.report_plot import require_matplotlib, write_report_plot
-from crosslora_jax.pipeline import TransferOptions, transfer
-from crosslora_jax.transfer_report import TransferReport
+from crosslora_jax.transfer import TransferOptions, transfer
+from crosslora_jax.transfer.report import TransferReport
+from crosslora_jax.transfer.report_plot import require_matplotlib, write_report_plot
+from crosslora_jax.transfer.report_text import format_summary, format_table
 
 _RUN = define_run_flags(
     __name__,
@@ -56,20 +54,8 @@ def main(argv: Sequence[str]) -> None:
         options = _OPTIONS()
         _START_DISTRIBUTED()
         if _PLOT.value:
-            require_matplotlib()  # refuse before any work
-        _RUN.enable_compilation_cache()
-        started = time.perf_counter()
-        reports = transfer(
-            _RUN.source_model.value,
-            _RUN.target_model.value,
-            _RUN.adapter.value,
-            _RUN.output.value,
-            options,
-            overwrite=_RUN.overwrite.value,
-            cache_dir=_RUN.cache_dir.value,
-            progress=Progress.to_stderr() if jax.process_index() == 0 else None,
-        )
-        seconds = time.perf_counter() - started
+            require_matplotlib("--plot")  # refuse before any work
+        reports, seconds = _RUN.run_job(transfer, options)
         for n, report in enumerate(reports if jax.process_index() == 0 else []):
             logging.info("adapter %s:\n%s", report.adapter, format_table(report.modules))
             folder = _RUN.output.value if len(reports) == 1 else report.output
@@ -81,13 +67,13 @@ def main(argv: Sequence[str]) -> None:
     run_guarded(body)
 
 
+def run() -> None:
+    app.run(main, flags_parser=flags_parser(__name__, __doc__))
+
+
 def _distill_instead(report: TransferReport, only_one: bool) -> str:
     """The `distill` command for this adapter, with the paths as the user typed them where the
     run had one adapter (else the adapter and output folders the run resolved)."""
     adapter, output = (_RUN.adapter.value[0], _RUN.output.value) if only_one else (report.adapter, report.output)
     return distill_command(_RUN.source_model.value, _RUN.target_model.value, str(adapter), str(output),
                            _RUN.cache_dir.value)  # fmt: skip
-
-
-def run() -> None:
-    app.run(main, flags_parser=flags_parser(__name__, __doc__))

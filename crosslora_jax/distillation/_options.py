@@ -10,7 +10,7 @@ from typing import Any, Literal
 from crosslora_jax._errors import OptionsError
 from crosslora_jax._options import check_options, nested, option
 from crosslora_jax.distillation._objectives import KD_CHOICES, kd_help
-from crosslora_jax.pipeline import TransferOptions
+from crosslora_jax.transfer import TransferOptions
 
 Init = Literal["cross_lora", "lora_x", "truncate", "zero"]
 Learn = Literal["lora", "transform"]

@@ -60,7 +60,6 @@ from crosslora_jax.io.dtypes import NUMPY_DTYPES
 from crosslora_jax.io.hf_config import ModelConfig, read_model_config
 from crosslora_jax.io.output_folder import check_output_location, staged_output
 from crosslora_jax.io.peft_adapter import LoraAdapter, read_adapter, write_target_adapter
-from crosslora_jax.io.report import write_report
 from crosslora_jax.io.tokenizer import (
     ModelTokenizer,
     read_prompts_file,
@@ -70,8 +69,9 @@ from crosslora_jax.io.tokenizer import (
     same_vocabulary,
 )
 from crosslora_jax.ops.svd import Subspace, SvdSettings
-from crosslora_jax.pipeline import TransferResult, report_for, run_transfer, weight_subspaces
-from crosslora_jax.transfer_report import TransferReport
+from crosslora_jax.transfer import TransferResult, report_for, run_transfer, weight_subspaces
+from crosslora_jax.transfer.report import TransferReport
+from crosslora_jax.transfer.report_text import write_report
 
 
 def distill(

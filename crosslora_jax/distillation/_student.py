@@ -21,7 +21,8 @@ import numpy as np
 
 from crosslora_jax.eval import Lora
 from crosslora_jax.io.hf_config import ModelConfig
-from crosslora_jax.io.peft_adapter import LoraAdapter, LoraModule
+from crosslora_jax.io.peft_adapter import Factors, LoraAdapter, LoraModule
+from crosslora_jax.io.stacks import LoraStack, adapter_stack, stack_factors
 from crosslora_jax.ops.distill import transform_factors, transform_init
 from crosslora_jax.ops.svd import Subspace
 
@@ -42,45 +43,30 @@ class Student:
 def source_lora(adapter: LoraAdapter, source: ModelConfig) -> Lora:
     """The source adapter as the model's LoRA side path (the teacher): role -> stacks over all
     source layers, zero where a layer has no module."""
-    out: dict[str, dict[str, jax.Array]] = {}
-    for role in adapter.roles():
-        modules = [m for m in adapter.modules.values() if m.role == role]
-        m, n = source.shapes[role]
-        k = max(mod.rank for mod in modules)
-        a = np.zeros((source.num_layers, k, n), np.float32)
-        b = np.zeros((source.num_layers, m, k), np.float32)
-        scale = np.zeros((source.num_layers,), np.float32)
-        for mod in modules:
-            fa, fb = adapter.read_factors([mod])
-            a[mod.layer, : mod.rank], b[mod.layer, :, : mod.rank] = fa[0], fb[0]
-            scale[mod.layer] = adapter.scale(mod)
-        out[role] = {"a": jnp.asarray(a), "b": jnp.asarray(b), "scale": jnp.asarray(scale)}
-    return out
+    every = range(source.num_layers)
+    return {role: jax.tree.map(jnp.asarray, adapter_stack(adapter, role, every)) for role in adapter.roles()}
 
 
-def _init_stacks(
+def _init_stack(
     role: str,
     target: ModelConfig,
     written: Sequence[LoraModule],
-    factors: Mapping[LoraModule, tuple[np.ndarray, np.ndarray]],
+    factors: Mapping[LoraModule, Factors],
     adapter: LoraAdapter,
     zero: bool,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(A [L, k, n], B [L, m, k], scale [L]) of the init transfer for one role."""
-    m, n = target.shapes[role]
+) -> LoraStack:
+    """The init transfer's factors of one role over every target layer (A [L, k, n], B [L, m, k])."""
+    n = target.shapes[role][1]
     mods = [w for w in written if w.role == role]
-    k = max(w.rank for w in mods)
-    a = np.zeros((target.num_layers, k, n), np.float32)
-    b = np.zeros((target.num_layers, m, k), np.float32)
-    scale = np.zeros((target.num_layers,), np.float32)
+    start = {}
     for w in mods:
         fa, fb = factors[w]
         if zero:  # PEFT's own init: B = 0, A uniform with kaiming's bound for a = √5
             fa, fb = rng.uniform(-1, 1, fa.shape) / math.sqrt(n), np.zeros_like(fb)
-        a[w.layer, : w.rank], b[w.layer, :, : w.rank] = fa, fb
-        scale[w.layer] = adapter.scale(w)
-    return a, b, scale
+        start[w] = (fa, fb)
+    by_layer = {w.layer: w for w in mods}
+    return stack_factors(by_layer, start.__getitem__, adapter.scale, range(target.num_layers))
 
 
 def build_student(
@@ -89,7 +75,7 @@ def build_student(
     adapter: LoraAdapter,
     target: ModelConfig,
     written: Sequence[LoraModule],
-    factors: Mapping[LoraModule, tuple[np.ndarray, np.ndarray]],
+    factors: Mapping[LoraModule, Factors],
     target_to_source: Sequence[int | None],
     subspaces: Mapping[str, tuple[Subspace, Subspace]] | None,
     seed: int,
@@ -101,14 +87,16 @@ def build_student(
     trainable: Trainable = {}
     fixed: Fixed = {}
     for role in sorted({w.role for w in written}):
-        a, b, scale = _init_stacks(role, target, written, factors, adapter, zero and learn == "lora", rng)
+        init = _init_stack(role, target, written, factors, adapter, zero and learn == "lora", rng)
+        a, b, scale = init.a, init.b, init.scale
         fixed[role] = {"scale": jnp.asarray(scale)}
         if learn == "lora":
             trainable[role] = {"a": jnp.asarray(a), "b": jnp.asarray(b)}
             continue
         assert subspaces is not None
         src, tgt = subspaces[role]
-        a_s, b_s = _source_stacks(adapter, role, target_to_source, a.shape[1])
+        source_rows = adapter_stack(adapter, role, target_to_source, range(target.num_layers), a.shape[1])
+        a_s, b_s = source_rows.a, source_rows.b  # [L_t, k, n_s], [L_t, m_s, k]: zero where unmapped
         rows = np.asarray([0 if i is None else i for i in target_to_source])
         a_proj = jnp.asarray(a_s) @ jnp.asarray(src.v[rows])  # [L, k, r_s]
         b_proj = jnp.swapaxes(jnp.asarray(src.u[rows]), 1, 2) @ jnp.asarray(b_s)  # [L, r_s, k]
@@ -123,30 +111,6 @@ def build_student(
     return Student(learn, trainable, jax.device_get(fixed), tuple(written))
 
 
-def _source_stacks(
-    adapter: LoraAdapter, role: str, target_to_source: Sequence[int | None], k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Source (A [L_t, k, n_s], B [L_t, m_s, k]) gathered by the layer map (zero where unmapped)."""
-    a_rows, b_rows = [], []
-    shape_a = shape_b = None
-    for i in target_to_source:
-        module = None if i is None else adapter.modules.get((role, i))
-        if module is None:
-            a_rows.append(None)
-            b_rows.append(None)
-            continue
-        fa, fb = adapter.read_factors([module])
-        pa = np.zeros((k, fa.shape[2]), np.float32)
-        pb = np.zeros((fb.shape[1], k), np.float32)
-        pa[: module.rank], pb[:, : module.rank] = fa[0], fb[0]
-        a_rows.append(pa)
-        b_rows.append(pb)
-        shape_a, shape_b = pa.shape, pb.shape
-    a = np.stack([np.zeros(shape_a, np.float32) if x is None else x for x in a_rows])
-    b = np.stack([np.zeros(shape_b, np.float32) if x is None else x for x in b_rows])
-    return a, b
-
-
 def student_lora(learn: str, trainable: Trainable, fixed: Fixed) -> Lora:
     """The target model's LoRA side path for the current parameters (jittable)."""
     out = {}
@@ -156,16 +120,16 @@ def student_lora(learn: str, trainable: Trainable, fixed: Fixed) -> Lora:
         else:
             f = fixed[role]
             a, b = transform_factors(f["a_proj"], f["b_proj"], f["ut"], f["vt"], params["m_u"], params["m_v"])
-        out[role] = {"a": a, "b": b, "scale": fixed[role]["scale"]}
+        out[role] = LoraStack(a, b, fixed[role]["scale"], tuple(range(a.shape[0])))
     return out
 
 
-def written_factors(student: Student, trainable: Trainable) -> dict[LoraModule, tuple[np.ndarray, np.ndarray]]:
+def written_factors(student: Student, trainable: Trainable) -> dict[LoraModule, Factors]:
     """Target module -> (A [k, n], B [m, k]) of every written module (one per role; fused modules
     are fused when written), trimmed to its own rank. `trainable` may be replicated over a mesh of
     several processes: it is fetched first."""
     lora: Any = jax.device_get(student_lora(student.learn, jax.device_get(trainable), student.fixed))
     return {
-        w: (np.asarray(lora[w.role]["a"][w.layer, : w.rank]), np.asarray(lora[w.role]["b"][w.layer, :, : w.rank]))
+        w: (np.asarray(lora[w.role].a[w.layer, : w.rank]), np.asarray(lora[w.role].b[w.layer, :, : w.rank]))
         for w in student.written
     }

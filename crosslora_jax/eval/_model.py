@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from jax.sharding import Sharding
 
 from crosslora_jax.eval._spec import ModelSpec
+from crosslora_jax.io.stacks import LoraStack
 
 _HI = jax.lax.Precision.HIGHEST
 
@@ -36,8 +37,9 @@ _ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
 }
 
-# Optional LoRA side path: role -> {"a": [L, k, n], "b": [L, m, k], "scale": [L]}; y += scale·(x Aᵀ) Bᵀ.
-Lora = Mapping[str, Mapping[str, jax.Array]]
+# Optional LoRA side path: role -> LoraStack over every layer (a [L, k, n], b [L, m, k], scale [L]);
+# y += scale·(x Aᵀ) Bᵀ.
+Lora = Mapping[str, LoraStack]
 
 
 class KVCache(NamedTuple):
@@ -77,14 +79,14 @@ def _dot(equation: str, x: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.einsum(equation, x.astype(w.dtype), w, preferred_element_type=jnp.float32)
 
 
-def _linear(x: jax.Array, layer: Mapping[str, jax.Array], role: str, lora: Mapping[str, jax.Array] | None) -> jax.Array:
+def _linear(x: jax.Array, layer: Mapping[str, jax.Array], role: str, lora: LoraStack | None) -> jax.Array:
     """x [B, T, n] @ W [m, n]ᵀ (+ bias) (+ LoRA side path) -> [B, T, m], float32."""
     y = _dot("btn,mn->btm", x, layer[role])
     if f"{role}_bias" in layer:
         y = y + layer[f"{role}_bias"]
     if lora is not None:
-        xa = jnp.einsum("btn,kn->btk", x, lora["a"], precision=_HI)
-        y = y + lora["scale"] * jnp.einsum("btk,mk->btm", xa, lora["b"], precision=_HI)
+        xa = jnp.einsum("btn,kn->btk", x, lora.a, precision=_HI)
+        y = y + lora.scale * jnp.einsum("btk,mk->btm", xa, lora.b, precision=_HI)
     return y
 
 

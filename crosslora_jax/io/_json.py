@@ -19,12 +19,17 @@ def read_json_object(path: Path, error: type[CrossLoraError]) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise error(path, f"cannot read: {e}") from None
+    return parse_json_object(text, path, error)
+
+
+def parse_json_object(text: str, where: Path | str, error: type[CrossLoraError]) -> dict[str, Any]:
+    """`text` as a JSON object, raising `error(where, ...)` if it is malformed or not an object."""
     try:
         value = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as e:
-        raise error(path, f"malformed JSON: {e}") from None
+        raise error(where, f"malformed JSON: {e}") from None
     if not isinstance(value, dict):
-        raise error(path, f"expected a JSON object, found {type(value).__name__}")
+        raise error(where, f"expected a JSON object, found {type(value).__name__}")
     return value
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import tokenizers
 
 from crosslora_jax._errors import ConfigError, PromptsError, TokenizerError
-from crosslora_jax.io._json import read_json_object, require_dir
+from crosslora_jax.io._json import parse_json_object, read_json_object, require_dir
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -374,12 +373,7 @@ def _text_prompt(_where: str, line: str) -> str:
 
 
 def _jsonl_prompt(where: str, line: str) -> str:
-    try:
-        item = json.loads(line)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise PromptsError(where, f"malformed JSON: {e}") from None
-    if not isinstance(item, dict):
-        raise PromptsError(where, f"expected a JSON object, found {type(item).__name__}")
+    item = parse_json_object(line, where, PromptsError)
     key = "prompt" if "prompt" in item else "text"
     value = item.get(key)
     if not isinstance(value, str) or not value:

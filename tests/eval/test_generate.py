@@ -17,6 +17,7 @@ from crosslora_jax import synthetic
 from crosslora_jax._errors import OptionsError
 from crosslora_jax.arch import ARCHITECTURES
 from crosslora_jax.eval import generate, init_cache, load_model, logits, logits_with_cache
+from crosslora_jax.io.stacks import LoraStack
 
 ROOT = Path(__file__).resolve().parents[2]
 VOCAB = 97
@@ -66,16 +67,17 @@ def _write(folder: Path, model_type: str, seed: int = 0) -> Path:
 
 
 def _lora(params: dict, seed: int, rank: int = 3) -> dict:
-    """A LoRA side path on every role: role -> {"a": [L, k, n], "b": [L, m, k], "scale": [L]}."""
+    """A LoRA side path on every role: role -> LoraStack (a [L, k, n], b [L, m, k], scale [L])."""
     rng = np.random.default_rng(seed)
     out = {}
     for role in ("q", "k", "v", "o", "gate", "up", "down"):
         layers, m, n = params["layers"][role].shape
-        out[role] = {
-            "a": (rng.standard_normal((layers, rank, n)) / np.sqrt(n)).astype(np.float32),
-            "b": (0.5 * rng.standard_normal((layers, m, rank))).astype(np.float32),
-            "scale": np.full((layers,), 1.5, np.float32),
-        }
+        out[role] = LoraStack(
+            (rng.standard_normal((layers, rank, n)) / np.sqrt(n)).astype(np.float32),
+            (0.5 * rng.standard_normal((layers, m, rank))).astype(np.float32),
+            np.full((layers,), 1.5, np.float32),
+            tuple(range(layers)),
+        )
     return out
 
 

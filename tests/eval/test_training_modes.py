@@ -18,6 +18,7 @@ from jax.ad_checkpoint import print_saved_residuals
 
 from crosslora_jax import synthetic
 from crosslora_jax.eval import load_model, logits
+from crosslora_jax.io.stacks import LoraStack
 
 VOCAB = 64
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -48,11 +49,12 @@ def _lora(params: dict, seed: int = 2, rank: int = 3) -> dict:
     out = {}
     for role in ROLES:
         layers, m, n = params["layers"][role].shape
-        out[role] = {
-            "a": jnp.asarray(rng.standard_normal((layers, rank, n)) / np.sqrt(n), jnp.float32),
-            "b": jnp.asarray(0.5 * rng.standard_normal((layers, m, rank)), jnp.float32),
-            "scale": jnp.full((layers,), 1.5, jnp.float32),
-        }
+        out[role] = LoraStack(
+            jnp.asarray(rng.standard_normal((layers, rank, n)) / np.sqrt(n), jnp.float32),
+            jnp.asarray(0.5 * rng.standard_normal((layers, m, rank)), jnp.float32),
+            jnp.full((layers,), 1.5, jnp.float32),
+            tuple(range(layers)),
+        )
     return out
 
 

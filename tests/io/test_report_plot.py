@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from crosslora_jax import OptionsError, OutputError, SvdSettings, TransferOptions, synthetic, transfer
-from crosslora_jax.io.report import REPORT_FILE
-from crosslora_jax.io.report_plot import (
+from crosslora_jax.transfer.report_plot import (
     _STATUS_COLOURS,
     PLOT_FILE,
     STATUSES,
@@ -24,6 +23,7 @@ from crosslora_jax.io.report_plot import (
     write_report_plot,
     write_report_plots,
 )
+from crosslora_jax.transfer.report_text import REPORT_FILE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GATE = 0.7  # identical layers give φ = 1, random ones φ ≈ chance ≤ 0.5: both far from the gate
@@ -183,7 +183,7 @@ def test_without_matplotlib_the_error_says_what_to_install(run, monkeypatch, tmp
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     with pytest.raises(OptionsError) as info:
         write_report_plot(tmp_path, report)
-    assert str(info.value) == "--plot: needs matplotlib: pip install 'crosslora_jax[plot]'"
+    assert str(info.value) == "the report plot needs matplotlib: pip install 'crosslora_jax[plot]'"
     assert list(tmp_path.iterdir()) == []
 
 

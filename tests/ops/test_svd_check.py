@@ -255,7 +255,7 @@ def test_lanczos_route_is_accurate_or_flagged(case: str) -> None:
 def test_a_flagged_gram_layer_is_recomputed_by_exact_and_says_so(tmp_path, monkeypatch) -> None:
     """With the flag line at 0 every gram result is flagged: the pipeline's second pass gives the
     exact engine's factors for every layer, and the route names the fallback."""
-    from crosslora_jax import _weight_subspaces
+    from crosslora_jax.transfer import _weight_subspaces
 
     cfg = synthetic.model_config("llama", hidden=32, intermediate=48, heads=4, kv_heads=2, layers=3)
     folder = synthetic.write_model(tmp_path / "m", cfg, synthetic.model_tensors(cfg, seed=0))
@@ -293,7 +293,7 @@ def _subspaces_from_checkpoint(tmp_path, name: str, w: np.ndarray, hidden: int, 
 
     from safetensors.numpy import save_file
 
-    from crosslora_jax import _weight_subspaces
+    from crosslora_jax.transfer import _weight_subspaces
 
     cfg = synthetic.model_config("llama", hidden=hidden, intermediate=inter, heads=hidden // 128, kv_heads=2,
                                  head_dim=128, layers=1, vocab=64)  # fmt: skip
@@ -308,7 +308,7 @@ def _subspaces_from_checkpoint(tmp_path, name: str, w: np.ndarray, hidden: int, 
 
 
 def _reset_programs() -> None:
-    from crosslora_jax import _weight_subspaces
+    from crosslora_jax.transfer import _weight_subspaces
 
     jax.clear_caches()
     _weight_subspaces._sharded_svd.cache_clear()

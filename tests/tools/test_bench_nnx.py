@@ -17,6 +17,7 @@ import pytest
 from crosslora_jax import synthetic
 from crosslora_jax.arch import ARCHITECTURES, ROLES
 from crosslora_jax.eval import init_cache, load_model, logits, logits_with_cache
+from crosslora_jax.io.stacks import LoraStack
 
 nnx = pytest.importorskip("flax.nnx")
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,11 +61,12 @@ def _model(folder: Path, model_type: str) -> tuple:
     lora = {}
     for role in ROLES:
         layers, m, n = params["layers"][role].shape
-        lora[role] = {
-            "a": (rng.standard_normal((layers, 3, n)) / np.sqrt(n)).astype(np.float32),
-            "b": (0.5 * rng.standard_normal((layers, m, 3))).astype(np.float32),
-            "scale": np.full((layers,), 1.5, np.float32),
-        }
+        lora[role] = LoraStack(
+            (rng.standard_normal((layers, 3, n)) / np.sqrt(n)).astype(np.float32),
+            (0.5 * rng.standard_normal((layers, m, 3))).astype(np.float32),
+            np.full((layers,), 1.5, np.float32),
+            tuple(range(layers)),
+        )
     return spec, params, lora
 
 

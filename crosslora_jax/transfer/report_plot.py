@@ -21,9 +21,9 @@ import numpy as np
 from crosslora_jax._errors import OptionsError, OutputError
 from crosslora_jax._verdict import CHANCE_IS_ONE, above_chance  # the verdict's reading of φ, drawn per cell
 from crosslora_jax.arch import ROLES
-from crosslora_jax.io._json import read_json_object
-from crosslora_jax.io.report import REPORT_FILE
-from crosslora_jax.transfer_report import TransferReport
+from crosslora_jax.io import read_json_object
+from crosslora_jax.transfer.report import TransferReport
+from crosslora_jax.transfer.report_text import REPORT_FILE
 
 PLOT_FILE = "crosslora_report.png"
 
@@ -41,12 +41,13 @@ _NO_VALUE = "#f2f2f2"
 _HATCH = "#b0b0b0"
 
 
-def require_matplotlib() -> None:
-    """Raise OptionsError now (before any compute) if `--plot` could not be honoured."""
+def require_matplotlib(option: str | None = None) -> None:
+    """Raise OptionsError now (before any compute) if the plot could not be drawn; `option` names
+    what asked for it (the CLI passes its flag)."""
     try:
         import matplotlib  # noqa: F401 — optional extra, imported only when plotting
     except ImportError:
-        raise OptionsError("--plot", "needs matplotlib: pip install 'crosslora_jax[plot]'") from None
+        raise OptionsError(option, "the report plot needs matplotlib: pip install 'crosslora_jax[plot]'") from None
 
 
 @dataclasses.dataclass(frozen=True)

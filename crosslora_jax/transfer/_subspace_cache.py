@@ -38,12 +38,12 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from crosslora_jax._errors import OutputError
-from crosslora_jax._fingerprint import checkpoint_fingerprint
 from crosslora_jax._paths import absolute
 from crosslora_jax._progress import Progress
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
 from crosslora_jax.ops.svd import Subspace, SvdSettings, effective_rank, engine_constants, residual_tolerance
-from crosslora_jax.transfer_report import SvdQuality
+from crosslora_jax.transfer._fingerprint import checkpoint_fingerprint
+from crosslora_jax.transfer.report import SvdQuality
 
 _FINGERPRINTS = "fingerprints.json"
 _CHECKSUMS = "crosslora_checksums.json"  # inside each entry; its temporary copies share the prefix

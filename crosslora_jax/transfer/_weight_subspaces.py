@@ -23,7 +23,7 @@ from crosslora_jax._errors import CheckpointError
 from crosslora_jax.io.hf_config import ModelConfig
 from crosslora_jax.io.safetensors_checkpoint import Checkpoint
 from crosslora_jax.ops.svd import Subspace, SvdSettings, checked_truncated_svd, residual_tolerance, route
-from crosslora_jax.transfer_report import SvdQuality
+from crosslora_jax.transfer.report import SvdQuality
 
 FALLBACK = "exact"  # the engine a flagged gram layer is recomputed with
 

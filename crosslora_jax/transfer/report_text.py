@@ -1,6 +1,6 @@
 """The transfer report as text: `crosslora_report.json` in each output folder, a per-module table
 and the run's summary (what the CLI prints as its result). The report types are in
-`crosslora_jax.transfer_report`."""
+`crosslora_jax.transfer.report`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from crosslora_jax._verdict import Verdict, moves_little
 from crosslora_jax.arch import ROLES
-from crosslora_jax.transfer_report import ModuleFigures, ModuleReport, TransferReport
+from crosslora_jax.transfer.report import ModuleFigures, ModuleReport, TransferReport
 
 REPORT_FILE = "crosslora_report.json"
 
