@@ -863,6 +863,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def render_tables(rows: list[dict]) -> str:
+    """The markdown tables of whichever kinds of rows there are."""
+    data_free = [r for r in rows if r.get("kind") not in ("distill", "teacher")]
+    distilled = [r for r in rows if r.get("kind") == "distill"]
+    teachers = [r for r in rows if r.get("kind") == "teacher"]
+    tables = (
+        data_free and table(data_free),
+        distilled and distill_table(distilled),
+        teachers and teacher_table(teachers),
+    )
+    return "\n\n".join(t for t in tables if t)
+
+
 def _typed(value: str, like: object) -> object:
     """`value` as the type of the field's default `like`."""
     if isinstance(like, bool):
@@ -876,6 +889,14 @@ def main(argv: list[str] | None = None) -> int:
         "--smoke", action="store_true", help="tiny sizes and one seed: checks the harness, not the numbers"
     )
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 3, smoke: 1)")
+    parser.add_argument(
+        "--first_seed", type=int, default=0, help="run seeds first_seed … first_seed + seeds − 1 (several processes)"
+    )
+    parser.add_argument(
+        "--tables_from",
+        default=None,
+        help="comma-separated JSON files of earlier runs (their rows, e.g. one seed each): print their tables, run nothing",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out", help="results folder")
     parser.add_argument("--keep", action="store_true", help="keep the trained models and adapters under --out/work")
     parser.add_argument("--distill_steps", type=int, default=None, help="override the distillation's step count")
@@ -942,6 +963,13 @@ def main(argv: list[str] | None = None) -> int:
         [parse_variant(v) for v in settings.distill_variants]
     except ValueError as e:
         parser.error(f"--distill_variants: {e}")
+    if args.tables_from:
+        rows = []
+        for name in args.tables_from.split(","):
+            loaded = json.loads(Path(name).read_text())
+            rows += loaded["rows"] if isinstance(loaded, dict) else loaded
+        print(render_tables(rows))
+        return 0
     logging.set_verbosity(logging.ERROR)  # the pipeline's per-chunk info and energy warnings
     started = time.perf_counter()
 
@@ -964,7 +992,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work)
     rows = []
     try:
-        for seed in range(settings.seeds):
+        for seed in range(args.first_seed, args.first_seed + settings.seeds):
             rows += run_seed(seed, settings, text, work, log, groups)
             # the rows so far, in case a long run is stopped: the tables come at the end
             (args.out / "rows_so_far.json").write_text(json.dumps(rows, indent=1))
@@ -972,15 +1000,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    data_free = [r for r in rows if r.get("kind") not in ("distill", "teacher")]
-    distilled = [r for r in rows if r.get("kind") == "distill"]
-    teachers = [r for r in rows if r.get("kind") == "teacher"]
-    tables = (
-        data_free and table(data_free),
-        distilled and distill_table(distilled),
-        teachers and teacher_table(teachers),
-    )
-    md = "\n\n".join(t for t in tables if t)
+    md = render_tables(rows)
     name = ("smoke" if args.smoke else "replication") + ("" if len(groups) > 1 else f"_{groups[0]}")
     (args.out / f"{name}.json").write_text(
         json.dumps(
