@@ -77,8 +77,8 @@ if args["process_id"] is not None:
 seen = {}
 step = _train.train_step
 
-def spy(obj, opt, trainable, opt_state, frozen, batch, anchor):
-    out = step(obj, opt, trainable, opt_state, frozen, batch, anchor)
+def spy(obj, opt, trainable, opt_state, frozen, batch, anchor, *rest):
+    out = step(obj, opt, trainable, opt_state, frozen, batch, anchor, *rest)
     leaves = jax.tree_util.tree_flatten_with_path(frozen)[0]
     seen["frozen_split"] = {jax.tree_util.keystr(k): x.size // x.addressable_shards[0].data.size for k, x in leaves}
     seen["batch_rows_per_device"] = batch.inputs.addressable_shards[0].data.shape[0]
@@ -124,7 +124,7 @@ def test_eight_devices_distil_the_same_adapter_as_one(models, one_device, tmp_pa
     assert seen["state_replicated"]
     # FSDP: every frozen matrix is split 8 ways (each has a dimension 8 divides); vectors are whole.
     split = seen["frozen_split"]
-    vectors = [k for k in split if "norm" in k or "'scale'" in k]
+    vectors = [k for k in split if "norm" in k or k.endswith((".scale", "['scale']"))]  # per-layer LoRA scales
     matrices = [k for k in split if k not in vectors]
     assert len(matrices) >= 2 * (7 + 1) + 3 * 2, sorted(split)  # both models' projections and embeddings, the LoRA
     assert {k: split[k] for k in matrices} == dict.fromkeys(matrices, 8)
