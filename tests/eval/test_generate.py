@@ -210,7 +210,7 @@ def test_eight_devices_give_the_same_tokens_as_one(models, tmp_path):
     with top-p: the same tokens and the same logits as on one device."""
     folder, spec, params = models("gemma2")
     lora = _lora(params, seed=14)
-    np.savez(tmp_path / "lora.npz", **{f"{r}.{x}": v for r, f in lora.items() for x, v in f.items()})
+    np.savez(tmp_path / "lora.npz", **{f"{r}.{x}": getattr(f, x) for r, f in lora.items() for x in ("a", "b", "scale")})
     prompts = _prompts(12, seed=8)
     np.save(tmp_path / "prompts.npy", prompts)
     kwargs = dict(gen_len=GEN, temperature=0.9, top_p=0.9)
@@ -218,14 +218,14 @@ def test_eight_devices_give_the_same_tokens_as_one(models, tmp_path):
     code = f"""
 import jax, numpy as np
 from jax.sharding import Mesh
+from crosslora_jax import LoraStack
 from crosslora_jax.eval import generate, load_model
 assert jax.device_count() == 8, jax.devices()
 spec, params = load_model({str(folder)!r})
 flat = np.load({str(tmp_path / "lora.npz")!r})
-lora = {{}}
-for name in flat.files:
-    role, field = name.split(".")
-    lora.setdefault(role, {{}})[field] = flat[name]
+roles = sorted({{name.split(".")[0] for name in flat.files}})
+lora = {{r: LoraStack(flat[r + ".a"], flat[r + ".b"], flat[r + ".scale"], tuple(range(flat[r + ".a"].shape[0])))
+        for r in roles}}
 mesh = Mesh(np.asarray(jax.devices()), ("data",))
 tokens, step_logits = generate(spec, params, np.load({str(tmp_path / "prompts.npy")!r}), key=jax.random.key(4),
                                lora=lora, mesh=mesh, return_logits=True, **{kwargs!r})
