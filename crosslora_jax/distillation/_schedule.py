@@ -73,8 +73,8 @@ class PlateauState:
 
     def observe(self, rule: PlateauRule, step: int, value: float) -> bool:
         """Take the held-out value at `step`; True when it is the lowest so far (keep those
-        parameters). Patience counts from the last improvement by more than min_delta, so a run
-        creeping down by less than the noise still stops."""
+        parameters). Patience counts from the last improvement beyond the margin (min_delta or
+        twice the jitter), so a run creeping down by less than its noise still stops."""
         if not math.isfinite(value):  # a diverged step is neither a best nor an improvement
             lowest = improved = False
         else:
